@@ -1,0 +1,29 @@
+"""The actor runtime: workers, their run context, the scheduler and the ticker.
+
+Generic and reusable: it knows nothing of instances or health.
+"""
+
+from ctrlplane.actors.context import RunContext
+from ctrlplane.actors.errors import (
+    ActorError,
+    InvalidWorkerError,
+    Reject,
+    Retry,
+    SchedulerStateError,
+)
+from ctrlplane.actors.info import WorkerInfo, WorkerKind
+from ctrlplane.actors.scheduler import Scheduler
+from ctrlplane.actors.types import Worker
+
+__all__ = [
+    "ActorError",
+    "InvalidWorkerError",
+    "Reject",
+    "Retry",
+    "RunContext",
+    "Scheduler",
+    "SchedulerStateError",
+    "Worker",
+    "WorkerInfo",
+    "WorkerKind",
+]

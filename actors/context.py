@@ -1,0 +1,71 @@
+"""What a worker's ``run`` receives."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from ctrlplane.bus.messages import Event, Tick
+from ctrlplane.store.runs import Trigger
+
+Publish = Callable[[Event], Awaitable[int]]
+
+
+class RunContext:
+    """The context of one run.
+
+    Attributes:
+        worker: The worker's name.
+        run_id: Unique id of this run (also in the ``worker_runs`` table).
+        trigger: ``tick``, ``event`` or ``once``.
+        tick: The tick that triggered this run, for a periodic run.
+        event: The event that triggered this run, for an event run.
+        attempt: The delivery attempt, 1-based. Delivery is at least once:
+            a run with ``attempt > 1`` may repeat work already done.
+        log: A structlog logger bound to the worker and the run.
+    """
+
+    __slots__ = ("_publish", "attempt", "event", "log", "run_id", "tick", "trigger", "worker")
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        run_id: str,
+        trigger: Trigger,
+        attempt: int,
+        publish: Publish,
+        log: structlog.typing.FilteringBoundLogger,
+        tick: Tick | None = None,
+        event: Event | None = None,
+    ) -> None:
+        self.worker = worker
+        self.run_id = run_id
+        self.trigger = trigger
+        self.attempt = attempt
+        self.tick = tick
+        self.event = event
+        self.log = log
+        self._publish = publish
+
+    async def publish(self, event: Event) -> int:
+        """Publish ``event`` on the event stream; returns its stream sequence."""
+        return await self._publish(event)
+
+    async def emit(
+        self,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        instance_id: str | None = None,
+    ) -> Event:
+        """Build an event from this worker and publish it; returns the event."""
+        event = Event(type=type, source=self.worker, instance_id=instance_id, data=dict(data or {}))
+        await self._publish(event)
+        return event
+
+    def __repr__(self) -> str:
+        ref = self.tick.msg_id if self.tick else self.event.id if self.event else "-"
+        return f"RunContext(worker={self.worker!r}, trigger={self.trigger}, ref={ref!r})"

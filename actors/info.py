@@ -1,0 +1,53 @@
+"""What a scheduler reports about each of its workers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from msgspec import Struct
+
+
+class WorkerKind(StrEnum):
+    """How a worker is triggered."""
+
+    PERIODIC = "periodic"
+    """By ticks, every ``interval`` (and by events if it subscribes to any)."""
+    EVENT = "event"
+    """By domain events only (interval 0 with subscriptions)."""
+    ONCE = "once"
+    """Once at start (interval 0, no subscriptions)."""
+
+
+class WorkerInfo(Struct, frozen=True, kw_only=True):
+    """A snapshot of one worker in one process.
+
+    Attributes:
+        name: The worker's name.
+        interval: Its interval (0 for event-driven and one-shot workers).
+        kind: ``periodic``, ``event`` or ``once``.
+        running: Whether a run is in progress in this process.
+        last_run: When the last run in this process started.
+        last_error: The error of the last failed run, cleared by a success.
+        run_count: Runs handled by this process since it started.
+        next_run: When the next tick is due (periodic workers only).
+        subscriptions: The event types it reacts to.
+        error_count: Failed or timed-out runs in this process.
+        skipped_count: Stale ticks coalesced away in this process.
+        dead_letter_count: Messages this process dead-lettered.
+        process: The process that reports it.
+    """
+
+    name: str
+    interval: timedelta
+    kind: WorkerKind
+    running: bool = False
+    last_run: datetime | None = None
+    last_error: str | None = None
+    run_count: int = 0
+    next_run: datetime | None = None
+    subscriptions: tuple[str, ...] = ()
+    error_count: int = 0
+    skipped_count: int = 0
+    dead_letter_count: int = 0
+    process: str = ""

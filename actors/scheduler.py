@@ -1,0 +1,187 @@
+"""The scheduler: registers workers, starts them as actors, stops them gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import structlog
+
+from ctrlplane.actors.actor import CANCEL_WAIT, Actor
+from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
+from ctrlplane.actors.info import WorkerInfo
+from ctrlplane.actors.spec import WorkerSpec, spec_of
+from ctrlplane.actors.ticker import Ticker
+from ctrlplane.actors.types import Worker
+from ctrlplane.bus.connection import Bus
+from ctrlplane.store.runs import RunStore
+
+log = structlog.get_logger("ctrlplane.scheduler")
+
+DEFAULT_GRACE = timedelta(seconds=10)
+# Time left after the grace period and CANCEL_WAIT for handing messages back.
+_FINISH_WAIT = 0.4
+
+
+def process_id() -> str:
+    """This process's id in run records and worker listings: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Scheduler:
+    """Manages a set of workers: each runs as an actor fed by NATS.
+
+    Args:
+        bus: A connected :class:`~ctrlplane.bus.Bus`. May be given later with
+            :meth:`use`, before :meth:`start`.
+        runs: Where runs are recorded; ``None`` records nothing.
+        process: This process's id (default ``host:pid``).
+        events_max_age: How long the event stream keeps events, if this
+            scheduler is the one that creates it.
+        clock: Epoch seconds; injectable for tests.
+
+    Example::
+
+        scheduler = Scheduler(bus, runs=store.runs)
+        scheduler.register(UsageReporter())
+        await scheduler.start()
+        ...
+        await scheduler.stop(grace=timedelta(seconds=10))
+    """
+
+    def __init__(
+        self,
+        bus: Bus | None = None,
+        *,
+        runs: RunStore | None = None,
+        process: str | None = None,
+        events_max_age: timedelta = timedelta(days=7),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bus = bus
+        self._runs = runs
+        self.process = process or process_id()
+        self._events_max_age = events_max_age
+        self._clock = clock
+        self._workers: dict[str, tuple[WorkerSpec, Worker]] = {}
+        self._actors: dict[str, Actor] = {}
+        self._ticker: Ticker | None = None
+        self._state = "new"
+
+    def use(self, bus: Bus, runs: RunStore | None = None) -> None:
+        """Give the scheduler its bus (and run store) before :meth:`start`."""
+        if self._state != "new":
+            raise SchedulerStateError("use() must come before start()")
+        self._bus = bus
+        self._runs = runs
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def register(self, worker: Worker) -> None:
+        """Add ``worker``.
+
+        Raises:
+            ValueError: (an :class:`InvalidWorkerError`) for a duplicate or
+                invalid name, a negative interval, or a malformed attribute.
+            SchedulerStateError: if the scheduler has already started.
+        """
+        spec = spec_of(worker)
+        if spec.name in self._workers:
+            raise InvalidWorkerError(spec.name, "a worker with this name is already registered")
+        if self._state != "new":
+            raise SchedulerStateError(
+                f"cannot register {spec.name!r}: register workers before start()"
+            )
+        self._workers[spec.name] = (spec, worker)
+
+    def specs(self) -> list[WorkerSpec]:
+        return [spec for spec, _ in self._workers.values()]
+
+    async def start(self) -> None:
+        """Create the streams and consumers, start every actor and the ticker."""
+        if self._state != "new":
+            raise SchedulerStateError(f"start() called on a scheduler that is {self._state}")
+        bus = self._bus
+        if bus is None or not bus.connected:
+            raise SchedulerStateError("connect the bus first: Scheduler(bus) or scheduler.use(bus)")
+        self._state = "starting"
+        longest = max((s.interval for s in self.specs()), default=timedelta(0))
+        await bus.ensure_streams(
+            duplicate_window=longest + timedelta(minutes=1), events_max_age=self._events_max_age
+        )
+        for spec, worker in self._workers.values():
+            self._actors[spec.name] = Actor(
+                spec, worker, bus=bus, runs=self._runs, process=self.process, clock=self._clock
+            )
+        try:
+            await asyncio.gather(*(a.start() for a in self._actors.values()))
+        except BaseException:
+            await self._halt(timedelta(0))
+            self._state = "stopped"
+            raise
+        self._ticker = Ticker(bus, self.specs(), process=self.process, clock=self._clock)
+        self._ticker.start()
+        self._state = "running"
+        log.info("scheduler started", workers=len(self._actors), process=self.process)
+
+    async def stop(self, grace: timedelta = DEFAULT_GRACE) -> None:
+        """Stop gracefully.
+
+        Takes no new messages, hands back those not started, waits up to
+        ``grace`` for runs in flight, then cancels them and hands their
+        messages back so another process takes them at once. Returns within
+        ``grace`` plus about one second even if a worker ignores cancellation
+        (such a run is abandoned, and logged).
+        """
+        if self._state not in ("running", "starting"):
+            return
+        self._state = "stopping"
+        await self._halt(grace)
+        self._state = "stopped"
+        log.info("scheduler stopped", process=self.process)
+
+    async def _halt(self, grace: timedelta) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace.total_seconds(), 0.0)
+        if self._ticker is not None:
+            await self._ticker.stop()
+        actors = list(self._actors.values())
+        await asyncio.gather(*(a.stop_intake() for a in actors), return_exceptions=True)
+        runners = [t for a in actors for t in a.runners if not t.done()]
+        if runners:
+            _, pending = await asyncio.wait(runners, timeout=max(0.0, deadline - loop.time()))
+            if pending:
+                for task in pending:
+                    task.cancel()
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT)
+                for task in stuck:
+                    log.error("run ignored cancellation; abandoned", task=task.get_name())
+        finishing = [asyncio.create_task(a.finish()) for a in actors]
+        if finishing:
+            await asyncio.wait(finishing, timeout=_FINISH_WAIT)
+
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of every registered worker, in registration order."""
+        infos = []
+        for spec, _ in self._workers.values():
+            next_run = self._ticker.next_run(spec.name) if self._ticker else None
+            actor = self._actors.get(spec.name)
+            if actor is not None:
+                infos.append(actor.info(next_run))
+            else:
+                infos.append(
+                    WorkerInfo(
+                        name=spec.name,
+                        interval=spec.interval,
+                        kind=spec.kind,
+                        subscriptions=spec.subscriptions,
+                        process=self.process,
+                    )
+                )
+        return infos

@@ -1,0 +1,120 @@
+"""A registered worker's settings, read once from the worker object and checked."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+
+from msgspec import Struct
+
+from ctrlplane.actors.errors import InvalidWorkerError
+from ctrlplane.actors.info import WorkerKind
+from ctrlplane.actors.types import Worker
+from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_token
+
+DEFAULT_EVENT_TIMEOUT = timedelta(seconds=60)
+DEFAULT_MAX_ATTEMPTS = 5
+MAX_NAME_LENGTH = 64
+
+
+class WorkerSpec(Struct, frozen=True, kw_only=True):
+    """The normalised settings of one worker.
+
+    ``offset`` shifts the worker's slot boundaries by a deterministic amount
+    derived from its name, so workers with the same interval do not all fire
+    at the same instant, yet every process computes the same slots.
+    """
+
+    name: str
+    interval: timedelta
+    subscriptions: tuple[str, ...]
+    timeout: timedelta
+    max_attempts: int
+    concurrency: int
+    offset: timedelta
+
+    @property
+    def kind(self) -> WorkerKind:
+        if self.interval > timedelta(0):
+            return WorkerKind.PERIODIC
+        return WorkerKind.EVENT if self.subscriptions else WorkerKind.ONCE
+
+    @property
+    def interval_s(self) -> float:
+        return self.interval.total_seconds()
+
+    def slot_at(self, t: float) -> int:
+        """The slot that contains epoch time ``t``."""
+        return math.floor((t - self.offset.total_seconds()) / self.interval_s)
+
+    def slot_start(self, slot: int) -> float:
+        """The epoch time at which ``slot`` begins."""
+        return slot * self.interval_s + self.offset.total_seconds()
+
+    def slot_start_dt(self, slot: int) -> datetime:
+        return datetime.fromtimestamp(self.slot_start(slot), UTC)
+
+
+def _offset(name: str, interval: timedelta) -> timedelta:
+    if interval <= timedelta(0):
+        return timedelta(0)
+    micros = int(interval.total_seconds() * 1_000_000)
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    # Whole milliseconds: slot boundaries land on readable times in logs.
+    return timedelta(milliseconds=(digest % max(micros, 1)) // 1000)
+
+
+def spec_of(worker: object) -> WorkerSpec:
+    """Read and check ``worker``'s settings; raises :class:`InvalidWorkerError`."""
+    name = getattr(worker, "name", None)
+    if not isinstance(name, str):
+        raise InvalidWorkerError(worker, "has no 'name' string attribute")
+    if not is_valid_token(name) or len(name) > MAX_NAME_LENGTH:
+        raise InvalidWorkerError(
+            name,
+            "invalid name: use 1 to 64 lowercase letters, digits, '-' and '_' "
+            "(it appears in NATS subjects)",
+        )
+    interval = getattr(worker, "interval", None)
+    if not isinstance(interval, timedelta):
+        raise InvalidWorkerError(name, "'interval' must be a datetime.timedelta")
+    if interval < timedelta(0):
+        raise InvalidWorkerError(name, f"negative interval {interval}")
+    if interval > timedelta(0) and interval < timedelta(milliseconds=100):
+        raise InvalidWorkerError(name, f"interval {interval} is below the 100 ms minimum")
+    run = getattr(worker, "run", None)
+    if not callable(run):
+        raise InvalidWorkerError(name, "has no async 'run(ctx)' method")
+    if not isinstance(worker, Worker):  # pragma: no cover - covered by the checks above
+        raise InvalidWorkerError(name, "does not implement the Worker protocol")
+
+    subscriptions = getattr(worker, "subscriptions", ())
+    if isinstance(subscriptions, str) or not all(isinstance(s, str) for s in subscriptions):
+        raise InvalidWorkerError(name, "'subscriptions' must be a tuple of event type strings")
+    subscriptions = tuple(subscriptions)
+    for pattern in subscriptions:
+        if not is_valid_event_pattern(pattern):
+            raise InvalidWorkerError(name, f"invalid subscription {pattern!r}")
+
+    default_timeout = interval if interval > timedelta(0) else DEFAULT_EVENT_TIMEOUT
+    timeout = getattr(worker, "timeout", None) or default_timeout
+    if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
+        raise InvalidWorkerError(name, "'timeout' must be a positive datetime.timedelta")
+
+    max_attempts = getattr(worker, "max_attempts", DEFAULT_MAX_ATTEMPTS)
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidWorkerError(name, "'max_attempts' must be an int >= 1")
+    concurrency = getattr(worker, "concurrency", 1)
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidWorkerError(name, "'concurrency' must be an int >= 1")
+
+    return WorkerSpec(
+        name=name,
+        interval=interval,
+        subscriptions=subscriptions,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        concurrency=concurrency,
+        offset=_offset(name, interval),
+    )

@@ -1,0 +1,257 @@
+"""The NATS connection: streams, publishing with a bounded retry, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from ctrlplane.bus.codec import encode
+from ctrlplane.bus.errors import NotConnectedError, PublishError
+from ctrlplane.bus.messages import DeadLetter, Event, Tick
+from ctrlplane.bus.subjects import Subjects
+
+log = structlog.get_logger("ctrlplane.bus")
+
+# Errors after which a JetStream publish is worth trying again: the server is
+# away (reconnecting) or slow, not refusing the message.
+_RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    asyncio.TimeoutError,
+)
+
+MSG_ID = "Nats-Msg-Id"
+REASON_HEADER = "Ctrlplane-Reason"
+
+
+class Bus:
+    """One process's connection to NATS and JetStream.
+
+    Args:
+        subjects: The subject and stream names to use.
+        name: Client name shown by the server's monitoring.
+        publish_timeout: How long one publish may keep retrying while the
+            connection is away before it raises :class:`PublishError`.
+    """
+
+    def __init__(
+        self,
+        subjects: Subjects | None = None,
+        *,
+        name: str = "ctrlplane",
+        publish_timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.subjects = subjects or Subjects()
+        self.name = name
+        self.publish_timeout = publish_timeout
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bus has a live (possibly reconnecting) connection."""
+        return self._nc is not None and not self._nc.is_closed
+
+    @property
+    def nc(self) -> Client:
+        """The nats-py client."""
+        if self._nc is None or self._nc.is_closed:
+            raise NotConnectedError("use the NATS client")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context."""
+        if self._js is None or self._nc is None or self._nc.is_closed:
+            raise NotConnectedError("use JetStream")
+        return self._js
+
+    async def connect(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        connect_timeout: timedelta = timedelta(seconds=5),
+    ) -> None:
+        """Connect to NATS at ``url`` (a comma-separated list is allowed).
+
+        The client reconnects forever once connected: a control plane outlives
+        broker restarts. The first connection must succeed within
+        ``connect_timeout``.
+        """
+        servers = [u.strip() for u in url.split(",") if u.strip()]
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=str(exc) or type(exc).__name__)
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected")
+            for callback in list(self._on_reconnect):
+                await callback()
+
+        self._nc = await nats.connect(
+            servers,
+            name=self.name,
+            token=token,
+            connect_timeout=max(1, int(connect_timeout.total_seconds())),
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        self._js = self._nc.jetstream()
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call ``callback`` every time the connection comes back."""
+        self._on_reconnect.append(callback)
+
+    async def ensure_streams(
+        self,
+        *,
+        duplicate_window: timedelta,
+        events_max_age: timedelta = timedelta(days=7),
+    ) -> None:
+        """Create the tick, event and dead-letter streams, or widen them.
+
+        Several processes may call this at once with different settings: the
+        tick stream's duplicate window only ever grows, so one process with a
+        short-interval worker set never shrinks another's de-duplication.
+        """
+        s = self.subjects
+        window = max(duplicate_window, timedelta(minutes=2))
+        ticks = StreamConfig(
+            name=s.ticks_stream,
+            subjects=[s.all_ticks],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=window.total_seconds(),
+            # A tick nobody consumes (a worker removed everywhere) must not
+            # pile up: a few per worker is all coalescing ever looks at.
+            max_msgs_per_subject=16,
+            discard=DiscardPolicy.OLD,
+            max_age=max(timedelta(days=1), 2 * window).total_seconds(),
+        )
+        await self._add_or_widen(ticks)
+        events = StreamConfig(
+            name=s.events_stream,
+            subjects=[s.all_events],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=events_max_age.total_seconds(),
+            duplicate_window=timedelta(minutes=2).total_seconds(),
+        )
+        await self._add_or_widen(events)
+        dlq = StreamConfig(
+            name=s.dlq_stream,
+            subjects=[s.all_dlq],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=timedelta(days=30).total_seconds(),
+        )
+        await self._add_or_widen(dlq)
+
+    async def _add_or_widen(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            info = await self.js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError:
+                # Another process created it between our look and our add.
+                info = await self.js.stream_info(config.name)
+        current = info.config
+        if (current.duplicate_window or 0) < config.duplicate_window or (current.max_age or 0) != (
+            config.max_age or 0
+        ):
+            updated = StreamConfig.from_response(current.as_dict())
+            updated.duplicate_window = max(current.duplicate_window or 0, config.duplicate_window)
+            updated.max_age = max(current.max_age or 0, config.max_age or 0) or None
+            await self.js.update_stream(updated)
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Any:
+        """Publish to JetStream, retrying while the connection is away.
+
+        Retries are safe because every message we publish carries a
+        ``Nats-Msg-Id``: a retry of a publish that did land is dropped by the
+        stream's duplicate window instead of stored twice.
+        """
+        deadline = asyncio.get_running_loop().time() + self.publish_timeout.total_seconds()
+        attempt = 0
+        delay = 0.05
+        while True:
+            attempt += 1
+            try:
+                return await self.js.publish(subject, payload, timeout=2.0, headers=headers)
+            except _RETRYABLE as exc:
+                now = asyncio.get_running_loop().time()
+                if now + delay > deadline:
+                    raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def publish_event(self, event: Event) -> int:
+        """Publish ``event`` on ``<prefix>.events.<type>``; returns its stream sequence."""
+        ack = await self._publish(
+            self.subjects.event(event.type), encode(event), {MSG_ID: f"event/{event.id}"}
+        )
+        return int(ack.seq)
+
+    async def publish_tick(self, tick: Tick) -> bool:
+        """Publish ``tick``; returns False when another process already did."""
+        ack = await self._publish(
+            self.subjects.tick(tick.worker), encode(tick), {MSG_ID: tick.msg_id}
+        )
+        return not bool(ack.duplicate)
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` on ``<prefix>.dlq.<worker>``, with the reason as a header too."""
+        headers = {REASON_HEADER: letter.reason[:1024].replace("\n", " ")}
+        if letter.stream_seq is not None:
+            headers[MSG_ID] = f"dlq/{letter.worker}/{letter.subject}/{letter.stream_seq}"
+        await self._publish(self.subjects.dlq(letter.worker), encode(letter), headers)
+
+    async def pull_subscription(
+        self, stream: str, config: ConsumerConfig
+    ) -> JetStreamContext.PullSubscription:
+        """Create or update the durable consumer ``config`` and bind to it."""
+        assert config.durable_name is not None
+        await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
+
+    async def close(self) -> None:
+        """Drain the connection: flush what is buffered, then close. Idempotent."""
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=5)
+        except (TimeoutError, nats.errors.Error):
+            await nc.close()

@@ -1,0 +1,46 @@
+"""Errors raised by the bus: one base class, subclasses that carry what went wrong."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base class of every error raised by ``ctrlplane.bus``."""
+
+
+class NotConnectedError(BusError):
+    """The bus was used before ``connect()`` or after ``close()``."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        super().__init__(f"bus: cannot {action}: connect the bus first")
+
+
+class DecodeError(BusError):
+    """A payload could not be decoded into the expected message type."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"bus: undecodable message on {subject!r}: {reason}")
+
+
+class PublishError(BusError):
+    """A publish did not reach JetStream within its retry budget."""
+
+    def __init__(self, subject: str, attempts: int, reason: str) -> None:
+        self.subject = subject
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(f"bus: publish to {subject!r} failed after {attempts} attempts: {reason}")
+
+
+class ServerError(BusError):
+    """The embedded nats-server could not be found, started or reached."""
+
+    def __init__(self, reason: str, *, binary: str | None = None, log_tail: str = "") -> None:
+        self.reason = reason
+        self.binary = binary
+        self.log_tail = log_tail
+        where = f" ({binary})" if binary else ""
+        tail = f"\n--- nats-server log ---\n{log_tail}" if log_tail else ""
+        super().__init__(f"bus: embedded nats-server{where}: {reason}{tail}")

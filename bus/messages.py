@@ -1,0 +1,85 @@
+"""The messages that travel on NATS, as msgspec Structs encoded as JSON.
+
+JSON keeps every message readable by any NATS client in any language; the
+field names below are the wire names and are chosen on purpose.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from msgspec import Struct, field
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(Struct, frozen=True, kw_only=True):
+    """A domain event, published on ``<prefix>.events.<type>``.
+
+    Attributes:
+        id: Unique id of the event. A string, because other services publish
+            events with their own id schemes.
+        type: Dot-separated event type, e.g. ``health.failed``.
+        source: Who published it (a worker name, a service name).
+        time: When it happened; RFC 3339 on the wire.
+        instance_id: The instance the event is about, if any.
+        data: Event-specific payload.
+    """
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    type: str
+    source: str
+    time: datetime = field(default_factory=_now)
+    instance_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Tick(Struct, frozen=True, kw_only=True):
+    """A tick: worker ``worker`` is due for slot ``slot``.
+
+    Attributes:
+        worker: The periodic worker the tick is for.
+        slot: Slot number: ``floor((t - offset) / interval)``.
+        scheduled: The start time of the slot, the time the run was due.
+        interval: The worker's interval when the tick was made.
+        origin: The process that published the tick (any replica may).
+    """
+
+    worker: str
+    slot: int
+    scheduled: datetime
+    interval: timedelta
+    origin: str = ""
+
+    @property
+    def msg_id(self) -> str:
+        """The JetStream de-duplication id: one tick per worker and slot."""
+        return f"{self.worker}/{self.slot}"
+
+
+class DeadLetter(Struct, frozen=True, kw_only=True):
+    """A message a worker could not handle, kept on ``<prefix>.dlq.<worker>``.
+
+    Attributes:
+        worker: The worker that gave up on the message.
+        subject: The subject the message arrived on.
+        reason: Why it was dead-lettered (decode error, last handler error).
+        payload: The original payload, as text when it is UTF-8.
+        payload_base64: The original payload in base64 when it is not UTF-8.
+        attempts: How many deliveries were made.
+        stream_seq: The sequence of the message in its stream, if known.
+        time: When it was dead-lettered.
+    """
+
+    worker: str
+    subject: str
+    reason: str
+    payload: str | None = None
+    payload_base64: str | None = None
+    attempts: int = 1
+    stream_seq: int | None = None
+    time: datetime = field(default_factory=_now)

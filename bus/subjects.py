@@ -1,0 +1,114 @@
+"""NATS subject and stream names, all derived from one configurable prefix."""
+
+from __future__ import annotations
+
+import re
+
+from msgspec import Struct
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_TOKEN_RE = re.compile(r"^[a-z0-9_-]+$")
+_EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# An event pattern may use NATS wildcards: "*" for one token, ">" for the rest.
+_PATTERN_TOKEN_RE = re.compile(r"^([A-Za-z0-9_-]+|\*|>)$")
+
+
+def is_valid_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` can start NATS subjects (dot-separated, no wildcards)."""
+    return bool(_PREFIX_RE.match(prefix))
+
+
+def is_valid_token(token: str) -> bool:
+    """Whether ``token`` is a valid worker name: lowercase letters, digits, ``-``, ``_``."""
+    return bool(_TOKEN_RE.match(token))
+
+
+def is_valid_event_type(event_type: str) -> bool:
+    """Whether ``event_type`` is a concrete event type such as ``health.failed``."""
+    return bool(_EVENT_TYPE_RE.match(event_type))
+
+
+def is_valid_event_pattern(pattern: str) -> bool:
+    """Whether ``pattern`` is an event type that may use NATS wildcards."""
+    tokens = pattern.split(".")
+    if not all(_PATTERN_TOKEN_RE.match(t) for t in tokens):
+        return False
+    return ">" not in tokens[:-1]
+
+
+class Subjects(Struct, frozen=True):
+    """The subjects and stream names of one control plane, under ``prefix``.
+
+    Several control planes can share one NATS server by using different
+    prefixes; the stream names are derived from the prefix so they do not
+    collide either.
+    """
+
+    prefix: str = "ctrlplane"
+
+    def __post_init__(self) -> None:
+        if not is_valid_prefix(self.prefix):
+            raise ValueError(
+                f"subject prefix {self.prefix!r} is not valid: use letters, digits, "
+                "'-' and '_' in dot-separated tokens"
+            )
+
+    @property
+    def _stream_base(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_]", "_", self.prefix).upper()
+
+    @property
+    def ticks_stream(self) -> str:
+        """The work-queue stream that holds ticks."""
+        return f"{self._stream_base}_TICKS"
+
+    @property
+    def events_stream(self) -> str:
+        """The limits stream that holds domain events."""
+        return f"{self._stream_base}_EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        """The limits stream that keeps dead letters, so none is lost unread."""
+        return f"{self._stream_base}_DLQ"
+
+    def tick(self, worker: str) -> str:
+        """The subject of ticks for ``worker``."""
+        return f"{self.prefix}.tick.{worker}"
+
+    @property
+    def all_ticks(self) -> str:
+        return f"{self.prefix}.tick.*"
+
+    def event(self, event_type: str) -> str:
+        """The subject of an event type (or pattern) such as ``health.failed``."""
+        return f"{self.prefix}.events.{event_type}"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    def event_type_of(self, subject: str) -> str:
+        """The event type carried by an events subject."""
+        head = f"{self.prefix}.events."
+        return subject[len(head) :] if subject.startswith(head) else subject
+
+    def dlq(self, worker: str) -> str:
+        """The dead-letter subject of ``worker``."""
+        return f"{self.prefix}.dlq.{worker}"
+
+    @property
+    def all_dlq(self) -> str:
+        return f"{self.prefix}.dlq.*"
+
+    def api(self, name: str) -> str:
+        """A request/reply control API subject such as ``workers``."""
+        return f"{self.prefix}.api.{name}"
+
+    def tick_consumer(self, worker: str) -> str:
+        """The durable consumer shared by every process for ``worker``'s ticks."""
+        return f"tick-{worker}"
+
+    def event_consumer(self, worker: str) -> str:
+        """The durable consumer shared by every process for ``worker``'s events."""
+        return f"events-{worker}"

@@ -1,0 +1,147 @@
+"""The SQLite store: one file, WAL mode, versioned migrations, batched writes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+
+from ctrlplane.store.errors import MigrationError, NotOpenError
+from ctrlplane.store.migrations import LATEST, MIGRATIONS
+from ctrlplane.store.runs import RunStore
+from ctrlplane.store.writer import BatchWriter
+
+
+class Store:
+    """The control plane's SQLite store.
+
+    Several processes on one host may open the same file: WAL mode lets
+    readers run beside the one writer, and the busy timeout makes a writer
+    wait for another process's transaction instead of failing.
+
+    Args:
+        path: The database file; its folder is created if missing.
+        busy_timeout: How long a write waits for another writer.
+        flush_interval: How often batched writes are flushed.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        busy_timeout: timedelta = timedelta(seconds=10),
+        flush_interval: timedelta = timedelta(milliseconds=200),
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._flush_interval = flush_interval
+        self._db: aiosqlite.Connection | None = None
+        self._writer: BatchWriter | None = None
+        self._runs: RunStore | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The aiosqlite connection (autocommit; transactions are explicit)."""
+        if self._db is None:
+            raise NotOpenError("use the database")
+        return self._db
+
+    @property
+    def writer(self) -> BatchWriter:
+        """The batched writer shared by every table of this store."""
+        if self._writer is None:
+            raise NotOpenError("write")
+        return self._writer
+
+    @property
+    def runs(self) -> RunStore:
+        """Worker runs."""
+        if self._runs is None:
+            raise NotOpenError("record runs")
+        return self._runs
+
+    async def open(self) -> Store:
+        """Open the file, apply migrations and start the batched writer."""
+        if self._db is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute(
+                f"PRAGMA busy_timeout = {int(self._busy_timeout.total_seconds() * 1000)}"
+            )
+            await db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable across application crashes in WAL mode; only a
+            # power loss can lose the last transactions, which suits run history.
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await _migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        self._writer = BatchWriter(db, interval=self._flush_interval)
+        self._writer.start()
+        self._runs = RunStore(db, self._writer)
+        return self
+
+    async def flush(self) -> None:
+        """Write everything batched so far."""
+        await self.writer.flush()
+
+    async def close(self) -> None:
+        """Flush and close. Idempotent."""
+        db, writer = self._db, self._writer
+        self._db = self._writer = None
+        self._runs = None
+        if db is None:
+            return
+        try:
+            if writer is not None:
+                await writer.close()
+        finally:
+            await db.close()
+
+    async def __aenter__(self) -> Store:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock before reading the version, so two
+    # processes opening a new file at once cannot both apply migration 1.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        if current > LATEST:
+            raise MigrationError(
+                current, f"the file is at schema {current}, newer than this code's {LATEST}"
+            )
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            for statement in _statements(sql):
+                try:
+                    await db.execute(statement)
+                except Exception as exc:
+                    raise MigrationError(version, str(exc)) from exc
+            await db.execute(f"PRAGMA user_version = {version}")
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+def _statements(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]

@@ -1,0 +1,134 @@
+"""Worker runs: one row per handling of a tick, an event or a one-shot start."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import aiosqlite
+from msgspec import Struct
+
+from ctrlplane.store.writer import BatchWriter
+
+
+class Outcome(StrEnum):
+    """How a run ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    """A stale tick coalesced into a newer one."""
+    RETRY = "retry"
+    """The worker asked to be retried later."""
+    DEAD_LETTERED = "dead_lettered"
+    """The message could not be handled and went to the dead-letter subject."""
+
+
+class Trigger(StrEnum):
+    """What started a run."""
+
+    TICK = "tick"
+    EVENT = "event"
+    ONCE = "once"
+
+
+class WorkerRun(Struct, frozen=True, kw_only=True):
+    """One run of a worker, as recorded in ``worker_runs``."""
+
+    id: str
+    worker: str
+    process: str
+    trigger: Trigger
+    trigger_ref: str | None
+    attempt: int
+    started: datetime
+    finished: datetime | None
+    outcome: Outcome
+    error: str | None = None
+
+
+_INSERT = (
+    "INSERT OR REPLACE INTO worker_runs "
+    "(id, worker, process, trigger, trigger_ref, attempt, started, finished, outcome, error) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COLUMNS = "id, worker, process, trigger, trigger_ref, attempt, started, finished, outcome, error"
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class RunStore:
+    """Records worker runs in batches and reads them back."""
+
+    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+        self._db = db
+        self._writer = writer
+
+    def record(self, run: WorkerRun) -> None:
+        """Queue ``run`` for the next batched write; never waits on the disk."""
+        self._writer.add(
+            _INSERT,
+            (
+                run.id,
+                run.worker,
+                run.process,
+                str(run.trigger),
+                run.trigger_ref,
+                run.attempt,
+                _ts(run.started),
+                _ts(run.finished),
+                str(run.outcome),
+                run.error,
+            ),
+        )
+
+    async def list(
+        self,
+        *,
+        worker: str | None = None,
+        outcome: Outcome | None = None,
+        limit: int = 100,
+    ) -> list[WorkerRun]:
+        """The newest runs first, optionally of one worker or outcome.
+
+        Flushes pending writes first, so a caller sees its own runs.
+        """
+        await self._writer.flush()
+        where: list[str] = []
+        params: list[object] = []
+        if worker is not None:
+            where.append("worker = ?")
+            params.append(worker)
+        if outcome is not None:
+            where.append("outcome = ?")
+            params.append(str(outcome))
+        sql = f"SELECT {_COLUMNS} FROM worker_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started DESC LIMIT ?"
+        params.append(limit)
+        async with self._db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            WorkerRun(
+                id=r[0],
+                worker=r[1],
+                process=r[2],
+                trigger=Trigger(r[3]),
+                trigger_ref=r[4],
+                attempt=r[5],
+                started=_dt(r[6]) or datetime.fromtimestamp(0, UTC),
+                finished=_dt(r[7]),
+                outcome=Outcome(r[8]),
+                error=r[9],
+            )
+            for r in rows
+        ]

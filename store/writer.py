@@ -1,0 +1,115 @@
+"""Batched writes: many rows, one transaction, off the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import aiosqlite
+import structlog
+
+log = structlog.get_logger("ctrlplane.store")
+
+Row = Sequence[Any]
+
+
+class BatchWriter:
+    """Collects rows per statement and writes them in one transaction.
+
+    Callers ``add()`` without awaiting; a background task flushes every
+    ``interval`` or as soon as ``max_rows`` are waiting. ``flush()`` writes
+    what is waiting now and returns when it is on disk.
+
+    A flush that fails (the file is locked past the busy timeout, the disk is
+    full) keeps its rows and tries again on the next round, so nothing is lost
+    to a passing fault; past ``max_pending`` rows the oldest are dropped and
+    counted, so a store that is gone for good cannot exhaust memory.
+    """
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        interval: timedelta = timedelta(milliseconds=200),
+        max_rows: int = 1000,
+        max_pending: int = 100_000,
+    ) -> None:
+        self._db = db
+        self._interval = interval.total_seconds()
+        self._max_rows = max_rows
+        self._max_pending = max_pending
+        self._pending: dict[str, list[Row]] = {}
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="store-batch-writer")
+
+    def add(self, sql: str, row: Row) -> None:
+        """Queue ``row`` for ``sql``; it is written within one interval."""
+        self._pending.setdefault(sql, []).append(row)
+        self._count += 1
+        if self._count > self._max_pending:
+            self._drop_oldest()
+        if self._count >= self._max_rows:
+            self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        for rows in self._pending.values():
+            if rows:
+                rows.pop(0)
+                self._count -= 1
+                self.dropped += 1
+                return
+
+    async def flush(self) -> None:
+        """Write everything queued so far, in one transaction."""
+        async with self._lock:
+            if not self._count:
+                return
+            batch, self._pending, count = self._pending, {}, self._count
+            self._count = 0
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, rows in batch.items():
+                        await self._db.executemany(sql, rows)
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+            except BaseException:
+                # Put the rows back in front of anything added meanwhile.
+                for sql, rows in batch.items():
+                    rows.extend(self._pending.get(sql, []))
+                    self._pending[sql] = rows
+                self._count += count
+                raise
+            self.written += count
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:  # keep the rows; try again next round
+                log.warning("batch write failed; will retry", error=str(exc), pending=self._count)
+
+    async def close(self) -> None:
+        """Stop the background task and write what is left."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
