@@ -1,0 +1,421 @@
+"""The one frozen configuration value of a ctrlplane process, and how it is loaded.
+
+Settings come from four layers, each overriding the one before: the defaults
+below, a TOML file, ``CTRLPLANE_*`` environment variables and overrides passed
+in by the caller (the CLI's flags). Everything is validated once, here, and
+every failure is a :class:`~ctrlplane.errors.ConfigError` that names the field
+and where its value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path, PurePath
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import msgspec
+import msgspec.inspect as mi
+
+from ctrlplane.bus.subjects import is_valid_prefix
+from ctrlplane.durations import format_duration, parse_duration
+from ctrlplane.errors import ConfigError
+
+__all__ = ["Config", "default_data_dir", "describe", "load_config"]
+
+ENV_PREFIX = "CTRLPLANE_"
+"""Environment variables named ``CTRLPLANE_<FIELD>`` set the field ``<field>``."""
+
+OVERRIDES_SOURCE = "overrides"
+"""The ``source`` of a :class:`ConfigError` about a value passed in ``overrides``."""
+
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+# Durations that may be zero; every other duration field must be positive, so
+# a new interval is protected from a busy loop without anyone remembering to.
+_MAY_BE_ZERO = frozenset({"stop_grace"})
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The data directory used when none is configured.
+
+    ``$XDG_DATA_HOME/ctrlplane`` when ``XDG_DATA_HOME`` is set to an absolute
+    path (the XDG spec says to ignore a relative one), else
+    ``~/.local/share/ctrlplane``.
+
+    Args:
+        env: The environment to read; ``None`` means ``os.environ``.
+
+    Returns:
+        The default data directory. It is not created.
+    """
+    environ = os.environ if env is None else env
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "ctrlplane"
+    return _home(environ) / ".local" / "share" / "ctrlplane"
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The configuration of one ctrlplane process.
+
+    Build it with :func:`load_config`; building it directly validates it too,
+    but raises errors without a ``source``.
+
+    Attributes:
+        nats_url: The NATS server(s) to connect to: one ``nats://``,
+            ``tls://``, ``ws://`` or ``wss://`` URL, or several separated by
+            commas. ``None`` starts an embedded ``nats-server`` instead.
+        data_dir: Where the process keeps its state (the embedded server's
+            JetStream store, the local database). Defaults to
+            ``$XDG_DATA_HOME/ctrlplane`` or ``~/.local/share/ctrlplane``.
+        subject_prefix: The first token(s) of every NATS subject and the base
+            of every stream name, so several control planes can share one
+            server. Dot-separated letters, digits, ``-`` and ``_``.
+        reconcile_interval: How often desired and actual state are reconciled.
+        health_interval: How often health checks run.
+        telemetry_flush_interval: How often buffered telemetry is written out.
+        gc_interval: How often expired records are collected.
+        cert_renew_interval: How often certificates are checked for renewal.
+        stop_grace: How long running work may take to finish on shutdown
+            before it is cancelled; zero cancels at once.
+        events_max_age: How long domain events are kept in their stream.
+        workers: Custom workers to load, each ``"package.module:Name"`` naming
+            a class or an attribute of an importable module.
+    """
+
+    nats_url: str | None = None
+    data_dir: Path = msgspec.field(default_factory=default_data_dir)
+    subject_prefix: str = "ctrlplane"
+    reconcile_interval: timedelta = timedelta(seconds=60)
+    health_interval: timedelta = timedelta(seconds=30)
+    telemetry_flush_interval: timedelta = timedelta(seconds=10)
+    gc_interval: timedelta = timedelta(minutes=5)
+    cert_renew_interval: timedelta = timedelta(hours=1)
+    stop_grace: timedelta = timedelta(seconds=10)
+    events_max_age: timedelta = timedelta(days=7)
+    workers: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.nats_url is not None:
+            _check_nats_url(self.nats_url)
+        if not is_valid_prefix(self.subject_prefix):
+            raise ConfigError(
+                "subject_prefix",
+                f"{self.subject_prefix!r} is not a valid subject prefix: use letters, digits, "
+                "'-' and '_' in dot-separated tokens, such as 'ctrlplane' or 'acme.prod'",
+            )
+        for name in _DURATION_FIELDS:
+            value: timedelta = getattr(self, name)
+            if name in _MAY_BE_ZERO:
+                if value < timedelta(0):
+                    raise ConfigError(name, f"must not be negative, got {format_duration(value)}")
+            elif value <= timedelta(0):
+                raise ConfigError(name, f"must be greater than zero, got {format_duration(value)}")
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(self.workers):
+            _check_worker_spec(spec, f"workers[{index}]")
+            if spec in seen:
+                raise ConfigError(
+                    f"workers[{index}]", f"{spec!r} is already listed as workers[{seen[spec]}]"
+                )
+            seen[spec] = index
+
+
+def _struct_fields(cls: type[msgspec.Struct]) -> dict[str, mi.Field]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return {f.name: f for f in info.fields}
+
+
+# Derived from the annotations so that a field added to Config (a duration, a
+# list of tables) is loaded from every layer without touching the loader.
+_FIELDS = _struct_fields(Config)
+_PYTHON_TYPES: dict[str, Any] = {f.name: f.type for f in msgspec.structs.fields(Config)}
+_DURATION_FIELDS: tuple[str, ...] = tuple(
+    name for name, f in _FIELDS.items() if isinstance(f.type, mi.TimeDeltaType)
+)
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    Each layer overrides the one before it:
+
+    1. the defaults of :class:`Config`;
+    2. the TOML file at ``path``, whose top-level keys are field names;
+    3. environment variables ``CTRLPLANE_<FIELD>``, such as
+       ``CTRLPLANE_HEALTH_INTERVAL=15s``; ``CTRLPLANE_WORKERS`` is a
+       comma-separated list, and an empty ``CTRLPLANE_NATS_URL`` means
+       "use the embedded server". Variables that name no field are ignored;
+    4. ``overrides``, field name to value, where ``None`` means "not given".
+
+    Durations may be written ``"30s"``, ``"5m"``, ``"1h30m"`` or as a number of
+    seconds (see :func:`~ctrlplane.durations.parse_duration`). A leading ``~``
+    in a path is expanded using ``HOME`` from ``env``.
+
+    Args:
+        path: The TOML file to read, or ``None`` to read none.
+        env: The environment to read; ``None`` means ``os.environ``.
+        overrides: Values that win over every other layer, typically from
+            command-line flags.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: The file is missing, unreadable or not valid TOML (field
+            ``config``), or a value is unknown, of the wrong type or invalid.
+            The error names the field and the file, variable or
+            ``overrides`` that held the value.
+    """
+    environ = os.environ if env is None else env
+    # Field name to value and where it came from; later layers replace earlier.
+    raw: dict[str, _Raw] = {}
+
+    if path is not None:
+        source = str(path)
+        for name, value in _read_toml(Path(path)).items():
+            _check_known(name, source)
+            raw[name] = _Raw(value, source)
+
+    for name, field in _FIELDS.items():
+        var = ENV_PREFIX + name.upper()
+        if var in environ:
+            raw[name] = _Raw(_from_env(environ[var], field.type), var)
+
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _check_known(name, OVERRIDES_SOURCE)
+        raw[name] = _Raw(value, OVERRIDES_SOURCE)
+
+    home = _home(environ)
+    values = {name: _convert(name, item, home) for name, item in raw.items()}
+    # Computed here rather than by the Struct's default factory so that it
+    # honours ``env`` instead of the process environment.
+    values.setdefault("data_dir", default_data_dir(environ))
+    try:
+        return msgspec.convert(values, Config)
+    except ConfigError as exc:
+        # Validation in __post_init__ knows the field but not the layer it came from.
+        top = re.match(r"\w+", exc.field)
+        origin = raw.get(top.group(0)) if top else None
+        raise ConfigError(exc.field, exc.reason, origin.source if origin else None) from None
+
+
+def describe(config: Config) -> dict[str, object]:
+    """A JSON-friendly view of ``config`` for logs and ``--show-config``.
+
+    Durations are formatted as ``30s``, ``1h30m``; paths become strings; a
+    password or token in ``nats_url`` is replaced by ``***``.
+
+    Args:
+        config: The configuration to describe.
+
+    Returns:
+        Field name to value, in field order.
+    """
+    described: dict[str, object] = {}
+    for name in _FIELDS:
+        value = getattr(config, name)
+        if name == "nats_url" and value is not None:
+            value = _redact_nats_url(value)
+        described[name] = _describe_value(value)
+    return described
+
+
+def _describe_value(value: object) -> object:
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, msgspec.Struct):
+        return {
+            f.name: _describe_value(getattr(value, f.name)) for f in msgspec.structs.fields(value)
+        }
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_describe_value(item) for item in value]
+    return value
+
+
+# The user part of a URL's authority; a regex rather than urlsplit so that
+# even a URL too broken to parse is redacted before it reaches a log or error.
+_USERINFO_RE = re.compile(r"//([^/@]*)@")
+
+
+def _redact_nats_url(urls: str) -> str:
+    def redact(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        # A lone user part is how NATS URLs carry a token, so it is secret too.
+        return f"//{user}:***@" if colon else "//***@"
+
+    return _USERINFO_RE.sub(redact, urls)
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME")
+    return Path(home) if home else Path.home()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError("config", "file not found", str(path)) from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read file: {exc.strerror}", str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message already says "(at line N, column M)".
+        raise ConfigError("config", f"invalid TOML: {exc}", str(path)) from None
+
+
+def _check_known(name: str, source: str) -> None:
+    if name not in _FIELDS:
+        close = difflib.get_close_matches(name, _FIELDS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known fields are " + ", ".join(_FIELDS)
+        raise ConfigError(name, f"unknown field; {hint}", source)
+
+
+def _from_env(text: str, info: mi.Type) -> object:
+    """Turn an environment variable's text into the shape a TOML value would have."""
+    if _is_optional(info) and not text.strip():
+        return None
+    if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _is_optional(info: mi.Type) -> bool:
+    return isinstance(info, mi.UnionType) and any(isinstance(t, mi.NoneType) for t in info.types)
+
+
+class _Raw(NamedTuple):
+    value: object
+    source: str
+
+
+def _convert(name: str, raw: _Raw, home: Path) -> object:
+    value = _normalise_durations(raw.value, _FIELDS[name].type, name, raw.source)
+    try:
+        return msgspec.convert(value, _PYTHON_TYPES[name], dec_hook=_path_hook(home))
+    except msgspec.ValidationError as exc:
+        # msgspec says "Expected `str`, got `int` - at `$[1]`"; the path is
+        # relative to this field, so graft it on to name the exact element.
+        reason, _, where = str(exc).partition(" - at `$")
+        reason = reason[:1].lower() + reason[1:]
+        raise ConfigError(name + where.rstrip("`"), reason, raw.source) from None
+
+
+def _normalise_durations(value: object, info: mi.Type, where: str, source: str) -> object:
+    """Parse every duration inside ``value``, following the shape of ``info``.
+
+    msgspec only reads ISO 8601 durations, so ``"30s"`` must become a
+    ``timedelta`` first, wherever it sits: in a field, a list or a table.
+    """
+    if isinstance(info, mi.TimeDeltaType):
+        if not isinstance(value, str | int | float | timedelta):
+            raise ConfigError(
+                where,
+                f"expected a duration such as '30s' or a number of seconds, "
+                f"got {type(value).__name__}",
+                source,
+            )
+        try:
+            return parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(where, str(exc), source) from None
+    if isinstance(info, mi.UnionType):
+        if value is None:
+            return value
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        return _normalise_durations(value, others[0], where, source) if len(others) == 1 else value
+    if isinstance(info, mi.ListType | mi.VarTupleType) and isinstance(value, list):
+        return [
+            _normalise_durations(item, info.item_type, f"{where}[{index}]", source)
+            for index, item in enumerate(value)
+        ]
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        by_name = {f.encode_name: f.type for f in info.fields}
+        return {
+            key: _normalise_durations(item, by_name[key], f"{where}.{key}", source)
+            if key in by_name
+            else item
+            for key, item in value.items()
+        }
+    return value
+
+
+def _path_hook(home: Path) -> Callable[[type, object], object]:
+    def hook(type_: type, obj: object) -> object:
+        if isinstance(type_, type) and issubclass(type_, PurePath):
+            if isinstance(obj, PurePath):
+                obj = str(obj)
+            if not isinstance(obj, str):
+                raise TypeError(f"Expected `path`, got `{type(obj).__name__}`")
+            if not obj:
+                raise ValueError("expected a path, got an empty string")
+            if obj == "~" or obj.startswith("~/"):
+                obj = str(home) + obj[1:]
+            return type_(obj)
+        raise TypeError(f"cannot read a {type_!r} from configuration")
+
+    return hook
+
+
+def _check_nats_url(urls: str) -> None:
+    for item in urls.split(","):
+        problem = _nats_url_problem(item.strip())
+        if problem is not None:
+            raise ConfigError(
+                "nats_url",
+                f"{problem}: use nats://host:4222 (or tls://, ws://, wss://), several "
+                "separated by commas, or leave it unset to start the embedded server",
+            )
+
+
+def _nats_url_problem(url: str) -> str | None:
+    if not url:
+        return "empty URL"
+    shown = repr(_redact_nats_url(url))
+    if "://" not in url:
+        # urlsplit would read "localhost:4222" as scheme "localhost".
+        return f"{shown} has no scheme"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError as exc:
+        return f"{shown} is not a URL ({exc})"
+    if parts.scheme not in _NATS_SCHEMES:
+        return f"{shown} has scheme {parts.scheme or 'none'!r}"
+    if not parts.hostname:
+        return f"{shown} has no host"
+    return None
+
+
+def _check_worker_spec(spec: str, where: str) -> None:
+    module, colon, attr = spec.partition(":")
+    parts = module.split(".")
+    if colon and all(_is_identifier(p) for p in parts) and _is_identifier(attr):
+        return
+    raise ConfigError(
+        where,
+        f"{spec!r} is not a worker reference: use 'package.module:Name', "
+        "a dotted module path, a colon and a class or attribute name",
+    )
+
+
+def _is_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)

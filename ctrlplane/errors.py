@@ -1,0 +1,52 @@
+"""Errors raised by ``ctrlplane`` itself: one base class, subclasses that carry what went wrong."""
+
+from __future__ import annotations
+
+
+class CtrlplaneError(Exception):
+    """Base class of every error raised by the ``ctrlplane`` package."""
+
+
+# ConfigError deliberately does not also derive from ValueError: msgspec turns a
+# ValueError raised in ``Config.__post_init__`` into a ValidationError, which
+# would lose the field and source this class carries.
+class ConfigError(CtrlplaneError):
+    """A configuration value is missing, malformed or out of range.
+
+    Attributes:
+        field: Dotted path of the offending setting, such as ``health_interval``
+            or ``workers[1]``; ``config`` when the file itself is the problem.
+        reason: What is wrong and, where it helps, what would be accepted.
+        source: The file path or environment variable that held the bad value,
+            ``overrides`` for values passed in by the caller, or ``None`` when
+            the value was not loaded from anywhere (a ``Config`` built in code).
+    """
+
+    def __init__(self, field: str, reason: str, source: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"config: {field}: {reason}{where}")
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str | None]]:
+        # Exceptions pickle their ``args`` by default, which here is the
+        # formatted message rather than the three fields __init__ takes.
+        return type(self), (self.field, self.reason, self.source)
+
+
+class WorkerLoadError(CtrlplaneError):
+    """A custom worker named in the config or an entry point cannot be loaded.
+
+    Attributes:
+        ref: The ``module:attr`` reference or entry point that failed.
+        reason: Why it could not be loaded.
+    """
+
+    def __init__(self, ref: str, reason: str) -> None:
+        self.ref = ref
+        self.reason = reason
+        super().__init__(f"worker {ref}: {reason}")
+
+    def __reduce__(self) -> tuple[type[WorkerLoadError], tuple[str, str]]:
+        return type(self), (self.ref, self.reason)
