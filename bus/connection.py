@@ -67,6 +67,7 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -100,13 +101,15 @@ class Bus:
         broker restarts. The first connection must succeed within
         ``connect_timeout``.
         """
+        self._closing = False
         servers = [u.strip() for u in url.split(",") if u.strip()]
 
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", error=str(exc) or type(exc).__name__)
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected")
+            if not self._closing:
+                log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats reconnected")
@@ -249,6 +252,7 @@ class Bus:
     async def close(self) -> None:
         """Drain the connection: flush what is buffered, then close. Idempotent."""
         nc, self._nc, self._js = self._nc, None, None
+        self._closing = True
         if nc is None or nc.is_closed:
             return
         try:

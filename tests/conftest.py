@@ -69,4 +69,3 @@ def config(nats_server: ServerInfo, subjects: Subjects, tmp_path: Path) -> Confi
         subject_prefix=subjects.prefix,
         stop_grace=timedelta(seconds=2),
     )
-

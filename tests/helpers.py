@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+
 async def wait_for(
     condition: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 10.0,
+    within: float = 10.0,
     interval: float = 0.02,
 ) -> None:
-    """Wait until ``condition`` holds, or fail after ``timeout`` seconds."""
+    """Wait until ``condition`` holds, or fail after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = condition()
         if not isinstance(result, bool):
@@ -20,5 +21,5 @@ async def wait_for(
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)

@@ -574,6 +574,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "stop_grace": "10s",
         "events_max_age": "7d",
         "workers": ["a:B"],
+        "nats_server_binary": None,
     }
 
 

@@ -184,7 +184,7 @@ async def test_failing_event_is_retried_then_dead_lettered(
     scheduler.register(worker)
     await scheduler.start()
     await bus.publish_event(Event(type="job.created", source="test", id="job-1"))
-    await wait_for(lambda: len(worker.attempts) == 2, timeout=10)
+    await wait_for(lambda: len(worker.attempts) == 2, within=10)
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
     assert worker.attempts == [1, 2]
     letters = await _dead_letters(bus, "flaky")
@@ -201,7 +201,7 @@ async def test_failing_event_recovers_on_retry(scheduler: Scheduler, bus: Bus) -
     scheduler.register(worker)
     await scheduler.start()
     await bus.publish_event(Event(type="job.created", source="test"))
-    await wait_for(lambda: len(worker.attempts) == 2, timeout=10)
+    await wait_for(lambda: len(worker.attempts) == 2, within=10)
     await wait_for(lambda: scheduler.workers()[0].last_error is None)
     assert scheduler.workers()[0].error_count == 1
     assert await _dead_letters(bus, "flaky") == []

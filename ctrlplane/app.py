@@ -1,0 +1,142 @@
+"""ControlPlane: wires the bus, the store and the scheduler, and runs them."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from types import TracebackType
+
+import structlog
+
+from ctrlplane.actors.control import ControlApi
+from ctrlplane.actors.scheduler import Scheduler
+from ctrlplane.actors.types import Worker
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.server import EmbeddedServer
+from ctrlplane.bus.subjects import Subjects
+from ctrlplane.config import Config
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.plugins import entry_point_workers, load_worker
+from ctrlplane.store.db import Store
+
+log = structlog.get_logger("ctrlplane")
+
+DB_FILE = "ctrlplane.db"
+
+
+class ControlPlane:
+    """The control plane of one process: its workers, its bus and its store.
+
+    ``start`` connects to NATS (or starts the embedded ``nats-server`` when
+    ``config.nats_url`` is None), opens the SQLite store, loads the custom
+    workers named in ``config.workers`` and in the ``ctrlplane.workers``
+    entry-point group, and starts the scheduler. ``stop`` undoes it all,
+    giving runs in flight ``config.stop_grace`` to finish.
+
+    Example::
+
+        async with ControlPlane(Config()) as cp:
+            ...  # workers run until the block exits
+
+    Args:
+        config: The configuration; defaults to ``Config()``.
+        load_plugins: Whether to load workers from entry points.
+    """
+
+    def __init__(self, config: Config | None = None, *, load_plugins: bool = True) -> None:
+        self.config = config or Config()
+        self._load_plugins = load_plugins
+        subjects = Subjects(self.config.subject_prefix)
+        self.bus = Bus(subjects, name=f"ctrlplane:{os.getpid()}")
+        self.store = Store(self.config.data_dir / DB_FILE)
+        self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
+        self._server: EmbeddedServer | None = None
+        self._control: ControlApi | None = None
+        self._started = False
+
+    @property
+    def server(self) -> EmbeddedServer | None:
+        """The embedded nats-server, when this control plane started one."""
+        return self._server
+
+    def register(self, worker: Worker) -> None:
+        """Register a worker beside the built-in ones; call before :meth:`start`."""
+        self.scheduler.register(worker)
+
+    async def start(self) -> None:
+        """Start everything; on failure, whatever was started is stopped again."""
+        if self._started:
+            raise CtrlplaneError("control plane already started")
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown(timedelta(0))
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        _private_dir(cfg.data_dir)
+        for ref in cfg.workers:
+            self.register(load_worker(ref))
+        if self._load_plugins:
+            for worker in entry_point_workers():
+                self.register(worker)
+        url, token = cfg.nats_url, None
+        if url is None:
+            binary = str(cfg.nats_server_binary) if cfg.nats_server_binary else None
+            self._server = EmbeddedServer(cfg.data_dir, binary=binary)
+            info = await self._server.start()
+            url, token = info.url, info.token
+            log.info("embedded nats-server started", url=info.url, pid=info.pid)
+        await self.bus.connect(url, token=token)
+        await self.store.open()
+        self.scheduler.use(self.bus, self.store.runs)
+        await self.scheduler.start()
+        self._control = ControlApi(self.bus, self.scheduler)
+        await self._control.start()
+        log.info(
+            "control plane started",
+            process=self.scheduler.process,
+            workers=[w.name for w in self.scheduler.workers()],
+            data_dir=str(cfg.data_dir),
+        )
+
+    async def stop(self, grace: timedelta | None = None) -> None:
+        """Stop gracefully: runs in flight get ``grace`` (default ``config.stop_grace``)."""
+        if not self._started:
+            return
+        await self._shutdown(self.config.stop_grace if grace is None else grace)
+
+    async def _shutdown(self, grace: timedelta) -> None:
+        self._started = False
+        try:
+            if self._control is not None:
+                await self._control.stop()
+                self._control = None
+            await self.scheduler.stop(grace)
+        finally:
+            try:
+                await self.bus.close()
+                await self.store.close()
+            finally:
+                if self._server is not None:
+                    await self._server.stop()
+                    self._server = None
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _private_dir(path: os.PathLike[str] | str) -> None:
+    """Create ``path`` readable by its owner only: it holds the token and the database."""
+    os.makedirs(path, mode=0o700, exist_ok=True)

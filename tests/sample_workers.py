@@ -1,0 +1,74 @@
+"""Workers that the CLI and multi-process tests load by ``module:Class`` reference.
+
+They write what they do as JSON lines to ``$CTRLPLANE_TEST_LOG_DIR/<pid>.jsonl``
+(one file per process, so no two writers share a file), which the tests read
+back after the processes are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from ctrlplane.actors import RunContext
+
+
+def _log(record: dict[str, object]) -> None:
+    folder = Path(os.environ["CTRLPLANE_TEST_LOG_DIR"])
+    record = {**record, "pid": os.getpid(), "at": time.time()}
+    with open(folder / f"{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+class SlotLog:
+    """Runs every second and logs the slot it ran."""
+
+    name = "slot-log"
+    interval = timedelta(seconds=1)
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.tick is not None
+        _log({"worker": self.name, "slot": ctx.tick.slot, "attempt": ctx.attempt})
+
+
+class SlowFirstAttempt:
+    """Hangs on its first delivery (the test kills that process), quick on the next."""
+
+    name = "slow-first"
+    interval = timedelta(hours=1)
+    # ack_wait follows the timeout (2 s minimum): a dead process's tick is
+    # redelivered to another within seconds.
+    timeout = timedelta(seconds=3)
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.tick is not None
+        _log({"worker": self.name, "slot": ctx.tick.slot, "attempt": ctx.attempt, "phase": "start"})
+        if ctx.attempt == 1:
+            await asyncio.sleep(60)
+        _log({"worker": self.name, "slot": ctx.tick.slot, "attempt": ctx.attempt, "phase": "done"})
+
+
+class BadName:
+    """Cannot be registered: its name is not a valid subject token."""
+
+    name = "Bad Name!"
+    interval = timedelta(seconds=5)
+
+    async def run(self, ctx: RunContext) -> None:
+        return None
+
+
+def read_log(folder: Path) -> list[dict[str, object]]:
+    """Every record every process wrote, in time order."""
+    records: list[dict[str, object]] = []
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                records.append(json.loads(line))
+    records.sort(key=lambda r: float(str(r["at"])))
+    return records

@@ -1,0 +1,139 @@
+"""ControlPlane: wiring, custom workers from config and entry points, start and stop."""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ctrlplane import Config, ControlPlane, WorkerLoadError
+from ctrlplane.actors import RunContext, WorkerKind
+from ctrlplane.bus import Event
+from ctrlplane.store import Outcome
+from tests.helpers import wait_for
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+class SeesContext:
+    name = "sees-context"
+    interval = timedelta(0)
+    subscriptions = ("ping",)
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def run(self, ctx: RunContext) -> None:
+        self.seen.append(request_id.get())
+        await ctx.emit("pong", {"for": ctx.event.id if ctx.event else None})
+
+
+async def test_control_plane_runs_registered_workers(config: Config) -> None:
+    worker = SeesContext()
+    cp = ControlPlane(config, load_plugins=False)
+    cp.register(worker)
+    # The context of start() is the parent of every run.
+    token = request_id.set("from-start")
+    try:
+        await cp.start()
+    finally:
+        request_id.reset(token)
+    try:
+        await cp.bus.publish_event(Event(type="ping", source="test", id="p-1"))
+        await wait_for(lambda: worker.seen == ["from-start"])
+        runs = await cp.store.runs.list(worker="sees-context")
+        assert [(r.trigger.value, r.outcome, r.trigger_ref) for r in runs] == [
+            ("event", Outcome.OK, "p-1")
+        ]
+        info = await cp.bus.js.get_last_msg(
+            cp.bus.subjects.events_stream, cp.bus.subjects.event("pong")
+        )
+        assert info.data is not None
+        pong = msgspec.json.decode(info.data, type=Event)
+        assert pong.source == "sees-context" and pong.data == {"for": "p-1"}
+    finally:
+        await cp.stop()
+    assert not cp.scheduler.running
+    assert not cp.bus.connected
+
+
+async def test_control_plane_loads_workers_named_in_config(config: Config) -> None:
+    cfg = msgspec.structs.replace(config, workers=["tests.sample_workers:SlotLog"])
+    async with ControlPlane(cfg, load_plugins=False) as cp:
+        (info,) = cp.scheduler.workers()
+        assert (info.name, info.kind) == ("slot-log", WorkerKind.PERIODIC)
+
+
+@pytest.fixture
+def plugin_dist(tmp_path: Path) -> Iterator[Path]:
+    """An installed distribution that declares a worker entry point (a real
+    dist-info on sys.path, as pip would leave it)."""
+    site = tmp_path / "site"
+    pkg = site / "acme_workers"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            from datetime import timedelta
+
+            class Nightly:
+                name = "acme-nightly"
+                interval = timedelta(hours=24)
+
+                async def run(self, ctx):
+                    return None
+            """
+        ),
+        encoding="utf-8",
+    )
+    dist = site / "acme_workers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-workers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ctrlplane.workers]\nnightly = acme_workers:Nightly\n")
+    sys.path.insert(0, str(site))
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop("acme_workers", None)
+
+
+async def test_control_plane_loads_entry_point_workers(config: Config, plugin_dist: Path) -> None:
+    async with ControlPlane(config) as cp:
+        names = [w.name for w in cp.scheduler.workers()]
+    assert "acme-nightly" in names
+
+
+async def test_broken_entry_point_is_named(config: Config, plugin_dist: Path) -> None:
+    (plugin_dist / "acme_workers-1.0.dist-info" / "entry_points.txt").write_text(
+        "[ctrlplane.workers]\nnightly = acme_workers:Gone\n"
+    )
+    cp = ControlPlane(config)
+    with pytest.raises(WorkerLoadError, match="entry point 'nightly'"):
+        await cp.start()
+    assert not cp.bus.connected
+
+
+async def test_failed_start_leaves_nothing_running(config: Config) -> None:
+    cfg = msgspec.structs.replace(config, workers=["tests.sample_workers:BadName"])
+    cp = ControlPlane(cfg, load_plugins=False)
+    with pytest.raises(ValueError, match="invalid name"):
+        await cp.start()
+    assert not cp.bus.connected
+    assert not cp.scheduler.running
+
+
+async def test_embedded_default_starts_and_stops_its_server(tmp_path: Path) -> None:
+    cfg = Config(data_dir=tmp_path / "data", stop_grace=timedelta(seconds=1))
+    async with ControlPlane(cfg, load_plugins=False) as cp:
+        assert cp.server is not None
+        assert cp.server.info.url.startswith("nats://127.0.0.1:")
+        assert cp.bus.connected
+        assert (tmp_path / "data" / "ctrlplane.db").exists()
+    assert cp.server is None

@@ -1,0 +1,93 @@
+"""The bus: subjects, codec, streams, and publishing through a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ctrlplane.bus import Bus, DecodeError, Event, Subjects, decode_event, encode
+from ctrlplane.bus.server import EmbeddedServer
+
+
+def test_subjects_derive_everything_from_the_prefix() -> None:
+    s = Subjects("acme.prod")
+    assert s.tick("gc") == "acme.prod.tick.gc"
+    assert s.event("health.failed") == "acme.prod.events.health.failed"
+    assert s.dlq("gc") == "acme.prod.dlq.gc"
+    assert s.api("workers") == "acme.prod.api.workers"
+    assert (s.ticks_stream, s.events_stream, s.dlq_stream) == (
+        "ACME_PROD_TICKS",
+        "ACME_PROD_EVENTS",
+        "ACME_PROD_DLQ",
+    )
+    assert s.event_type_of("acme.prod.events.instance.drift") == "instance.drift"
+
+
+@pytest.mark.parametrize("prefix", ["", "a..b", "a.*", "a b", "a.>"])
+def test_invalid_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="subject prefix"):
+        Subjects(prefix)
+
+
+def test_event_round_trips_and_bad_payloads_say_why() -> None:
+    event = Event(type="instance.drift", source="reconciler", instance_id="i-1", data={"n": 1})
+    assert decode_event(encode(event)) == event
+    with pytest.raises(DecodeError, match="type"):
+        decode_event(b'{"id": "x", "source": "s"}', "subj")
+    with pytest.raises(DecodeError, match="subj"):
+        decode_event(b"[1, 2", "subj")
+
+
+async def test_publish_waits_out_a_broker_restart_and_loses_nothing(tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path / "nats")
+    info = await server.start()
+    port = int(info.url.rsplit(":", 1)[1])
+    bus = Bus(Subjects("restart"), publish_timeout=timedelta(seconds=20))
+    await bus.connect(info.url, token=info.token)
+    try:
+        await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+        before = Event(type="t.before", source="test")
+        await bus.publish_event(before)
+        await server.stop()
+        # Published while the broker is away: waits, retries, lands.
+        during = asyncio.create_task(bus.publish_event(Event(type="t.during", source="test")))
+        await asyncio.sleep(0.5)
+        assert not during.done()
+        server = EmbeddedServer(tmp_path / "nats", port=port)
+        await server.start()
+        await asyncio.wait_for(during, 20)
+        sub = await bus.js.pull_subscribe(
+            bus.subjects.all_events, stream=bus.subjects.events_stream
+        )
+        msgs = await sub.fetch(10, timeout=2)
+        types = [msgspec.json.decode(m.data, type=Event).type for m in msgs]
+        assert types == ["t.before", "t.during"]
+    finally:
+        await bus.close()
+        await server.stop()
+
+
+async def test_same_event_published_twice_is_stored_once(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    event = Event(type="x.y", source="test")
+    first = await bus.publish_event(event)
+    second = await bus.publish_event(event)
+    assert first == second
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.state.messages == 1
+
+
+async def test_streams_only_widen_their_duplicate_window(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(hours=2))
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=3))
+    info = await bus.js.stream_info(bus.subjects.ticks_stream)
+    assert info.config.duplicate_window == timedelta(hours=2).total_seconds()
+
+
+async def test_using_the_bus_before_connect_says_what_to_do() -> None:
+    with pytest.raises(Exception, match="connect the bus first"):
+        await Bus().publish_event(Event(type="a", source="b"))

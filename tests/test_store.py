@@ -1,0 +1,149 @@
+"""The SQLite store: migrations, batched writes, several processes on one file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ctrlplane.store import (
+    BatchWriter,
+    MigrationError,
+    NotOpenError,
+    Outcome,
+    Store,
+    Trigger,
+    WorkerRun,
+)
+from ctrlplane.store.migrations import LATEST
+from tests.processes import ROOT
+
+
+def _run(worker: str = "w", outcome: Outcome = Outcome.OK, **kw: object) -> WorkerRun:
+    now = datetime.now(UTC)
+    fields: dict[str, object] = {
+        "id": uuid.uuid4().hex,
+        "worker": worker,
+        "process": "host:1",
+        "trigger": Trigger.TICK,
+        "trigger_ref": "w/1",
+        "attempt": 1,
+        "started": now,
+        "finished": now + timedelta(milliseconds=5),
+        "outcome": outcome,
+        "error": None,
+    }
+    fields.update(kw)
+    return WorkerRun(**fields)  # type: ignore[arg-type]
+
+
+async def test_open_applies_migrations_in_wal_mode(tmp_path: Path) -> None:
+    async with Store(tmp_path / "db.sqlite"):
+        pass
+    raw = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        cols = {r[1] for r in raw.execute("PRAGMA table_info(worker_runs)")}
+        assert cols >= {"worker", "process", "trigger", "started", "finished", "outcome", "error"}
+    finally:
+        raw.close()
+    # Opening again applies nothing twice.
+    async with Store(tmp_path / "db.sqlite") as again:
+        assert await again.runs.list() == []
+
+
+async def test_a_file_from_newer_code_is_refused(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "db.sqlite")
+    raw.execute(f"PRAGMA user_version = {LATEST + 1}")
+    raw.close()
+    with pytest.raises(MigrationError, match="newer than this code"):
+        await Store(tmp_path / "db.sqlite").open()
+
+
+async def test_runs_round_trip_newest_first(store: Store) -> None:
+    old = _run(started=datetime(2026, 1, 1, tzinfo=UTC), outcome=Outcome.ERROR, error="boom")
+    new = _run(worker="other")
+    store.runs.record(old)
+    store.runs.record(new)
+    assert await store.runs.list() == [new, old]
+    assert await store.runs.list(worker="w") == [old]
+    assert await store.runs.list(outcome=Outcome.ERROR) == [old]
+
+
+async def test_writes_are_batched_into_one_transaction(store: Store) -> None:
+    seen: list[str] = []
+    await store.db.set_trace_callback(seen.append)
+    for _ in range(500):
+        store.runs.record(_run())
+    await store.flush()
+    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    assert seen.count("BEGIN IMMEDIATE") == 1
+    assert seen.count("COMMIT") == 1
+    assert len(await store.runs.list(limit=1000)) == 500
+
+
+async def test_rows_survive_a_locked_file_and_land_later(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite", busy_timeout=timedelta(milliseconds=50))
+    await store.open()
+    blocker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        store.runs.record(_run())
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.flush()
+        blocker.execute("COMMIT")
+        await store.flush()
+        assert len(await store.runs.list()) == 1
+    finally:
+        blocker.close()
+        await store.close()
+
+
+async def test_batch_writer_bounds_what_it_keeps(store: Store) -> None:
+    writer = BatchWriter(store.db, max_pending=3)
+    for i in range(5):
+        writer.add("INSERT INTO worker_runs (id) VALUES (?)", (str(i),))
+    assert writer.dropped == 2
+
+
+async def test_using_a_closed_store_says_what_to_do(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    with pytest.raises(NotOpenError, match="open the store first"):
+        store.runs.record(_run())
+
+
+async def test_several_processes_open_a_new_file_at_once(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from ctrlplane.store import Store
+        from tests.test_store import _run
+
+        async def main():
+            async with Store({str(tmp_path / "shared.db")!r}) as s:
+                for _ in range(50):
+                    s.runs.record(_run(worker=sys.argv[1]))
+        asyncio.run(main())
+        """
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, f"p{i}", stderr=subprocess.PIPE, cwd=ROOT
+        )
+        for i in range(4)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err.decode()
+    async with Store(tmp_path / "shared.db") as s:
+        runs = await s.runs.list(limit=1000)
+    assert sorted({r.worker for r in runs}) == ["p0", "p1", "p2", "p3"]
+    assert len(runs) == 200
