@@ -167,7 +167,8 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=events_max_age.total_seconds(),
-            duplicate_window=timedelta(minutes=2).total_seconds(),
+            # JetStream refuses a duplicate window longer than the age limit.
+            duplicate_window=min(timedelta(minutes=2), events_max_age).total_seconds(),
         )
         await self._add_or_widen(events)
         dlq = StreamConfig(
@@ -180,6 +181,12 @@ class Bus:
         await self._add_or_widen(dlq)
 
     async def _add_or_widen(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one in line with ``config``.
+
+        The duplicate window (and the tick stream's age limit, which must
+        exceed it) only ever grows; the event stream's age limit follows the
+        operator's latest setting.
+        """
         assert config.name is not None
         try:
             info = await self.js.stream_info(config.name)
@@ -191,12 +198,15 @@ class Bus:
                 # Another process created it between our look and our add.
                 info = await self.js.stream_info(config.name)
         current = info.config
-        if (current.duplicate_window or 0) < config.duplicate_window or (current.max_age or 0) != (
-            config.max_age or 0
-        ):
+        window = max(current.duplicate_window or 0, config.duplicate_window)
+        if config.name == self.subjects.ticks_stream:
+            max_age = max(current.max_age or 0, config.max_age or 0)
+        else:
+            max_age = config.max_age or 0
+        if window != (current.duplicate_window or 0) or max_age != (current.max_age or 0):
             updated = StreamConfig.from_response(current.as_dict())
-            updated.duplicate_window = max(current.duplicate_window or 0, config.duplicate_window)
-            updated.max_age = max(current.max_age or 0, config.max_age or 0) or None
+            updated.duplicate_window = window
+            updated.max_age = max_age
             await self.js.update_stream(updated)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Any:

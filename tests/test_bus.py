@@ -88,6 +88,14 @@ async def test_streams_only_widen_their_duplicate_window(bus: Bus) -> None:
     assert info.config.duplicate_window == timedelta(hours=2).total_seconds()
 
 
+async def test_event_retention_follows_the_latest_setting(bus: Bus) -> None:
+    window = timedelta(minutes=2)
+    await bus.ensure_streams(duplicate_window=window, events_max_age=timedelta(days=7))
+    await bus.ensure_streams(duplicate_window=window, events_max_age=timedelta(days=1))
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.config.max_age == timedelta(days=1).total_seconds()
+
+
 async def test_using_the_bus_before_connect_says_what_to_do() -> None:
     with pytest.raises(Exception, match="connect the bus first"):
         await Bus().publish_event(Event(type="a", source="b"))
