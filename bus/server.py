@@ -16,14 +16,10 @@ import ctypes
 import fcntl
 import ipaddress
 import os
-import re
-import secrets
 import shutil
 import signal
-import stat
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,11 +30,11 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ctrlplane.bus.errors import ServerError
+from ctrlplane.bus.private import load_or_create_token, private_dir, write_private
 
 __all__ = ["EmbeddedServer", "ServerInfo", "find_binary", "read_server_info"]
 
 _BINARY_NAME = "nats-server.exe" if os.name == "nt" else "nats-server"
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")
 _LOG_TAIL_BYTES = 4000
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.05
@@ -322,7 +318,7 @@ class EmbeddedServer:
             started=datetime.now(UTC),
         )
         try:
-            _write_private(self._files.info, msgspec.json.encode(info))
+            write_private(self._files.info, msgspec.json.encode(info))
         except OSError as exc:
             raise ServerError(f"cannot write {self._files.info}: {exc.strerror}") from exc
         return info
@@ -331,12 +327,12 @@ class EmbeddedServer:
         """Write the token (the first time) and the config; return the token."""
         try:
             return self._write_files()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ServerError(f"cannot write into {self._files.nats_dir}: {exc}") from exc
 
     def _write_files(self) -> str:
         files = self._files
-        token = _load_or_create_token(files.token)
+        token = load_or_create_token(files.token)
         # nats-server appends "jetstream" to store_dir, hence the store in nats/jetstream.
         # No http_port: monitoring stays off.
         config = "\n".join(
@@ -350,7 +346,7 @@ class EmbeddedServer:
                 "",
             ]
         )
-        _write_private(files.config, config.encode())
+        write_private(files.config, config.encode())
         # A server killed earlier left its ports file; a recycled pid must not find it.
         for stale in files.nats_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
@@ -399,8 +395,11 @@ def _lock(files: _Files) -> int:
         The locked file descriptor; closing it releases the lock, as does the death of this
         process.
     """
-    _private_dir(files.data_dir)
-    _private_dir(files.nats_dir)
+    try:
+        private_dir(files.data_dir)
+        private_dir(files.nats_dir)
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"cannot prepare {files.nats_dir}: {exc}") from exc
     try:
         fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
@@ -549,53 +548,6 @@ async def _answers_info(host: str, port: int, deadline: float) -> bool:
     except (OSError, TimeoutError):
         return False
     return greeting.startswith(b"INFO ")
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` with mode 0700, or narrow it to 0700 if others may read it."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = path.stat().st_mode
-        if mode & stat.S_ISVTX:
-            # A sticky directory is shared like /tmp; making it private would break others.
-            raise ServerError(
-                f"{path} is a shared directory; give the server a directory of its own"
-            )
-        if mode & 0o077:
-            path.chmod(0o700)
-    except OSError as exc:
-        raise ServerError(f"cannot prepare {path}: {exc.strerror}") from exc
-
-
-def _load_or_create_token(path: Path) -> str:
-    """The token stored at ``path``; a new random one is stored first if there is none."""
-    # The caller holds the data directory's lock, so no other start races this one.
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        _write_private(path, token.encode())
-        return token
-    # The token goes into a URL's user part, which nats-py does not percent-decode.
-    if not _TOKEN_RE.fullmatch(token):
-        raise ServerError(f"{path} does not hold a valid token; delete it to make a new one")
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    return token
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically: readers see all of it or none."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _quote(value: str) -> str:

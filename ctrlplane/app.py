@@ -12,6 +12,7 @@ from ctrlplane.actors.control import ControlApi
 from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.actors.types import Worker
 from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.private import private_dir
 from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.config import Config
@@ -76,7 +77,10 @@ class ControlPlane:
 
     async def _start(self) -> None:
         cfg = self.config
-        _private_dir(cfg.data_dir)
+        try:
+            private_dir(cfg.data_dir)
+        except (OSError, ValueError) as exc:
+            raise CtrlplaneError(f"data_dir {cfg.data_dir}: {exc}") from exc
         for ref in cfg.workers:
             self.register(load_worker(ref))
         if self._load_plugins:
@@ -135,8 +139,3 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-def _private_dir(path: os.PathLike[str] | str) -> None:
-    """Create ``path`` readable by its owner only: it holds the token and the database."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
