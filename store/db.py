@@ -10,7 +10,10 @@ from types import TracebackType
 
 import aiosqlite
 
+from ctrlplane.store.audit import AuditStore
 from ctrlplane.store.errors import MigrationError, NotOpenError
+from ctrlplane.store.health import HealthStore
+from ctrlplane.store.instances import InstanceStore
 from ctrlplane.store.migrations import LATEST, MIGRATIONS
 from ctrlplane.store.runs import RunStore
 from ctrlplane.store.writer import BatchWriter
@@ -42,6 +45,9 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._writer: BatchWriter | None = None
         self._runs: RunStore | None = None
+        self._instances: InstanceStore | None = None
+        self._health: HealthStore | None = None
+        self._audit: AuditStore | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -63,6 +69,27 @@ class Store:
         if self._runs is None:
             raise NotOpenError("record runs")
         return self._runs
+
+    @property
+    def instances(self) -> InstanceStore:
+        """Instances."""
+        if self._instances is None:
+            raise NotOpenError("use instances")
+        return self._instances
+
+    @property
+    def health(self) -> HealthStore:
+        """Health checks and their results."""
+        if self._health is None:
+            raise NotOpenError("use health checks")
+        return self._health
+
+    @property
+    def audit(self) -> AuditStore:
+        """Audit entries."""
+        if self._audit is None:
+            raise NotOpenError("use the audit log")
+        return self._audit
 
     async def open(self) -> Store:
         """Open the file, apply migrations and start the batched writer."""
@@ -87,6 +114,9 @@ class Store:
         self._writer = BatchWriter(db, interval=self._flush_interval)
         self._writer.start()
         self._runs = RunStore(db, self._writer)
+        self._instances = InstanceStore(db, self._writer)
+        self._health = HealthStore(db, self._writer)
+        self._audit = AuditStore(db, self._writer)
         return self
 
     async def flush(self) -> None:
@@ -97,7 +127,7 @@ class Store:
         """Flush and close. Idempotent."""
         db, writer = self._db, self._writer
         self._db = self._writer = None
-        self._runs = None
+        self._runs = self._instances = self._health = self._audit = None
         if db is None:
             return
         try:

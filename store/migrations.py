@@ -26,6 +26,63 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX worker_runs_by_started ON worker_runs (started);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE instances (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            provider    TEXT NOT NULL,
+            spec        TEXT NOT NULL,
+            spec_hash   TEXT NOT NULL,
+            desired     TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            handle      TEXT,
+            state_error TEXT,
+            created     REAL NOT NULL,
+            updated     REAL NOT NULL
+        );
+        CREATE TABLE health_checks (
+            instance_id          TEXT NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+            name                 TEXT NOT NULL,
+            spec                 TEXT NOT NULL,
+            status               TEXT NOT NULL,
+            consecutive_passes   INTEGER NOT NULL DEFAULT 0,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            last_checked         REAL,
+            last_message         TEXT,
+            last_latency_ms      REAL,
+            changed              REAL,
+            PRIMARY KEY (instance_id, name)
+        );
+        CREATE TABLE health_results (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL,
+            check_name  TEXT NOT NULL,
+            time        REAL NOT NULL,
+            outcome     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            latency_ms  REAL,
+            message     TEXT
+        );
+        CREATE INDEX health_results_by_check ON health_results (instance_id, check_name, time);
+        CREATE TABLE restarts (
+            instance_id TEXT NOT NULL,
+            time        REAL NOT NULL
+        );
+        CREATE INDEX restarts_by_instance ON restarts (instance_id, time);
+        CREATE TABLE audit (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id    TEXT NOT NULL UNIQUE,
+            type        TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            instance_id TEXT,
+            time        REAL NOT NULL,
+            data        TEXT NOT NULL
+        );
+        CREATE INDEX audit_by_time ON audit (time);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -70,8 +70,26 @@ class BatchWriter:
                 self.dropped += 1
                 return
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction of its own on the shared connection.
+
+        Batches and direct writes share one connection, so they take turns:
+        a direct write can never end up inside (or roll back with) a batch.
+        """
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
     async def flush(self) -> None:
         """Write everything queued so far, in one transaction."""
+        if not self._count:
+            return
         async with self._lock:
             if not self._count:
                 return
