@@ -1,0 +1,353 @@
+"""The built-in ``process`` provider: instances are OS processes on this host.
+
+Each instance runs from its argv (never through a shell) in a session of its
+own, so it outlives a restart of the control plane, with stdin from /dev/null
+and stdout and stderr appended to ``<data_dir>/instances/<name>/output.log``.
+
+Its handle is ``"<pid>:<start>"``, where ``start`` is when the process began in
+clock ticks since boot (field 22 of ``/proc/<pid>/stat``; elsewhere psutil's
+creation time). A pid alone would be mistaken for whatever process reuses it
+after the instance is gone; pid and start together name one incarnation, which
+is how another control-plane process, or this one after a restart, recognises
+the instance. Ticks since boot, unlike an epoch timestamp, do not move when the
+clock is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+
+from ctrlplane.bus.private import private_dir
+from ctrlplane.providers import ProviderError
+from ctrlplane.store.instances import Instance, InstanceState
+from ctrlplane.types import Observation
+
+__all__ = ["ProcessProvider"]
+
+# How often stop() looks whether the processes are gone yet.
+_POLL = 0.02
+# How long stop() waits for SIGKILLed processes to disappear: the kernel is
+# quick, but a process in uninterruptible sleep dies only when it wakes.
+_KILL_WAIT = 2.0
+# Above this many instances, status() reads /proc in a thread.
+_INLINE_STATUS = 32
+
+_LINUX = sys.platform.startswith("linux")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One look at a pid: which incarnation holds it and whether it has exited."""
+
+    start: str
+    zombie: bool
+
+
+def _probe(pid: int) -> _Seen | None:
+    """What holds ``pid`` now; ``None`` when no process (not even a zombie) does."""
+    if _LINUX:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                stat = file.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # The command name in parentheses may hold spaces and ')': split after the last one.
+        fields = stat.rpartition(b")")[2].split()
+        # fields[0] is field 3 (state); starttime is field 22.
+        return _Seen(start=fields[19].decode(), zombie=fields[0] in (b"Z", b"X"))
+    try:
+        process = psutil.Process(pid)
+        return _Seen(
+            start=repr(process.create_time()), zombie=process.status() == psutil.STATUS_ZOMBIE
+        )
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _parse_handle(handle: str) -> tuple[int, str] | None:
+    pid, sep, start = handle.partition(":")
+    if not sep or not pid.isdigit() or int(pid) <= 0 or not start:
+        return None
+    return int(pid), start
+
+
+def _incarnation(handle: str | None) -> tuple[int, str] | None:
+    """The pid of ``handle`` if that very process still runs (and has not exited)."""
+    parsed = None if handle is None else _parse_handle(handle)
+    if parsed is None:
+        return None
+    seen = _probe(parsed[0])
+    if seen is None or seen.start != parsed[1] or seen.zombie:
+        return None
+    return parsed
+
+
+def _running(process: psutil.Process) -> bool:
+    # is_running() compares the creation time, so a reused pid reads as gone;
+    # it is True for zombies, which have exited all the same.
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _gone(family: list[psutil.Process], within: float) -> bool:
+    """Wait up to ``within`` seconds for every process of ``family`` to exit."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        if not any(_running(p) for p in family):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_POLL)
+
+
+def _exit_observation(code: int, stopped: bool) -> Observation:
+    """How a child of ours that exited with ``code`` (``-N``: signal N) is seen."""
+    if code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    if code == 0:
+        return Observation(state=InstanceState.STOPPED, detail=how)
+    if stopped:
+        # We asked it to stop: however it went, that is not a failure.
+        return Observation(state=InstanceState.STOPPED, detail=f"stopped ({how})")
+    return Observation(state=InstanceState.FAILED, detail=how)
+
+
+@dataclass
+class _Child:
+    """A process this provider started: its exit code is ours to read."""
+
+    instance_id: str
+    popen: subprocess.Popen[bytes]
+    stopped: bool = False
+
+
+class ProcessProvider:
+    """Runs instances as OS processes on this host.
+
+    Args:
+        data_dir: The control plane's data directory; each instance gets the
+            folder ``instances/<name>/`` (mode 0700) for its output log and,
+            unless its spec names one, as its working directory.
+    """
+
+    name = "process"
+
+    def __init__(self, data_dir: Path) -> None:
+        self._root = Path(data_dir) / "instances"
+        # The processes started here, by handle: polling them reads their exit
+        # code and reaps them, so none lingers as a zombie.
+        self._children: dict[str, _Child] = {}
+
+    def log_path(self, instance: Instance) -> Path:
+        """Where the output of ``instance`` goes."""
+        return self._folder(instance) / "output.log"
+
+    async def start(self, instance: Instance) -> str:
+        """Start ``instance`` and return its handle ``"<pid>:<start>"``.
+
+        If its handle already names a running process, that process is kept
+        and its handle returned: like :meth:`stop`, starting is idempotent. A
+        process that exits at once is not an error here; :meth:`status` tells.
+
+        Raises:
+            ProviderError: the command is empty, the executable is missing or
+                not executable, or the folder or working directory is unusable.
+        """
+        spec = instance.spec
+        if instance.handle is not None and _incarnation(instance.handle) is not None:
+            return instance.handle
+        if not spec.command:
+            raise ProviderError(instance.name, "the command is empty")
+        folder = self._folder(instance)
+        try:
+            private_dir(self._root)
+            private_dir(folder)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ProviderError(instance.name, f"cannot create {folder}: {reason}") from exc
+        cwd = Path(spec.cwd) if spec.cwd else folder
+        if not cwd.is_dir():
+            raise ProviderError(instance.name, f"working directory {cwd} is not a directory")
+        log = folder / "output.log"
+        try:
+            log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ProviderError(instance.name, f"cannot open {log}: {exc.strerror}") from exc
+        try:
+            # Inline, not in a thread: a caller that times out and cancels us must
+            # not leave a process running that nothing tracks. vfork and exec
+            # take about a millisecond.
+            popen = subprocess.Popen(  # noqa: ASYNC220
+                spec.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **spec.env},
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            raise ProviderError(instance.name, _start_failure(spec.command[0], cwd, exc)) from exc
+        finally:
+            os.close(log_fd)
+        # Not yet polled, the child is at worst a zombie: its start time is readable.
+        seen = _probe(popen.pid)
+        if seen is None:
+            popen.kill()
+            popen.wait()
+            raise ProviderError(instance.name, f"process {popen.pid} vanished before it was seen")
+        handle = f"{popen.pid}:{seen.start}"
+        self._forget_exited(instance.id)
+        self._children[handle] = _Child(instance_id=instance.id, popen=popen)
+        return handle
+
+    async def status(self, instances: Sequence[Instance]) -> dict[str, Observation]:
+        """What each instance's handle names now, keyed by instance id.
+
+        ``running`` when the handle's process is alive; ``stopped`` when it never
+        started, exited with code 0, was stopped, or is gone (or its pid now
+        belongs to another process); ``failed`` when a process started here
+        exited with another code or was killed by a signal nobody asked for.
+        The exit code of a process started by another control-plane process
+        cannot be known: it is reported ``stopped``.
+        """
+        if len(instances) > _INLINE_STATUS:
+            return await asyncio.to_thread(self._observe_all, instances)
+        return self._observe_all(instances)
+
+    async def stop(self, instance: Instance, grace: timedelta) -> None:
+        """Stop ``instance``: SIGTERM, then SIGKILL after ``grace``. Idempotent.
+
+        Signals go to the instance's process group and to any descendant that
+        left it, and only after the handle is checked to name the very process
+        started for the instance, so a reused pid is never signalled. Returns
+        when they are all gone, or about two seconds after the SIGKILL.
+        """
+        child = None if instance.handle is None else self._children.get(instance.handle)
+        if child is not None and child.popen.poll() is not None:
+            return
+        parsed = _incarnation(instance.handle)
+        if parsed is None:
+            return
+        family = await asyncio.to_thread(self._family, instance.handle)
+        if not family:
+            return
+        if child is not None:
+            child.stopped = True
+        self._signal(parsed, family, signal.SIGTERM)
+        if not await _gone(family, within=grace.total_seconds()):
+            self._signal(parsed, family, signal.SIGKILL)
+            await _gone(family, within=_KILL_WAIT)
+        if child is not None:
+            # It has exited (or is stuck beyond SIGKILL): reap it if we can.
+            child.popen.poll()
+
+    async def pids(self, instance: Instance) -> list[int]:
+        """The instance's process and all its descendants; empty unless it runs."""
+        family = await asyncio.to_thread(self._family, instance.handle)
+        return [p.pid for p in family]
+
+    def _folder(self, instance: Instance) -> Path:
+        name = instance.name
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise ProviderError(name, "the name cannot be used as a folder name")
+        return self._root / name
+
+    def _forget_exited(self, instance_id: str) -> None:
+        for handle, child in list(self._children.items()):
+            if child.instance_id == instance_id and child.popen.poll() is not None:
+                del self._children[handle]
+
+    def _observe_all(self, instances: Sequence[Instance]) -> dict[str, Observation]:
+        return {instance.id: self._observe(instance.handle) for instance in instances}
+
+    def _observe(self, handle: str | None) -> Observation:
+        if handle is None:
+            return Observation(state=InstanceState.STOPPED, detail="never started")
+        parsed = _parse_handle(handle)
+        if parsed is None:
+            return Observation(
+                state=InstanceState.STOPPED, detail=f"not a process handle: {handle!r}"
+            )
+        child = self._children.get(handle)
+        if child is not None:
+            code = child.popen.poll()
+            if code is None:
+                return Observation(state=InstanceState.RUNNING)
+            return _exit_observation(code, child.stopped)
+        pid, start = parsed
+        seen = _probe(pid)
+        if seen is None:
+            return Observation(state=InstanceState.STOPPED, detail=f"no process {pid}: exited")
+        if seen.start != start:
+            return Observation(
+                state=InstanceState.STOPPED,
+                detail=f"pid reused: {pid} is now another process",
+            )
+        if seen.zombie:
+            return Observation(state=InstanceState.STOPPED, detail=f"process {pid} exited")
+        return Observation(state=InstanceState.RUNNING)
+
+    def _family(self, handle: str | None) -> list[psutil.Process]:
+        """The handle's process, then its descendants; empty unless it runs."""
+        parsed = _incarnation(handle)
+        if parsed is None:
+            return []
+        try:
+            leader = psutil.Process(parsed[0])
+            family = [leader, *leader.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        # Alive before and after psutil looked: the process it looked at was ours.
+        if _incarnation(handle) is None:
+            return []
+        return family
+
+    @staticmethod
+    def _signal(incarnation: tuple[int, str], family: list[psutil.Process], sig: int) -> None:
+        pid, start = incarnation
+        seen = _probe(pid)
+        # The leader, alive or an unreaped zombie, still holds its pid, and with
+        # it the process group's id: the group is the instance's.
+        group_is_ours = seen is not None and seen.start == start
+        if group_is_ours:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        for process in family:
+            try:
+                if group_is_ours and os.getpgid(process.pid) == pid:
+                    continue  # Signalled with the group: once is enough.
+                # psutil checks the creation time before it signals.
+                process.send_signal(sig)
+            except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+
+def _start_failure(executable: str, cwd: Path, exc: OSError | ValueError) -> str:
+    if isinstance(exc, ValueError):
+        # An argument or environment variable with a NUL byte or "=" in its name.
+        return f"cannot start {executable!r}: {exc}"
+    if exc.filename is not None and str(exc.filename) == str(cwd):
+        return f"cannot enter working directory {cwd}: {exc.strerror}"
+    if isinstance(exc, FileNotFoundError) and "/" not in executable:
+        return f"cannot execute {executable!r}: not found on PATH"
+    return f"cannot execute {executable!r}: {exc.strerror or exc}"

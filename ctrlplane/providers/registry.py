@@ -1,0 +1,62 @@
+"""Finding providers: the built-in one and those that packages declare as entry points."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from ctrlplane.providers import ProviderLoadError
+from ctrlplane.providers.process import ProcessProvider
+from ctrlplane.types import Provider
+
+__all__ = ["ENTRY_POINT_GROUP", "load_providers"]
+
+ENTRY_POINT_GROUP = "ctrlplane.providers"
+
+_METHODS = ("start", "stop", "status", "pids")
+
+
+def load_providers(data_dir: Path) -> dict[str, Provider]:
+    """Every provider, keyed by its ``name``: ``process`` and the entry points' ones.
+
+    An entry point in the ``ctrlplane.providers`` group names a class or a
+    factory, which is called with ``data_dir`` as its only argument, or a
+    provider instance, which is used as it is.
+
+    Raises:
+        ProviderLoadError: an entry point cannot be loaded, does not give a
+            provider, or gives one whose name is already taken.
+    """
+    builtin = ProcessProvider(data_dir)
+    providers: dict[str, Provider] = {builtin.name: builtin}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ref = f"entry point {ep.name!r} ({ep.value})"
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise ProviderLoadError(ref, f"cannot load: {exc!r}") from exc
+        provider = _instantiate(ref, obj, data_dir)
+        if provider.name in providers:
+            raise ProviderLoadError(ref, f"the provider name {provider.name!r} is already taken")
+        providers[provider.name] = provider
+    return providers
+
+
+def _instantiate(ref: str, obj: object, data_dir: Path) -> Provider:
+    """A class or factory is called with ``data_dir``; a provider is used as it is."""
+    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Provider)):
+        try:
+            obj = obj(data_dir)
+        except Exception as exc:
+            raise ProviderLoadError(ref, f"calling it with the data dir failed: {exc!r}") from exc
+    if not isinstance(obj, Provider):
+        raise ProviderLoadError(
+            ref, "is not a provider: it needs 'name', 'start', 'stop', 'status' and 'pids'"
+        )
+    if not isinstance(obj.name, str) or not obj.name:
+        raise ProviderLoadError(ref, f"its name must be a non-empty string, not {obj.name!r}")
+    for method in _METHODS:
+        if not inspect.iscoroutinefunction(getattr(obj, method)):
+            raise ProviderLoadError(ref, f"{method!r} must be an async method")
+    return obj
