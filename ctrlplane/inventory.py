@@ -1,0 +1,362 @@
+"""Declared instances and how they are brought about: create, update, start, stop, remove.
+
+``[[instances]]`` in the config file and ``ctrlplane apply -f FILE`` both
+declare the whole set; :meth:`Inventory.apply` makes the store and the
+providers match it, and is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from msgspec import Struct, field
+
+from ctrlplane.bus.messages import Event
+from ctrlplane.bus.subjects import is_valid_token
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.lifecycle import check_transition
+from ctrlplane.store.db import Store
+from ctrlplane.store.health import CheckSpec
+from ctrlplane.store.instances import (
+    DesiredState,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    new_instance_id,
+)
+from ctrlplane.types import Provider
+
+log = structlog.get_logger("ctrlplane.inventory")
+
+Publish = Callable[[Event], Awaitable[int]]
+
+
+class InstanceDecl(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[instances]]`` table: an instance as the operator declares it.
+
+    Attributes:
+        name: Unique; lowercase letters, digits, ``-`` and ``_``.
+        command: The argv to run (never through a shell).
+        provider: Who runs it; ``process`` by default.
+        desired_state: ``running`` (default) or ``stopped``.
+        env: Extra environment variables.
+        cwd: Working directory.
+        ports: Ports it listens on.
+        metrics_url: A Prometheus text endpoint.
+        checks: Its health checks (``[[instances.checks]]``).
+    """
+
+    name: str
+    command: list[str]
+    provider: str = "process"
+    desired_state: DesiredState = DesiredState.RUNNING
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    ports: list[int] = field(default_factory=list)
+    metrics_url: str | None = None
+    checks: list[CheckSpec] = field(default_factory=list)
+
+    def spec(self) -> InstanceSpec:
+        return InstanceSpec(
+            command=list(self.command),
+            env=dict(self.env),
+            cwd=self.cwd,
+            ports=list(self.ports),
+            metrics_url=self.metrics_url,
+        )
+
+
+def decl_problems(decls: list[InstanceDecl]) -> list[tuple[str, str]]:
+    """What is wrong with ``decls``, as (field path, reason) pairs; empty if nothing."""
+    problems: list[tuple[str, str]] = []
+    names: dict[str, int] = {}
+    token_rule = "use lowercase letters, digits, '-' and '_'"
+    for i, d in enumerate(decls):
+        at = f"instances[{i}]"
+        if not is_valid_token(d.name) or len(d.name) > 64:
+            problems.append((f"{at}.name", f"{d.name!r}: {token_rule}"))
+        if d.name in names:
+            problems.append(
+                (f"{at}.name", f"{d.name!r} is already declared as instances[{names[d.name]}]")
+            )
+        names.setdefault(d.name, i)
+        if not d.command or not all(d.command):
+            problems.append((f"{at}.command", "must be a non-empty list of non-empty strings"))
+        for j, port in enumerate(d.ports):
+            if not 0 < port < 65536:
+                problems.append((f"{at}.ports[{j}]", f"{port} is not a TCP port"))
+        checks: dict[str, int] = {}
+        for j, c in enumerate(d.checks):
+            cat = f"{at}.checks[{j}]"
+            if not is_valid_token(c.name):
+                problems.append((f"{cat}.name", f"{c.name!r}: {token_rule}"))
+            if c.name in checks:
+                problems.append((f"{cat}.name", f"{c.name!r} is already a check of {d.name!r}"))
+            checks.setdefault(c.name, j)
+            if c.failure_threshold < 1:
+                problems.append((f"{cat}.failure_threshold", "must be at least 1"))
+            if c.success_threshold < 1:
+                problems.append((f"{cat}.success_threshold", "must be at least 1"))
+            if c.timeout <= timedelta(0):
+                problems.append((f"{cat}.timeout", "must be greater than zero"))
+            low, high = c.expected_status
+            if not 100 <= low <= high <= 599:
+                problems.append(
+                    (f"{cat}.expected_status", f"[{low}, {high}] is not a range of HTTP statuses")
+                )
+    return problems
+
+
+class ApplyResult(Struct, frozen=True, kw_only=True):
+    """What :meth:`Inventory.apply` changed, by instance name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class InventoryError(CtrlplaneError):
+    """An instance could not be started, stopped or removed."""
+
+    def __init__(self, instance: str, reason: str) -> None:
+        self.instance = instance
+        self.reason = reason
+        super().__init__(f"instance {instance!r}: {reason}")
+
+
+class Inventory:
+    """Brings instances about through their providers, recording every step.
+
+    Args:
+        store: The open store.
+        providers: Providers by name.
+        publish: How to publish lifecycle events.
+        source: The ``source`` of those events.
+        stop_grace: How long an instance gets to stop before it is killed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        providers: dict[str, Provider],
+        publish: Publish,
+        *,
+        source: str = "inventory",
+        stop_grace: timedelta = timedelta(seconds=10),
+    ) -> None:
+        self._store = store
+        self.providers = providers
+        self._publish = publish
+        self._source = source
+        self._stop_grace = stop_grace
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, instance_id: str) -> asyncio.Lock:
+        """Serialises lifecycle changes of one instance within this process."""
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    def provider(self, instance: Instance) -> Provider:
+        try:
+            return self.providers[instance.provider]
+        except KeyError:
+            known = ", ".join(sorted(self.providers))
+            raise InventoryError(
+                instance.name, f"unknown provider {instance.provider!r}; known: {known}"
+            ) from None
+
+    async def emit(self, type_: str, instance: Instance, **data: Any) -> None:
+        await self._publish(
+            Event(
+                type=type_,
+                source=self._source,
+                instance_id=instance.id,
+                data={"name": instance.name, **data},
+            )
+        )
+
+    async def apply(self, decls: list[InstanceDecl]) -> ApplyResult:
+        """Make the recorded instances exactly ``decls``: create, update, start,
+        stop and remove as needed. Running it twice changes nothing the second time."""
+        problems = decl_problems(decls)
+        if problems:
+            raise InventoryError("*", "; ".join(f"{f}: {r}" for f, r in problems))
+        for d in decls:
+            if d.provider not in self.providers:
+                raise InventoryError(d.name, f"unknown provider {d.provider!r}")
+        result = ApplyResult()
+        existing = {i.name: i for i in await self._store.instances.all()}
+        for d in decls:
+            current = existing.pop(d.name, None)
+            try:
+                if current is None:
+                    changed = await self._create(d)
+                    (result.created if changed else result.unchanged).append(d.name)
+                else:
+                    changed = await self._update(current, d)
+                    (result.updated if changed else result.unchanged).append(d.name)
+                if changed is not None:
+                    await self.converge(changed)
+            except CtrlplaneError as exc:
+                result.errors.append(str(exc))
+        for gone in existing.values():
+            try:
+                await self.destroy(gone)
+                result.removed.append(gone.name)
+            except CtrlplaneError as exc:
+                result.errors.append(str(exc))
+        return result
+
+    async def _create(self, d: InstanceDecl) -> Instance | None:
+        """Record a new instance; None if another process created it first."""
+        now = datetime.now(UTC)
+        spec = d.spec()
+        instance = Instance(
+            id=new_instance_id(),
+            name=d.name,
+            provider=d.provider,
+            spec=spec,
+            spec_hash=spec.digest(),
+            desired=d.desired_state,
+            state=InstanceState.PROVISIONING,
+            created=now,
+            updated=now,
+        )
+        if not await self._store.instances.create(instance):
+            return None
+        await self._store.health.set_checks(instance.id, d.checks)
+        await self.emit("instance.created", instance, desired=d.desired_state.value)
+        return instance
+
+    async def _update(self, current: Instance, d: InstanceDecl) -> Instance | None:
+        """Record what changed; None if nothing did."""
+        spec = d.spec()
+        checks_before = {s.name: s.spec for s in await self._store.health.states(current.id)}
+        checks_after = {c.name: c for c in d.checks}
+        changed = (
+            current.provider != d.provider
+            or current.spec_hash != spec.digest()
+            or current.desired != d.desired_state
+        )
+        if changed:
+            updated = Instance(
+                id=current.id,
+                name=current.name,
+                provider=d.provider,
+                spec=spec,
+                spec_hash=spec.digest(),
+                desired=d.desired_state,
+                state=current.state,
+                handle=current.handle,
+                state_error=current.state_error,
+                created=current.created,
+                updated=datetime.now(UTC),
+            )
+            await self._store.instances.put(updated)
+        if checks_before != checks_after:
+            await self._store.health.set_checks(current.id, d.checks)
+        if not changed and checks_before == checks_after:
+            return None
+        instance = await self._store.instances.get(current.id)
+        await self.emit(
+            "instance.updated",
+            instance,
+            desired=instance.desired.value,
+            spec_changed=current.spec_hash != instance.spec_hash,
+        )
+        return instance
+
+    async def converge(self, instance: Instance) -> Instance:
+        """Start or stop ``instance`` so that its recorded state matches its desired one."""
+        wants_running = instance.desired is DesiredState.RUNNING
+        if wants_running and instance.state is not InstanceState.RUNNING:
+            return await self.start(instance)
+        if not wants_running and instance.state in (InstanceState.RUNNING, InstanceState.STARTING):
+            return await self.stop(instance)
+        if not wants_running and instance.state is InstanceState.PROVISIONING:
+            await self._store.instances.set_state(instance.id, InstanceState.STOPPED)
+            return await self._store.instances.get(instance.id)
+        return instance
+
+    async def _begin(self, instance: Instance, target: InstanceState) -> None:
+        """Move into ``target`` if the recorded state is still the one we read.
+
+        Raises:
+            IllegalTransitionError: the lifecycle does not allow it.
+            InventoryError: another process changed the instance meanwhile.
+        """
+        check_transition(instance.name, instance.state, target)
+        if not await self._store.instances.set_state(instance.id, target, expect=instance.state):
+            raise InventoryError(
+                instance.name, f"changed by another process while going to {target.value!r}"
+            )
+
+    async def _failed(self, instance: Instance, exc: Exception) -> str:
+        """Record that a provider call failed; returns the reason."""
+        reason = str(exc) or type(exc).__name__
+        await self._store.instances.set_state(instance.id, InstanceState.FAILED, error=reason)
+        return reason
+
+    async def start(
+        self, instance: Instance, *, event: str = "instance.started", **data: Any
+    ) -> Instance:
+        """Start ``instance`` through its provider; records ``starting`` then ``running``
+        (or ``failed`` with the reason) and publishes ``event`` or ``instance.failed``."""
+        provider = self.provider(instance)
+        async with self.lock(instance.id):
+            await self._begin(instance, InstanceState.STARTING)
+            try:
+                handle = await provider.start(instance)
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+                await self._store.instances.set_state(
+                    instance.id, InstanceState.FAILED, error=reason
+                )
+                failed = await self._store.instances.get(instance.id)
+                await self.emit("instance.failed", failed, reason=reason)
+                raise InventoryError(instance.name, f"start failed: {reason}") from exc
+            await self._store.instances.set_state(instance.id, InstanceState.RUNNING, handle=handle)
+            started = await self._store.instances.get(instance.id)
+        log.info("instance started", instance=instance.name, handle=handle)
+        await self.emit(event, started, handle=handle, **data)
+        return started
+
+    async def stop(self, instance: Instance) -> Instance:
+        """Stop ``instance``; records ``stopping`` then ``stopped``."""
+        provider = self.provider(instance)
+        async with self.lock(instance.id):
+            await self._begin(instance, InstanceState.STOPPING)
+            try:
+                await provider.stop(instance, self._stop_grace)
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+                await self._store.instances.set_state(
+                    instance.id, InstanceState.FAILED, error=reason
+                )
+                raise InventoryError(instance.name, f"stop failed: {reason}") from exc
+            await self._store.instances.set_state(instance.id, InstanceState.STOPPED)
+            stopped = await self._store.instances.get(instance.id)
+        await self.emit("instance.stopped", stopped)
+        return stopped
+
+    async def destroy(self, instance: Instance) -> None:
+        """Stop ``instance`` if it runs, then forget it."""
+        provider = self.provider(instance)
+        async with self.lock(instance.id):
+            await self._begin(instance, InstanceState.DESTROYING)
+            try:
+                await provider.stop(instance, self._stop_grace)
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+                await self._store.instances.set_state(
+                    instance.id, InstanceState.FAILED, error=reason
+                )
+                raise InventoryError(instance.name, f"remove failed: {reason}") from exc
+            await self._store.instances.delete(instance.id)
+        self._locks.pop(instance.id, None)
+        await self.emit("instance.destroyed", instance)
