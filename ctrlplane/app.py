@@ -11,14 +11,20 @@ import structlog
 from ctrlplane.actors.control import ControlApi
 from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.actors.types import Worker
+from ctrlplane.api import DomainApi
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.private import private_dir
 from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
+from ctrlplane.checks.registry import close_checkers, load_checkers
 from ctrlplane.config import Config
 from ctrlplane.errors import CtrlplaneError
+from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
+from ctrlplane.providers.registry import load_providers
 from ctrlplane.store.db import Store
+from ctrlplane.types import Checker, Provider
+from ctrlplane.workers import AuditRecorder, HealthRunner, Reconciler, Remediator
 
 log = structlog.get_logger("ctrlplane")
 
@@ -53,6 +59,9 @@ class ControlPlane:
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
+        self._api: DomainApi | None = None
+        self._checkers: dict[str, Checker] = {}
+        self.inventory: Inventory | None = None
         self._started = False
 
     @property
@@ -81,11 +90,9 @@ class ControlPlane:
             private_dir(cfg.data_dir)
         except (OSError, ValueError) as exc:
             raise CtrlplaneError(f"data_dir {cfg.data_dir}: {exc}") from exc
-        for ref in cfg.workers:
-            self.register(load_worker(ref))
+        custom = [load_worker(ref) for ref in cfg.workers]
         if self._load_plugins:
-            for worker in entry_point_workers():
-                self.register(worker)
+            custom += entry_point_workers()
         url, token = cfg.nats_url, None
         if url is None:
             binary = str(cfg.nats_server_binary) if cfg.nats_server_binary else None
@@ -95,16 +102,58 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, token=token)
         await self.store.open()
+        providers = load_providers(cfg.data_dir)
+        self._checkers = load_checkers()
+        self.inventory = Inventory(
+            self.store,
+            providers,
+            self.bus.publish_event,
+            source=f"ctrlplane:{self.scheduler.process}",
+            stop_grace=cfg.stop_grace,
+        )
+        for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
+            if worker.name not in cfg.disabled_workers:
+                self.register(worker)
         self.scheduler.use(self.bus, self.store.runs)
         await self.scheduler.start()
         self._control = ControlApi(self.bus, self.scheduler)
         await self._control.start()
+        self._api = DomainApi(self.bus, self.store, self.inventory)
+        await self._api.start()
+        if cfg.instances is not None:
+            # After the scheduler: the workers' consumers exist, so the
+            # reconciler and the audit recorder see the events this publishes.
+            result = await self.inventory.apply(cfg.instances)
+            log.info(
+                "instances applied",
+                created=result.created,
+                updated=result.updated,
+                removed=result.removed,
+            )
+            for error in result.errors:
+                log.error("instance not applied", error=error)
         log.info(
             "control plane started",
             process=self.scheduler.process,
             workers=[w.name for w in self.scheduler.workers()],
             data_dir=str(cfg.data_dir),
         )
+
+    def _builtin_workers(
+        self, providers: dict[str, Provider], inventory: Inventory
+    ) -> list[Worker]:
+        cfg = self.config
+        return [
+            Reconciler(self.store, providers, interval=cfg.reconcile_interval),
+            HealthRunner(
+                self.store,
+                self._checkers,
+                interval=cfg.health_interval,
+                concurrency=cfg.health_concurrency,
+            ),
+            Remediator(self.store, inventory, cfg.remediation),
+            AuditRecorder(self.store),
+        ]
 
     async def stop(self, grace: timedelta | None = None) -> None:
         """Stop gracefully: runs in flight get ``grace`` (default ``config.stop_grace``)."""
@@ -115,12 +164,14 @@ class ControlPlane:
     async def _shutdown(self, grace: timedelta) -> None:
         self._started = False
         try:
-            if self._control is not None:
-                await self._control.stop()
-                self._control = None
+            for api in (self._control, self._api):
+                if api is not None:
+                    await api.stop()
+            self._control = self._api = None
             await self.scheduler.stop(grace)
         finally:
             try:
+                await close_checkers(self._checkers)
                 await self.bus.close()
                 await self.store.close()
             finally:

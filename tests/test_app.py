@@ -66,8 +66,22 @@ async def test_control_plane_runs_registered_workers(config: Config) -> None:
 async def test_control_plane_loads_workers_named_in_config(config: Config) -> None:
     cfg = msgspec.structs.replace(config, workers=["tests.sample_workers:SlotLog"])
     async with ControlPlane(cfg, load_plugins=False) as cp:
-        (info,) = cp.scheduler.workers()
-        assert (info.name, info.kind) == ("slot-log", WorkerKind.PERIODIC)
+        (info,) = [w for w in cp.scheduler.workers() if w.name == "slot-log"]
+        assert info.kind is WorkerKind.PERIODIC
+
+
+async def test_built_in_workers_are_registered_and_can_be_turned_off(config: Config) -> None:
+    async with ControlPlane(config, load_plugins=False) as cp:
+        workers = {w.name: w for w in cp.scheduler.workers()}
+    assert workers["reconciler"].interval == timedelta(seconds=60)
+    assert workers["health_runner"].interval == timedelta(seconds=30)
+    assert workers["reconciler"].subscriptions == ("instance.*",)
+    assert workers["remediator"].kind is WorkerKind.EVENT
+    assert workers["audit_recorder"].subscriptions == (">",)
+    cfg = msgspec.structs.replace(config, disabled_workers=["remediator", "audit_recorder"])
+    async with ControlPlane(cfg, load_plugins=False) as cp:
+        names = {w.name for w in cp.scheduler.workers()}
+    assert names == {"reconciler", "health_runner"}
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""HealthRunner: executes every configured check of every running instance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+from ctrlplane.actors.context import RunContext
+from ctrlplane.bus.messages import Event
+from ctrlplane.events import HealthChange, data_of
+from ctrlplane.health import advance, status_of
+from ctrlplane.store.db import Store
+from ctrlplane.store.health import CheckResult, CheckState, Outcome
+from ctrlplane.store.instances import Instance, InstanceState
+from ctrlplane.types import Checker, Probe
+
+DEFAULT_INTERVAL = timedelta(seconds=30)
+
+
+class HealthRunner:
+    """Runs every check of every running instance, with bounded concurrency.
+
+    All results of one run are stored in one batched write; each status
+    change is published as ``health.passed``, ``health.failed``,
+    ``health.degraded``, ``health.recovered`` or ``health.unknown``.
+
+    Args:
+        store: The open store.
+        checkers: Checkers by check type.
+        interval: How often to run (``Config.health_interval``).
+        concurrency: Checks in flight at once.
+    """
+
+    name = "health_runner"
+
+    def __init__(
+        self,
+        store: Store,
+        checkers: dict[str, Checker],
+        *,
+        interval: timedelta = DEFAULT_INTERVAL,
+        concurrency: int = 64,
+    ) -> None:
+        self.interval = interval
+        # A sweep may take as long as its slowest check plus queueing; it must
+        # not be cut off at a short interval.
+        self.timeout = max(interval, timedelta(seconds=60))
+        self._store = store
+        self._checkers = checkers
+        self._concurrency = concurrency
+
+    async def run(self, ctx: RunContext) -> None:
+        changes = await self.sweep()
+        await asyncio.gather(*(ctx.publish(e) for e in changes))
+        if changes:
+            ctx.log.info("health changed", changes=len(changes))
+
+    async def sweep(self) -> list[Event]:
+        """Execute all checks once, store the results, return the change events."""
+        running = {
+            i.id: i for i in await self._store.instances.all() if i.state is InstanceState.RUNNING
+        }
+        states = [s for s in await self._store.health.states() if s.instance_id in running]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def bounded(state: CheckState) -> CheckResult:
+            async with gate:
+                return await self.execute(state, running[state.instance_id])
+
+        results = await asyncio.gather(*(bounded(s) for s in states))
+        new_states: list[CheckState] = []
+        events: list[Event] = []
+        for state, result in zip(states, results, strict=True):
+            new, event_type = advance(state, result)
+            new_states.append(new)
+            if event_type is not None:
+                events.append(_change_event(event_type, running[state.instance_id], state, new))
+        self._store.health.record(results, new_states)
+        # One transaction for the whole sweep, and on disk before anyone hears of it.
+        await self._store.flush()
+        return events
+
+    async def execute(self, state: CheckState, instance: Instance) -> CheckResult:
+        """Execute one check under its timeout; never raises for a bad check."""
+        spec = state.spec
+        checker = self._checkers.get(spec.type)
+        started = time.perf_counter()
+        latency: timedelta | None = None
+        if checker is None:
+            known = ", ".join(sorted(self._checkers))
+            probe = Probe(
+                outcome=Outcome.UNKNOWN, message=f"no checker for type {spec.type!r} ({known})"
+            )
+        else:
+            try:
+                async with asyncio.timeout(spec.timeout.total_seconds()):
+                    probe = await checker.check(spec, instance)
+                latency = timedelta(seconds=time.perf_counter() - started)
+            except TimeoutError:
+                latency = timedelta(seconds=time.perf_counter() - started)
+                probe = Probe(
+                    outcome=Outcome.FAIL,
+                    message=f"timed out after {spec.timeout.total_seconds():g}s",
+                )
+            except Exception as exc:  # a checker bug is this check's problem alone
+                probe = Probe(outcome=Outcome.UNKNOWN, message=f"checker error: {exc!r}")
+        if probe.outcome is Outcome.UNKNOWN:
+            latency = None
+        status = status_of(probe, spec, latency)
+        message = probe.message
+        if status.value == "degraded" and latency is not None and spec.latency_threshold:
+            message = (
+                f"{message} (slow: {latency.total_seconds() * 1000:.0f} ms > "
+                f"{spec.latency_threshold.total_seconds() * 1000:.0f} ms)"
+            )
+        return CheckResult(
+            instance_id=instance.id,
+            check=spec.name,
+            time=datetime.now(UTC),
+            outcome=probe.outcome,
+            status=status,
+            latency=latency,
+            message=message,
+        )
+
+
+def _change_event(
+    event_type: str, instance: Instance, before: CheckState, after: CheckState
+) -> Event:
+    return Event(
+        type=event_type,
+        source=HealthRunner.name,
+        instance_id=instance.id,
+        data=data_of(
+            HealthChange(
+                name=instance.name,
+                check=after.name,
+                previous=before.status.value,
+                current=after.status.value,
+                message=after.last_message or "",
+                latency=after.last_latency.total_seconds() if after.last_latency else None,
+            )
+        ),
+    )
