@@ -874,7 +874,7 @@ def test_wheel_builds_from_the_build_context(tmp_path: Path) -> None:
         entry_points = next(
             wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
         )
-    assert "ctrlplane/cli.py" in names
+    assert "ctrlplane/cli/__init__.py" in names
     wheel_cfg = _mapping(
         _mapping(_mapping(pyproject()["tool"], "tool")["hatch"], "hatch")["build"], "build"
     )

@@ -1,0 +1,28 @@
+"""The ``ctrlplane`` command."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ctrlplane.cli.events import events, schema
+from ctrlplane.cli.instances import apply, health, instances
+from ctrlplane.cli.run import run
+from ctrlplane.cli.workers import workers
+from ctrlplane.logs import configure_logging
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ctrlplane-workers", prog_name="ctrlplane")
+def main() -> None:
+    """ctrlplane workers: the background-worker runtime of a control plane, on NATS."""
+    # Logs go to stderr, so that stdout carries only what a command prints
+    # (JSON for --json); `run` raises the level to info.
+    configure_logging("console", logging.WARNING)
+
+
+for command in (run, workers, apply, instances, health, events, schema):
+    main.add_command(command)

@@ -1,0 +1,128 @@
+"""What every ``ctrlplane`` command shares: options, errors, the NATS connection, tables."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from ctrlplane.actors.errors import ActorError
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.errors import BusError
+from ctrlplane.bus.server import read_server_info
+from ctrlplane.bus.subjects import Subjects
+from ctrlplane.config import Config, load_config
+from ctrlplane.durations import format_duration
+from ctrlplane.errors import ConfigError, CtrlplaneError
+from ctrlplane.store.errors import StoreError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exit codes: 2 for bad input (as click uses for usage errors), 1 for a
+# failure at run time.
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``ctrlplane: message`` to stderr and exit with ``code``."""
+    click.echo(f"ctrlplane: {message}", err=True)
+    sys.exit(code)
+
+
+def load(config: Path | None, **overrides: object) -> Config:
+    """Load the configuration, or exit 2 with the field that is wrong."""
+    try:
+        return load_config(config, overrides=overrides)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="CTRLPLANE_CONFIG",
+    help="TOML config file (env: CTRLPLANE_CONFIG).",
+)
+nats_option = click.option(
+    "--nats-url",
+    help="NATS to use instead of the embedded server (env: CTRLPLANE_NATS_URL).",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the database and the embedded server live (env: CTRLPLANE_DATA_DIR).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, not a table.")
+
+
+def connection_options(f: F) -> F:
+    """``--config``, ``--nats-url`` and ``--data-dir``: how a client command finds NATS."""
+    return config_option(nats_option(data_dir_option(f)))
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``, turning our errors into one clear line and a non-zero exit."""
+    try:
+        return asyncio.run(coro)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    except (CtrlplaneError, BusError, StoreError, ActorError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+async def connect(config: Config) -> Bus:
+    """Connect to the configured NATS, or find the embedded server via the data dir."""
+    bus = Bus(Subjects(config.subject_prefix), name="ctrlplane-cli")
+    url, token = config.nats_url, None
+    if url is None:
+        info = read_server_info(config.data_dir)
+        if info is None:
+            raise CtrlplaneError(
+                f"no embedded nats-server is running for data dir {config.data_dir}: "
+                "start one with `ctrlplane run`, or pass --nats-url"
+            )
+        url, token = info.url, info.token
+    try:
+        await bus.connect(url, token=token)
+    except Exception as exc:
+        raise CtrlplaneError(f"cannot connect to NATS at {url}: {exc}") from exc
+    return bus
+
+
+def with_bus(config: Config, action: Callable[[Bus], Coroutine[Any, Any, T]]) -> T:
+    """Connect, run ``action(bus)``, close; errors end the command with a message."""
+
+    async def go() -> T:
+        bus = await connect(config)
+        try:
+            return await action(bus)
+        finally:
+            await bus.close()
+
+    return run_async(go())
+
+
+def ago(when: datetime | None) -> str:
+    """``5s ago`` / ``in 1m`` / ``-``."""
+    if when is None:
+        return "-"
+    delta = (when - datetime.now(UTC)).total_seconds()
+    text = format_duration(timedelta(seconds=round(abs(delta))))
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())

@@ -1,0 +1,120 @@
+"""``ctrlplane events`` (read the event stream) and ``ctrlplane schema events``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ctrlplane.bus.codec import decode_event
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.errors import DecodeError
+from ctrlplane.bus.subjects import is_valid_event_pattern
+from ctrlplane.cli.common import EXIT_CONFIG, connection_options, fail, json_option, load, with_bus
+from ctrlplane.durations import parse_duration
+from ctrlplane.errors import CtrlplaneError
+from ctrlplane.events import event_schema
+
+DEFAULT_SINCE = "1h"
+
+
+@click.command()
+@connection_options
+@click.option("--follow", "-F", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option(
+    "--type", "pattern", default=">", show_default=True, help="Event type; wildcards * and >."
+)
+@click.option(
+    "--since",
+    default=None,
+    help=f"How far back to start, e.g. 10m (default {DEFAULT_SINCE}; "
+    "with --follow and no --since, from now).",
+)
+@json_option
+def events(
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    follow: bool,
+    pattern: str,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Print events from the event stream, oldest first."""
+    if not is_valid_event_pattern(pattern):
+        fail(f"--type {pattern!r} is not an event type pattern", EXIT_CONFIG)
+    start: datetime | None = None
+    if since is not None or not follow:
+        try:
+            start = datetime.now(UTC) - parse_duration(since or DEFAULT_SINCE)
+        except ValueError as exc:
+            fail(f"--since: {exc}", EXIT_CONFIG)
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def read(bus: Bus) -> None:
+        s = bus.subjects
+        try:
+            sub = await bus.js.pull_subscribe(
+                s.event(pattern),
+                stream=s.events_stream,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME if start else DeliverPolicy.NEW,
+                    opt_start_time=start,
+                    ack_policy=AckPolicy.NONE,
+                    # The server drops this consumer soon after we are gone.
+                    inactive_threshold=30,
+                ),
+            )
+        except nats.js.errors.NotFoundError:
+            raise CtrlplaneError(
+                f"no event stream {s.events_stream} on this NATS: has `ctrlplane run` run here?"
+            ) from None
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(256, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if follow:
+                        continue
+                    return
+                for msg in msgs:
+                    _print(msg.subject, msg.data, as_json)
+                if not follow and msgs[-1].metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    with_bus(config, read)
+
+
+def _print(subject: str, payload: bytes, as_json: bool) -> None:
+    if as_json:
+        # The payload as published: already JSON.
+        click.echo(payload.decode(errors="replace"))
+    else:
+        try:
+            ev = decode_event(payload, subject)
+        except DecodeError as exc:
+            click.echo(f"{subject}: undecodable: {exc.reason}")
+        else:
+            data = json.dumps(ev.data, separators=(",", ":"), default=str)
+            instance = ev.instance_id or "-"
+            click.echo(f"{ev.time.isoformat()}  {ev.type:<20} {instance:<16} {ev.source}  {data}")
+    sys.stdout.flush()
+
+
+@click.group()
+def schema() -> None:
+    """Print JSON Schemas of what ctrlplane publishes."""
+
+
+@schema.command(name="events")
+def schema_events() -> None:
+    """The JSON Schema of the event envelope and of each event type's data."""
+    click.echo(json.dumps(event_schema(), indent=2, sort_keys=True))

@@ -1,0 +1,144 @@
+"""``ctrlplane apply``, ``instances`` and ``health``: declared instances and how they fare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import msgspec
+
+from ctrlplane.api import ApplyReply, ApplyRequest, HealthReply, InstancesReply, request
+from ctrlplane.bus.connection import Bus
+from ctrlplane.cli.common import (
+    EXIT_CONFIG,
+    ago,
+    connection_options,
+    fail,
+    json_option,
+    load,
+    print_table,
+    with_bus,
+)
+from ctrlplane.config import load_config
+from ctrlplane.errors import ConfigError
+
+# Applying starts and stops processes: give it time.
+APPLY_WAIT = 120.0
+READ_WAIT = 10.0
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A TOML file with [[instances]], as in the config file.",
+)
+@connection_options
+@json_option
+def apply(
+    file: Path, config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Make the instances exactly those FILE declares: create, update, remove.
+
+    Idempotent: applying the same file twice changes nothing the second time.
+    """
+    try:
+        declared = load_config(file, env={}).instances
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if declared is None:
+        fail(f"{file} declares no instances: add [[instances]] tables", EXIT_CONFIG)
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def send(bus: Bus) -> ApplyReply:
+        body = ApplyRequest(instances=declared)
+        return await request(bus, "apply", body, ApplyReply, within=APPLY_WAIT)
+
+    reply = with_bus(config, send)
+    result = reply.result
+    assert result is not None
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        for verb, names in (
+            ("created", result.created),
+            ("updated", result.updated),
+            ("removed", result.removed),
+            ("unchanged", result.unchanged),
+        ):
+            for name in names:
+                click.echo(f"{name} {verb}")
+        for error in result.errors:
+            click.echo(f"error: {error}", err=True)
+    if result.errors:
+        raise SystemExit(1)
+
+
+@click.command()
+@connection_options
+@json_option
+def instances(
+    config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """List instances with their recorded and desired state and their health."""
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def ask(bus: Bus) -> InstancesReply:
+        return await request(bus, "instances", {}, InstancesReply, within=READ_WAIT)
+
+    reply = with_bus(config, ask)
+    if as_json:
+        click.echo(msgspec.json.encode(reply.instances).decode())
+        return
+    print_table(
+        ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "UPDATED", "ERROR"],
+        [
+            [
+                i.name,
+                i.state,
+                i.desired,
+                i.health.value,
+                i.provider,
+                ago(i.updated),
+                (i.state_error or "")[:60],
+            ]
+            for i in reply.instances
+        ],
+    )
+
+
+@click.command()
+@connection_options
+@json_option
+def health(
+    config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Per instance and check: the status, the last result and when it last changed."""
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def ask(bus: Bus) -> HealthReply:
+        return await request(bus, "health", {}, HealthReply, within=READ_WAIT)
+
+    reply = with_bus(config, ask)
+    if as_json:
+        click.echo(msgspec.json.encode(reply.checks).decode())
+        return
+    print_table(
+        ["INSTANCE", "CHECK", "TYPE", "STATUS", "LATENCY", "CHECKED", "CHANGED", "MESSAGE"],
+        [
+            [
+                c.instance,
+                c.check,
+                c.type,
+                c.status.value,
+                f"{c.last_latency.total_seconds() * 1000:.0f}ms" if c.last_latency else "-",
+                ago(c.last_checked),
+                ago(c.changed),
+                (c.last_message or "")[:60],
+            ]
+            for c in reply.checks
+        ],
+    )

@@ -1,0 +1,79 @@
+"""``ctrlplane workers``: every worker of every running process."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import click
+import msgspec
+
+from ctrlplane.actors.control import WorkersReply, list_workers
+from ctrlplane.bus.connection import Bus
+from ctrlplane.cli.common import (
+    ago,
+    connection_options,
+    fail,
+    json_option,
+    load,
+    print_table,
+    with_bus,
+)
+from ctrlplane.durations import format_duration
+
+
+@click.command()
+@connection_options
+@json_option
+@click.option(
+    "--wait", type=float, default=2.0, show_default=True, help="Seconds to wait for answers."
+)
+def workers(
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    wait: float,
+) -> None:
+    """List every worker of every running process on that NATS."""
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def ask(bus: Bus) -> list[WorkersReply]:
+        return await list_workers(bus, within=timedelta(seconds=wait))
+
+    replies = with_bus(config, ask)
+    infos = [w for r in replies for w in r.workers]
+    if as_json:
+        click.echo(msgspec.json.encode(infos).decode())
+        return
+    if not replies:
+        fail("no ctrlplane process answered on this NATS")
+    print_table(
+        [
+            "PROCESS",
+            "WORKER",
+            "KIND",
+            "INTERVAL",
+            "RUNNING",
+            "RUNS",
+            "ERRORS",
+            "LAST RUN",
+            "NEXT RUN",
+            "LAST ERROR",
+        ],
+        [
+            [
+                w.process,
+                w.name,
+                w.kind.value,
+                format_duration(w.interval) if w.interval else "-",
+                "yes" if w.running else "no",
+                str(w.run_count),
+                str(w.error_count),
+                ago(w.last_run),
+                ago(w.next_run),
+                (w.last_error or "")[:60],
+            ]
+            for w in infos
+        ],
+    )
