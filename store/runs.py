@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -61,6 +64,29 @@ def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
+def new_run_id(now: float) -> str:
+    """A unique run id that sorts by time.
+
+    Time first keeps inserts at the end of the primary-key index instead of
+    scattering them, as random ids would; the random tail keeps ids from two
+    processes apart.
+    """
+    return f"{int(now * 1_000_000):014x}{_origin}{next(_sequence) & 0xFFFFFF:06x}"
+
+
+def _new_origin() -> None:
+    global _origin, _sequence
+    _origin = secrets.token_hex(4)
+    _sequence = itertools.count()
+
+
+_origin = ""
+_sequence = itertools.count()
+_new_origin()
+# A forked child must not repeat its parent's ids.
+os.register_at_fork(after_in_child=_new_origin)
+
+
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -74,19 +100,46 @@ class RunStore:
 
     def record(self, run: WorkerRun) -> None:
         """Queue ``run`` for the next batched write; never waits on the disk."""
+        self.record_row(
+            run.id,
+            run.worker,
+            run.process,
+            run.trigger,
+            run.trigger_ref,
+            run.attempt,
+            run.started.timestamp(),
+            _ts(run.finished),
+            run.outcome,
+            run.error,
+        )
+
+    def record_row(
+        self,
+        id: str,
+        worker: str,
+        process: str,
+        trigger: Trigger,
+        trigger_ref: str | None,
+        attempt: int,
+        started: float,
+        finished: float | None,
+        outcome: Outcome,
+        error: str | None,
+    ) -> None:
+        """:meth:`record` for the hot path: epoch seconds, no Struct to build."""
         self._writer.add(
             _INSERT,
             (
-                run.id,
-                run.worker,
-                run.process,
-                str(run.trigger),
-                run.trigger_ref,
-                run.attempt,
-                _ts(run.started),
-                _ts(run.finished),
-                str(run.outcome),
-                run.error,
+                id,
+                worker,
+                process,
+                trigger.value,
+                trigger_ref,
+                attempt,
+                started,
+                finished,
+                outcome.value,
+                error,
             ),
         )
 

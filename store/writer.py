@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -12,6 +14,15 @@ import aiosqlite
 import structlog
 
 log = structlog.get_logger("ctrlplane.store")
+
+# "INSERT ... VALUES (?, ?, ...)": such a statement can take many rows at once.
+_INSERT_RE = re.compile(
+    r"^(?P<head>\s*INSERT\b.*?\bVALUES\s*)(?P<row>\(\s*\?(?:\s*,\s*\?)*\s*\))\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# SQLite's limit on bound parameters per statement (32766 since 3.32), with room.
+_MAX_PARAMS = 32000 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_MAX_ROWS_PER_STATEMENT = 500
 
 Row = Sequence[Any]
 
@@ -87,9 +98,20 @@ class BatchWriter:
             await self._db.execute("COMMIT")
 
     async def flush(self) -> None:
-        """Write everything queued so far, in one transaction."""
-        if not self._count:
+        """Write everything queued so far, in one transaction.
+
+        The write itself is shielded: a caller cancelled half-way (a stop,
+        a timeout) does not abandon a transaction whose COMMIT may already be
+        on its way, which would write the rows twice or lose them.
+        """
+        if not self._count and not self._lock.locked():
             return
+        # Taking the lock inside means a flush also waits for one in progress.
+        write = asyncio.ensure_future(self._flush_now())
+        write.add_done_callback(_retrieve)
+        await asyncio.shield(write)
+
+    async def _flush_now(self) -> None:
         async with self._lock:
             if not self._count:
                 return
@@ -99,11 +121,16 @@ class BatchWriter:
                 await self._db.execute("BEGIN IMMEDIATE")
                 try:
                     for sql, rows in batch.items():
-                        await self._db.executemany(sql, rows)
-                    await self._db.execute("COMMIT")
+                        for statement, params, many in _statements(sql, rows):
+                            if many:
+                                await self._db.executemany(statement, params)
+                            else:
+                                await self._db.execute(statement, params)
                 except BaseException:
-                    await self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
                     raise
+                await self._db.execute("COMMIT")
             except BaseException:
                 # Put the rows back in front of anything added meanwhile.
                 for sql, rows in batch.items():
@@ -131,3 +158,32 @@ class BatchWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
+
+
+def _statements(sql: str, rows: list[Row]) -> list[tuple[str, Sequence[Any], bool]]:
+    """``rows`` for ``sql`` as few statements as possible.
+
+    An INSERT of many rows becomes multi-row ``VALUES (...), (...)``
+    statements: far less per-row work in SQLite and in the sqlite3 module
+    (whose per-row binding holds the GIL the event loop needs). Anything else
+    is one ``executemany``. Each item is (statement, parameters, whether
+    the parameters are many rows for executemany).
+    """
+    match = _INSERT_RE.match(sql)
+    if match is None or len(rows) < 2:
+        return [(sql, rows, True)]
+    width = match["row"].count("?")
+    per = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMS // width))
+    out: list[tuple[str, Sequence[Any], bool]] = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        statement = match["head"] + ", ".join([match["row"]] * len(chunk))
+        out.append((statement, [value for row in chunk for value in row], False))
+    return out
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark the outcome of a write whose caller was cancelled as seen; the
+    rows of a failed one are back in the queue and the next flush says why."""
+    if not task.cancelled():
+        task.exception()

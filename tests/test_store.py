@@ -23,6 +23,7 @@ from ctrlplane.store import (
     WorkerRun,
 )
 from ctrlplane.store.migrations import LATEST
+from ctrlplane.store.runs import new_run_id
 from tests.processes import ROOT
 
 
@@ -147,3 +148,42 @@ async def test_several_processes_open_a_new_file_at_once(tmp_path: Path) -> None
         runs = await s.runs.list(limit=1000)
     assert sorted({r.worker for r in runs}) == ["p0", "p1", "p2", "p3"]
     assert len(runs) == 200
+
+
+async def test_many_rows_go_in_few_multi_row_statements(store: Store) -> None:
+    seen: list[str] = []
+    await store.db.set_trace_callback(seen.append)
+    for _ in range(1234):
+        store.runs.record(_run())
+    await store.flush()
+    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    inserts = [s for s in seen if s.startswith("INSERT")]
+    assert len(inserts) == 3  # 500 + 500 + 234 rows
+    assert len(await store.runs.list(limit=2000)) == 1234
+
+
+_RESULT = (
+    "INSERT INTO health_results (instance_id, check_name, time, outcome, status) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+async def test_a_cancelled_flush_writes_each_row_exactly_once(store: Store) -> None:
+    for i in range(300):
+        store.writer.add(_RESULT, ("i-1", "c", float(i), "pass", "healthy"))
+    flushing = asyncio.create_task(store.flush())
+    await asyncio.sleep(0)  # the transaction has begun
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    await store.flush()
+    async with store.db.execute("SELECT COUNT(*), COUNT(DISTINCT time) FROM health_results") as c:
+        row = await c.fetchone()
+    assert tuple(row or ()) == (300, 300)
+
+
+async def test_run_ids_sort_by_time() -> None:
+    ids = [new_run_id(1_800_000_000.0 + i / 1000) for i in range(100)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 100
+    assert len({new_run_id(1.0) for _ in range(100)}) == 100
