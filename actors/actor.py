@@ -5,35 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
+import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.errors import Reject, Retry
-from ctrlplane.actors.info import WorkerInfo, WorkerKind
+from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
 from ctrlplane.bus.codec import dead_letter, decode_event, decode_tick
 from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.messages import Event, Tick
-from ctrlplane.store.runs import Outcome, RunStore, Trigger, WorkerRun
+from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
 
-# How long one pull request waits on the server for a message: only the idle
-# case waits this long; a message that arrives is handed over at once.
-FETCH_WAIT = 5.0
 MIN_ACK_WAIT = timedelta(seconds=2)
 MAX_ACK_WAIT = timedelta(seconds=30)
-DEFAULT_PREFETCH = 32
+DEFAULT_PREFETCH = 256
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.
 CANCEL_WAIT = 0.5
@@ -91,19 +88,24 @@ class Actor:
         self._clock = clock
         self._log = structlog.get_logger("ctrlplane.worker").bind(worker=spec.name)
         self._queue: asyncio.Queue[tuple[_Source, Msg] | None] = asyncio.Queue()
-        self._held: dict[str, Msg] = {}
-        self._room = asyncio.Event()
+        self._held: dict[str, tuple[Msg, PullFeed]] = {}
         self._capacity = max(DEFAULT_PREFETCH, getattr(worker, "prefetch", 0), spec.concurrency)
-        self._subs: list[JetStreamContext.PullSubscription] = []
+        self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._once_done = asyncio.Event()
+        # Run timeouts: one watcher per actor instead of a timer per run.
+        self._timeout_s = spec.timeout.total_seconds()
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._loop_time = asyncio.get_running_loop().time
+        self._watchdog: asyncio.Task[None] | None = None
         # What WorkerInfo reports.
         self.running = 0
-        self.last_run: datetime | None = None
+        self.last_run: float | None = None
         self.last_error: str | None = None
         self.run_count = 0
         self.error_count = 0
@@ -118,50 +120,37 @@ class Actor:
         spec, s = self.spec, self._bus.subjects
         ack_wait = ack_wait_for(spec).total_seconds()
         if spec.kind is WorkerKind.PERIODIC:
-            tick_sub = await self._bus.pull_subscription(
-                s.ticks_stream,
-                ConsumerConfig(
-                    durable_name=s.tick_consumer(spec.name),
-                    filter_subject=s.tick(spec.name),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    # One tick out at a time across every process: no
-                    # overlapping runs of one worker anywhere.
-                    max_ack_pending=1,
-                    ack_wait=ack_wait,
-                    max_deliver=-1,
-                ),
+            tick_consumer = ConsumerConfig(
+                durable_name=s.tick_consumer(spec.name),
+                filter_subject=s.tick(spec.name),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                # One tick out at a time across every process: no
+                # overlapping runs of one worker anywhere.
+                max_ack_pending=1,
+                ack_wait=ack_wait,
+                max_deliver=-1,
             )
-            self._subs.append(tick_sub)
-            self._intake.append(
-                self._spawn(f"pump-ticks-{spec.name}", self._pump, tick_sub, _Source.TICK, 1)
-            )
+            await self._feed(s.ticks_stream, tick_consumer, _Source.TICK, window=1)
         if spec.subscriptions:
             filters = [s.event(p) for p in spec.subscriptions]
-            event_sub = await self._bus.pull_subscription(
-                s.events_stream,
-                ConsumerConfig(
-                    durable_name=s.event_consumer(spec.name),
-                    filter_subject=filters[0] if len(filters) == 1 else None,
-                    filter_subjects=filters if len(filters) > 1 else None,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    # A new worker reacts to what happens from now on, not
-                    # to the whole retained history.
-                    deliver_policy=DeliverPolicy.NEW,
-                    max_ack_pending=max(1000, self._capacity),
-                    ack_wait=ack_wait,
-                    # Our own max_attempts dead-letters first; this only stops
-                    # a message that keeps killing whole processes.
-                    max_deliver=spec.max_attempts + 3,
-                ),
+            event_consumer = ConsumerConfig(
+                durable_name=s.event_consumer(spec.name),
+                filter_subject=filters[0] if len(filters) == 1 else None,
+                filter_subjects=filters if len(filters) > 1 else None,
+                ack_policy=AckPolicy.EXPLICIT,
+                # A new worker reacts to what happens from now on, not to
+                # the whole retained history.
+                deliver_policy=DeliverPolicy.NEW,
+                max_ack_pending=max(1000, self._capacity),
+                ack_wait=ack_wait,
+                # Our own max_attempts dead-letters first; this only stops a
+                # message that keeps killing whole processes.
+                max_deliver=spec.max_attempts + 3,
             )
-            self._subs.append(event_sub)
-            self._intake.append(
-                self._spawn(
-                    f"pump-events-{spec.name}", self._pump, event_sub, _Source.EVENT, self._capacity
-                )
-            )
-        if self._subs:
+            await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
+        self._watchdog = self._spawn(f"deadlines-{spec.name}", self._watch_deadlines)
+        if self._feeds:
             for i in range(spec.concurrency):
                 self._runners.append(self._spawn(f"runner-{spec.name}-{i}", self._runner))
             self._heartbeat = self._spawn(f"heartbeat-{spec.name}", self._keep_alive, ack_wait / 3)
@@ -193,35 +182,38 @@ class Actor:
 
     # ----------------------------------------------------------------- intake
 
-    async def _pump(
-        self, sub: JetStreamContext.PullSubscription, source: _Source, batch: int
+    async def _feed(
+        self, stream: str, config: ConsumerConfig, source: _Source, window: int
     ) -> None:
-        while not self._stopping:
-            room = self._capacity - len(self._held)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                msgs = await sub.fetch(min(batch, room), timeout=FETCH_WAIT)
-            except TimeoutError:
-                continue
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-                nats.errors.StaleConnectionError,
-                nats.errors.NoRespondersError,
-            ):
-                await asyncio.sleep(0.5)  # reconnecting: try again shortly
-                continue
-            for msg in msgs:
-                self._held[msg.reply] = msg
-                self._queue.put_nowait((source, msg))
+        """Create (or update) a durable consumer and start pulling it into the mailbox."""
+        assert config.durable_name is not None
+        await self._bus.ensure_consumer(stream, config)
+        feed: PullFeed
+
+        def deliver(msg: Msg) -> None:
+            self._held[msg.reply] = (msg, feed)
+            self._queue.put_nowait((source, msg))
+
+        feed = PullFeed(self._bus, stream, config.durable_name, deliver, window=window)
+        await feed.start()
+        self._feeds.append(feed)
+        self._intake.append(self._spawn(f"pull-{source.value}-{self.spec.name}", feed.run))
+
+    async def _watch_deadlines(self) -> None:
+        """Cancel runs past their timeout (to within a tenth of it, at most 1 s late)."""
+        period = min(1.0, max(0.01, self._timeout_s / 10))
+        while True:
+            await asyncio.sleep(period)
+            now = self._loop_time()
+            for task, deadline in list(self._deadlines.items()):
+                if now >= deadline and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def _keep_alive(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            for msg in list(self._held.values()):
+            for msg, _ in list(self._held.values()):
                 with contextlib.suppress(nats.errors.Error, BusError):
                     await msg.in_progress()
 
@@ -253,7 +245,9 @@ class Actor:
             if self._is_stale(tick) and _pending_after(msg) > 0:
                 # A newer tick is waiting behind this stale one: coalesce into it.
                 self.skipped_count += 1
-                self._record(Trigger.TICK, tick.msg_id, attempt, self._now(), Outcome.SKIPPED, None)
+                self._record(
+                    Trigger.TICK, tick.msg_id, attempt, self._clock(), Outcome.SKIPPED, None
+                )
                 await self._settle(msg, "ack")
                 return
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
@@ -284,17 +278,16 @@ class Actor:
         event: Event | None = None,
     ) -> None:
         spec = self.spec
-        run_id = uuid.uuid4().hex
+        started = self._clock()
+        run_id = new_run_id(started)
         ref = tick.msg_id if tick else event.id if event else None
-        started = self._now()
-        log = self._log.bind(run_id=run_id, trigger=trigger.value, attempt=attempt)
         ctx = RunContext(
             worker=spec.name,
             run_id=run_id,
             trigger=trigger,
             attempt=attempt,
             publish=self._bus.publish_event,
-            log=log,
+            log=self._log,
             tick=tick,
             event=event,
         )
@@ -322,38 +315,47 @@ class Actor:
             raise
         except Exception as exc:
             outcome, error = Outcome.ERROR, _describe(exc)
-            log.error("run failed", error=error, exc_info=exc)
+            ctx.log.error("run failed", error=error, exc_info=exc)
         self.running -= 1
         self.run_count += 1
-        if outcome in (Outcome.ERROR, Outcome.TIMEOUT):
-            self.error_count += 1
-            self.last_error = error
-            if outcome is Outcome.TIMEOUT:
-                log.error("run timed out", timeout=spec.timeout.total_seconds())
-            if not (event is not None and event.type == WORKER_FAILED):
-                # A failure while handling worker.failed publishes nothing, or
-                # one broken subscriber to ">" would feed itself forever.
-                self._publish_in_background(
-                    Event(
-                        type=WORKER_FAILED,
-                        source=spec.name,
-                        data={
-                            "worker": spec.name,
-                            "run_id": run_id,
-                            "trigger": trigger.value,
-                            "ref": ref,
-                            "attempt": attempt,
-                            "outcome": outcome.value,
-                            "error": error,
-                            "process": self._process,
-                        },
-                    )
-                )
-        elif outcome is Outcome.OK:
+        if outcome is Outcome.OK:
             self.last_error = None
+        elif outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
+            self._failed(ctx, outcome, error, ref)
         self._record(trigger, ref, attempt, started, outcome, error, run_id)
         if msg is not None:
             await self._settle_after_run(msg, trigger, attempt, outcome, error, retry_delay)
+
+    def _failed(
+        self, ctx: RunContext, outcome: Outcome, error: str | None, ref: str | None
+    ) -> None:
+        """Count a failed run and tell others with ``worker.failed``."""
+        self.error_count += 1
+        self.last_error = error
+        if outcome is Outcome.TIMEOUT:
+            ctx.log.error("run timed out", timeout=self.spec.timeout.total_seconds())
+        if ctx.event is not None and ctx.event.type == WORKER_FAILED:
+            # A failure while handling worker.failed publishes nothing, or
+            # one broken subscriber to ">" would feed itself forever.
+            return
+        self._publish_in_background(
+            Event(
+                type=WORKER_FAILED,
+                source=self.spec.name,
+                data=msgspec.to_builtins(
+                    WorkerFailed(
+                        worker=self.spec.name,
+                        run_id=ctx.run_id,
+                        trigger=ctx.trigger.value,
+                        ref=ref,
+                        attempt=ctx.attempt,
+                        outcome=outcome.value,
+                        error=error,
+                        process=self._process,
+                    )
+                ),
+            )
+        )
 
     async def _settle_after_run(
         self,
@@ -384,7 +386,9 @@ class Actor:
         self.dead_letter_count += 1
         self._log.warning("message dead-lettered", subject=msg.subject, reason=reason)
         if record_trigger is not None:
-            self._record(record_trigger, None, attempt, self._now(), Outcome.DEAD_LETTERED, reason)
+            self._record(
+                record_trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason
+            )
         letter = dead_letter(
             worker=self.spec.name,
             subject=msg.subject,
@@ -403,8 +407,9 @@ class Actor:
         await self._settle(msg, "term")
 
     async def _settle(self, msg: Msg, how: str, delay: float | None = None) -> None:
-        self._held.pop(msg.reply, None)
-        self._room.set()
+        held = self._held.pop(msg.reply, None)
+        if held is not None:
+            held[1].settled()
         try:
             if how == "ack":
                 await msg.ack()
@@ -418,34 +423,30 @@ class Actor:
 
     # ---------------------------------------------------------------- helpers
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), UTC)
-
     def _record(
         self,
         trigger: Trigger,
         ref: str | None,
         attempt: int,
-        started: datetime,
+        started: float,
         outcome: Outcome,
         error: str | None,
         run_id: str | None = None,
     ) -> None:
         if self._runs is None:
             return
-        self._runs.record(
-            WorkerRun(
-                id=run_id or uuid.uuid4().hex,
-                worker=self.spec.name,
-                process=self._process,
-                trigger=trigger,
-                trigger_ref=ref,
-                attempt=attempt,
-                started=started,
-                finished=self._now(),
-                outcome=outcome,
-                error=error,
-            )
+        finished = self._clock()
+        self._runs.record_row(
+            run_id or new_run_id(finished),
+            self.spec.name,
+            self._process,
+            trigger,
+            ref,
+            attempt,
+            started,
+            finished,
+            outcome,
+            error,
         )
 
     def _publish_in_background(self, event: Event) -> None:
@@ -466,7 +467,7 @@ class Actor:
             interval=self.spec.interval,
             kind=self.spec.kind,
             running=self.running > 0,
-            last_run=self.last_run,
+            last_run=None if self.last_run is None else datetime.fromtimestamp(self.last_run, UTC),
             last_error=self.last_error,
             run_count=self.run_count,
             next_run=next_run,
@@ -490,10 +491,10 @@ class Actor:
         # message we nak, and hold it until ack_wait. With no interest left
         # on its inbox the server drops that request. Acks need no
         # subscription, so runs in flight can still settle theirs.
-        for sub in self._subs:
+        for feed in self._feeds:
             with contextlib.suppress(nats.errors.Error, BusError):
-                await sub.unsubscribe()
-        self._subs.clear()
+                await feed.stop()
+        self._feeds.clear()
         with contextlib.suppress(nats.errors.Error, BusError):
             await self._bus.nc.flush(timeout=1)
         while not self._queue.empty():
@@ -510,20 +511,33 @@ class Actor:
     async def finish(self) -> None:
         """After the runs have ended or been abandoned: hand back every
         message still held and stop the heartbeat."""
-        for msg in list(self._held.values()):
+        for msg, _ in list(self._held.values()):
             await self._settle(msg, "nak")
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for task in (self._heartbeat, self._watchdog):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._side_tasks:
             await asyncio.wait(self._side_tasks, timeout=2)
 
 
 def _attempt_of(msg: Msg) -> int:
+    """The delivery count, read straight from the ack subject.
+
+    nats-py's ``msg.metadata`` parses the whole subject (and a timestamp) to
+    give it; on the hot path the one token is enough. ``$JS.ACK.<stream>.
+    <consumer>.<delivered>...`` (v1) or ``$JS.ACK.<domain>.<hash>.<stream>.
+    <consumer>.<delivered>...`` (v2).
+    """
+    tokens = (msg.reply or "").split(".")
     try:
-        return int(msg.metadata.num_delivered)
-    except (ValueError, nats.errors.Error, AttributeError, IndexError):
-        return 1
+        if len(tokens) == 9:
+            return int(tokens[4])
+        if len(tokens) >= 11:
+            return int(tokens[6])
+    except ValueError:
+        pass
+    return 1
 
 
 def _pending_after(msg: Msg) -> int:

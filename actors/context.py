@@ -24,10 +24,19 @@ class RunContext:
         event: The event that triggered this run, for an event run.
         attempt: The delivery attempt, 1-based. Delivery is at least once:
             a run with ``attempt > 1`` may repeat work already done.
-        log: A structlog logger bound to the worker and the run.
     """
 
-    __slots__ = ("_publish", "attempt", "event", "log", "run_id", "tick", "trigger", "worker")
+    __slots__ = (
+        "_base_log",
+        "_log",
+        "_publish",
+        "attempt",
+        "event",
+        "run_id",
+        "tick",
+        "trigger",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -47,8 +56,19 @@ class RunContext:
         self.attempt = attempt
         self.tick = tick
         self.event = event
-        self.log = log
+        self._base_log = log
+        self._log: structlog.typing.FilteringBoundLogger | None = None
         self._publish = publish
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A structlog logger bound to the worker and this run."""
+        # Bound on first use: most runs never log, and binding is not free.
+        if self._log is None:
+            self._log = self._base_log.bind(
+                run_id=self.run_id, trigger=self.trigger.value, attempt=self.attempt
+            )
+        return self._log
 
     async def publish(self, event: Event) -> int:
         """Publish ``event`` on the event stream; returns its stream sequence."""

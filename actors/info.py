@@ -51,3 +51,17 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     skipped_count: int = 0
     dead_letter_count: int = 0
     process: str = ""
+
+
+class WorkerFailed(Struct, frozen=True, kw_only=True):
+    """The ``data`` of a ``worker.failed`` event: a run raised or timed out."""
+
+    worker: str
+    run_id: str
+    trigger: str
+    ref: str | None
+    """The tick (``worker/slot``) or event id that triggered the run."""
+    attempt: int
+    outcome: str
+    error: str | None
+    process: str

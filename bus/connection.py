@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -134,6 +135,11 @@ class Bus:
         """Call ``callback`` every time the connection comes back."""
         self._on_reconnect.append(callback)
 
+    def off_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Stop calling ``callback`` on reconnects."""
+        with contextlib.suppress(ValueError):
+            self._on_reconnect.remove(callback)
+
     async def ensure_streams(
         self,
         *,
@@ -251,13 +257,10 @@ class Bus:
             headers[MSG_ID] = f"dlq/{letter.worker}/{letter.subject}/{letter.stream_seq}"
         await self._publish(self.subjects.dlq(letter.worker), encode(letter), headers)
 
-    async def pull_subscription(
-        self, stream: str, config: ConsumerConfig
-    ) -> JetStreamContext.PullSubscription:
-        """Create or update the durable consumer ``config`` and bind to it."""
+    async def ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        """Create the durable consumer ``config``, or update it to match."""
         assert config.durable_name is not None
         await self.js.add_consumer(stream, config)
-        return await self.js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
 
     async def close(self) -> None:
         """Drain the connection: flush what is buffered, then close. Idempotent."""

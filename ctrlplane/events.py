@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from ctrlplane.actors.info import WorkerFailed
 from ctrlplane.bus.messages import Event
 
 
@@ -48,19 +49,6 @@ class HealthChange(Struct, frozen=True, kw_only=True):
     message: str
     latency: float | None
     """Seconds the check took, or null when it could not run."""
-
-
-class WorkerFailed(Struct, frozen=True, kw_only=True):
-    """``worker.failed``: a run raised or timed out."""
-
-    worker: str
-    run_id: str
-    trigger: str
-    ref: str | None
-    attempt: int
-    outcome: str
-    error: str | None
-    process: str
 
 
 EVENT_TYPES: dict[str, type[Struct]] = {

@@ -6,17 +6,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 import nats
 import pytest
 import pytest_asyncio
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from ctrlplane.actors import RunContext, Scheduler, WorkerInfo, WorkerKind
 from ctrlplane.bus import Bus, DeadLetter, Event, Tick, encode
+from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
@@ -481,20 +479,18 @@ async def test_a_crash_in_an_actor_loop_restarts_it_and_work_goes_on(
     scheduler: Scheduler, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A fault injected into the actor's own machinery (not the worker): the
-    # first fetch of its intake loop raises, as a bug there would.
-    real_fetch = JetStreamContext.PullSubscription.fetch
+    # intake loops crash on their first start, as a bug there would.
+    real_run = PullFeed.run
     calls = 0
 
-    async def broken_once(
-        self: JetStreamContext.PullSubscription, *args: Any, **kwargs: Any
-    ) -> list[Msg]:
+    async def broken_once(self: PullFeed) -> None:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls <= 2:
             raise RuntimeError("bug in the intake loop")
-        return await real_fetch(self, *args, **kwargs)
+        await real_run(self)
 
-    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", broken_once)
+    monkeypatch.setattr(PullFeed, "run", broken_once)
     worker = EventRecorder()
     other = Recorder(interval=0.2)
     scheduler.register(worker)
@@ -502,4 +498,4 @@ async def test_a_crash_in_an_actor_loop_restarts_it_and_work_goes_on(
     await scheduler.start()
     await bus.publish_event(Event(type="health.failed", source="test"))
     await wait_for(lambda: len(worker.events) == 1 and len(other.ticks) >= 2)
-    assert calls > 1
+    assert calls > 2
