@@ -30,7 +30,6 @@ from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
 
 MIN_ACK_WAIT = timedelta(seconds=2)
 MAX_ACK_WAIT = timedelta(seconds=30)
-DEFAULT_PREFETCH = 256
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.
 CANCEL_WAIT = 0.5
@@ -89,7 +88,7 @@ class Actor:
         self._log = structlog.get_logger("ctrlplane.worker").bind(worker=spec.name)
         self._queue: asyncio.Queue[tuple[_Source, Msg] | None] = asyncio.Queue()
         self._held: dict[str, tuple[Msg, PullFeed]] = {}
-        self._capacity = max(DEFAULT_PREFETCH, getattr(worker, "prefetch", 0), spec.concurrency)
+        self._capacity = spec.prefetch
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []

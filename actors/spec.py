@@ -15,6 +15,7 @@ from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_token
 
 DEFAULT_EVENT_TIMEOUT = timedelta(seconds=60)
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_PREFETCH = 256
 MAX_NAME_LENGTH = 64
 
 
@@ -32,6 +33,7 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     timeout: timedelta
     max_attempts: int
     concurrency: int
+    prefetch: int
     offset: timedelta
 
     @property
@@ -109,6 +111,10 @@ def spec_of(worker: object) -> WorkerSpec:
     if not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidWorkerError(name, "'concurrency' must be an int >= 1")
 
+    prefetch = getattr(worker, "prefetch", DEFAULT_PREFETCH)
+    if not isinstance(prefetch, int) or prefetch < 1:
+        raise InvalidWorkerError(name, "'prefetch' must be an int >= 1")
+
     return WorkerSpec(
         name=name,
         interval=interval,
@@ -116,5 +122,6 @@ def spec_of(worker: object) -> WorkerSpec:
         timeout=timeout,
         max_attempts=max_attempts,
         concurrency=concurrency,
+        prefetch=max(prefetch, concurrency),
         offset=_offset(name, interval),
     )

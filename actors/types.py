@@ -28,6 +28,9 @@ class Worker(Protocol):
     * ``max_attempts: int`` deliveries of one event before it is
       dead-lettered (default 5).
     * ``concurrency: int`` events handled at once (default 1).
+    * ``prefetch: int`` events one process holds ahead of its runs (default
+      256). Lower it for slow handlers, so that a backlog is shared among
+      processes instead of queued behind one.
     """
 
     name: str

@@ -499,3 +499,26 @@ async def test_a_crash_in_an_actor_loop_restarts_it_and_work_goes_on(
     await bus.publish_event(Event(type="health.failed", source="test"))
     await wait_for(lambda: len(worker.events) == 1 and len(other.ticks) >= 2)
     assert calls > 2
+
+
+async def test_prefetch_bounds_what_one_process_holds(bus: Bus, store: Store) -> None:
+    class Slow(EventRecorder):
+        prefetch = 2
+
+        async def run(self, ctx: RunContext) -> None:
+            await super().run(ctx)
+            await asyncio.sleep(30)
+
+    scheduler = Scheduler(bus, runs=store.runs)
+    scheduler.register(Slow())
+    await scheduler.start()
+    try:
+        for i in range(5):
+            await bus.publish_event(Event(type="health.failed", source="t", id=f"e{i}"))
+        await wait_for(lambda: scheduler.workers()[0].running)
+        await asyncio.sleep(0.3)
+        info = await bus.js.consumer_info(bus.subjects.events_stream, "events-on-health")
+        assert info.num_ack_pending == 2  # one running, one waiting; three left for others
+        assert info.num_pending == 3
+    finally:
+        await scheduler.stop(grace=timedelta(seconds=0.1))

@@ -33,6 +33,8 @@ class Remediator:
     # Back-off is done by redelivery with a delay, which counts as an attempt.
     max_attempts = 1000
     timeout = timedelta(minutes=2)
+    # A restart takes seconds: leave the backlog to other processes too.
+    prefetch = 8
 
     def __init__(
         self, store: Store, inventory: Inventory, config: RemediationConfig | None = None
