@@ -313,10 +313,7 @@ class Inventory:
             try:
                 handle = await provider.start(instance)
             except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                await self._store.instances.set_state(
-                    instance.id, InstanceState.FAILED, error=reason
-                )
+                reason = await self._failed(instance, exc)
                 failed = await self._store.instances.get(instance.id)
                 await self.emit("instance.failed", failed, reason=reason)
                 raise InventoryError(instance.name, f"start failed: {reason}") from exc
@@ -331,32 +328,25 @@ class Inventory:
         provider = self.provider(instance)
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.STOPPING)
-            try:
-                await provider.stop(instance, self._stop_grace)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                await self._store.instances.set_state(
-                    instance.id, InstanceState.FAILED, error=reason
-                )
-                raise InventoryError(instance.name, f"stop failed: {reason}") from exc
+            await self._provider_stop(provider, instance, "stop")
             await self._store.instances.set_state(instance.id, InstanceState.STOPPED)
             stopped = await self._store.instances.get(instance.id)
         await self.emit("instance.stopped", stopped)
         return stopped
+
+    async def _provider_stop(self, provider: Provider, instance: Instance, action: str) -> None:
+        try:
+            await provider.stop(instance, self._stop_grace)
+        except Exception as exc:
+            reason = await self._failed(instance, exc)
+            raise InventoryError(instance.name, f"{action} failed: {reason}") from exc
 
     async def destroy(self, instance: Instance) -> None:
         """Stop ``instance`` if it runs, then forget it."""
         provider = self.provider(instance)
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.DESTROYING)
-            try:
-                await provider.stop(instance, self._stop_grace)
-            except Exception as exc:
-                reason = str(exc) or type(exc).__name__
-                await self._store.instances.set_state(
-                    instance.id, InstanceState.FAILED, error=reason
-                )
-                raise InventoryError(instance.name, f"remove failed: {reason}") from exc
+            await self._provider_stop(provider, instance, "remove")
             await self._store.instances.delete(instance.id)
         self._locks.pop(instance.id, None)
         await self.emit("instance.destroyed", instance)

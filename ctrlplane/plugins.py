@@ -1,8 +1,15 @@
-"""Loading custom workers from ``module:attr`` references and entry points."""
+"""Loading plugins: ``module:attr`` references and entry points.
+
+Workers, providers and checkers are all found the same way: an entry point
+(or a reference in the config) names a class or factory, which is called,
+or an object, which is used as it is. Each kind then checks the shape of
+what it got.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 
 from ctrlplane.actors.types import Worker
@@ -10,14 +17,55 @@ from ctrlplane.errors import WorkerLoadError
 
 ENTRY_POINT_GROUP = "ctrlplane.workers"
 
+LoadError = Callable[[str, str], Exception]
+"""Builds the error of a plugin kind from the reference and the reason."""
 
-def _instantiate(ref: str, obj: object) -> Worker:
-    """A class (or factory) is called with no arguments; an instance is used as is."""
-    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "run")):
+
+def instantiate(
+    ref: str,
+    obj: object,
+    *,
+    is_plugin: Callable[[object], bool],
+    args: tuple[object, ...] = (),
+    error: LoadError,
+    called_with: str = "no arguments",
+) -> object:
+    """Call ``obj`` with ``args`` when it is a class or a factory; return it as is
+    when it already is a plugin (``is_plugin``)."""
+    if isinstance(obj, type) or (callable(obj) and not is_plugin(obj)):
         try:
-            obj = obj()
+            return obj(*args)
         except Exception as exc:
-            raise WorkerLoadError(ref, f"calling it with no arguments failed: {exc!r}") from exc
+            raise error(ref, f"calling it with {called_with} failed: {exc!r}") from exc
+    return obj
+
+
+def entry_point_objects(
+    group: str,
+    *,
+    is_plugin: Callable[[object], bool],
+    args: tuple[object, ...] = (),
+    error: LoadError,
+    called_with: str = "no arguments",
+) -> Iterator[tuple[str, object]]:
+    """Each entry point of ``group``, loaded and instantiated, with a reference
+    naming it for error messages."""
+    for ep in entry_points(group=group):
+        ref = f"entry point {ep.name!r} ({ep.value})"
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise error(ref, f"cannot load: {exc!r}") from exc
+        yield (
+            ref,
+            instantiate(
+                ref, obj, is_plugin=is_plugin, args=args, error=error, called_with=called_with
+            ),
+        )
+
+
+def _worker(ref: str, obj: object) -> Worker:
+    obj = instantiate(ref, obj, is_plugin=lambda o: hasattr(o, "run"), error=WorkerLoadError)
     if not isinstance(obj, Worker):
         raise WorkerLoadError(ref, "is not a worker: it needs 'name', 'interval' and 'run(ctx)'")
     return obj
@@ -42,17 +90,14 @@ def load_worker(ref: str) -> Worker:
             obj = getattr(obj, part)
         except AttributeError:
             raise WorkerLoadError(ref, f"{module_name!r} has no attribute {attr!r}") from None
-    return _instantiate(ref, obj)
+    return _worker(ref, obj)
 
 
 def entry_point_workers(group: str = ENTRY_POINT_GROUP) -> list[Worker]:
     """Workers that installed packages declare in the ``ctrlplane.workers`` entry-point group."""
-    workers = []
-    for ep in entry_points(group=group):
-        ref = f"entry point {ep.name!r} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise WorkerLoadError(ref, f"cannot load: {exc!r}") from exc
-        workers.append(_instantiate(ref, obj))
-    return workers
+    return [
+        _worker(ref, obj)
+        for ref, obj in entry_point_objects(
+            group, is_plugin=lambda o: hasattr(o, "run"), error=WorkerLoadError
+        )
+    ]

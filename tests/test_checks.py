@@ -24,6 +24,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import ctrlplane.checks.registry
+import ctrlplane.plugins
 from ctrlplane.checks import (
     CheckerLoadError,
     CommandChecker,
@@ -715,7 +716,7 @@ def _entry_points(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
         assert group == ctrlplane.checks.registry.ENTRY_POINT_GROUP
         return eps
 
-    monkeypatch.setattr(ctrlplane.checks.registry, "entry_points", fake)
+    monkeypatch.setattr(ctrlplane.plugins, "entry_points", fake)
 
 
 def test_builtin_checkers() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 
 import structlog
 
@@ -13,6 +12,7 @@ from ctrlplane.checks.grpc import GrpcChecker
 from ctrlplane.checks.http import HttpChecker
 from ctrlplane.checks.tcp import TcpChecker
 from ctrlplane.errors import CtrlplaneError
+from ctrlplane.plugins import entry_point_objects
 from ctrlplane.types import Checker
 
 ENTRY_POINT_GROUP = "ctrlplane.checkers"
@@ -43,13 +43,7 @@ def builtin_checkers() -> dict[str, Checker]:
     return {checker.type: checker for checker in checkers}
 
 
-def _instantiate(ref: str, obj: object) -> Checker:
-    """A class (or factory) is called with no arguments; an instance is used as is."""
-    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "check")):
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise CheckerLoadError(ref, f"calling it with no arguments failed: {exc!r}") from exc
+def _checker(ref: str, obj: object) -> Checker:
     if not isinstance(obj, Checker):
         raise CheckerLoadError(ref, "is not a checker: it needs 'type' and 'check(spec, instance)'")
     if not isinstance(obj.type, str) or not obj.type:
@@ -74,13 +68,11 @@ def load_checkers(group: str = ENTRY_POINT_GROUP) -> dict[str, Checker]:
     """
     checkers = builtin_checkers()
     providers: dict[str, str] = {}
-    for ep in entry_points(group=group):
-        ref = f"entry point {ep.name!r} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise CheckerLoadError(ref, f"cannot load: {exc!r}") from exc
-        checker = _instantiate(ref, obj)
+    loaded = entry_point_objects(
+        group, is_plugin=lambda o: hasattr(o, "check"), error=CheckerLoadError
+    )
+    for ref, obj in loaded:
+        checker = _checker(ref, obj)
         if checker.type in providers:
             raise CheckerLoadError(
                 ref, f"type {checker.type!r} is provided by {providers[checker.type]} already"

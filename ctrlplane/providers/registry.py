@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from importlib.metadata import entry_points
 from pathlib import Path
 
+from ctrlplane.plugins import entry_point_objects
 from ctrlplane.providers import ProviderLoadError
 from ctrlplane.providers.process import ProcessProvider
 from ctrlplane.types import Provider
@@ -30,26 +30,22 @@ def load_providers(data_dir: Path) -> dict[str, Provider]:
     """
     builtin = ProcessProvider(data_dir)
     providers: dict[str, Provider] = {builtin.name: builtin}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ref = f"entry point {ep.name!r} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            raise ProviderLoadError(ref, f"cannot load: {exc!r}") from exc
-        provider = _instantiate(ref, obj, data_dir)
+    loaded = entry_point_objects(
+        ENTRY_POINT_GROUP,
+        is_plugin=lambda o: isinstance(o, Provider),
+        args=(data_dir,),
+        error=ProviderLoadError,
+        called_with="the data dir",
+    )
+    for ref, obj in loaded:
+        provider = _provider(ref, obj)
         if provider.name in providers:
             raise ProviderLoadError(ref, f"the provider name {provider.name!r} is already taken")
         providers[provider.name] = provider
     return providers
 
 
-def _instantiate(ref: str, obj: object, data_dir: Path) -> Provider:
-    """A class or factory is called with ``data_dir``; a provider is used as it is."""
-    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Provider)):
-        try:
-            obj = obj(data_dir)
-        except Exception as exc:
-            raise ProviderLoadError(ref, f"calling it with the data dir failed: {exc!r}") from exc
+def _provider(ref: str, obj: object) -> Provider:
     if not isinstance(obj, Provider):
         raise ProviderLoadError(
             ref, "is not a provider: it needs 'name', 'start', 'stop', 'status' and 'pids'"
