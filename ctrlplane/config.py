@@ -24,6 +24,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from ctrlplane.bus.subjects import is_valid_prefix
+from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
 from ctrlplane.inventory import InstanceDecl, decl_problems
@@ -40,7 +41,7 @@ _NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 
 # Durations that may be zero; every other duration field must be positive, so
 # a new interval is protected from a busy loop without anyone remembering to.
-_MAY_BE_ZERO = frozenset({"stop_grace"})
+_MAY_BE_ZERO = frozenset({"stop_grace", "gc_batch_pause"})
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -128,6 +129,23 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             such as ``["remediator"]``.
         health_concurrency: How many health checks run at once.
         remediation: How the remediator restarts failing instances.
+        telemetry_concurrency: How many (collector, instance) pairs are
+            collected at once.
+        deployment_retention: Completed deployments older than this are
+            deleted by the GarbageCollector.
+        health_history_limit: Health check results kept per check (newest).
+        audit_retention: Audit entries older than this are deleted.
+        telemetry_retention: Metrics and resource snapshots older than this
+            are deleted.
+        gc_batch_size: Rows one GarbageCollector delete takes at most.
+        gc_batch_pause: Pause between two GarbageCollector batches, so that
+            writers of results and telemetry are never starved.
+        domains: The declared domains (``[[domains]]``), synced into the store
+            at start; ``None`` leaves them to ``ctrlplane apply``.
+        acme_directory: The ACME directory URL, for domains with issuer ``acme``.
+        acme_email: The contact of the ACME account.
+        acme_ca_bundle: A PEM bundle to trust for the ACME server (a test CA
+            such as pebble's); ``None`` trusts the system store.
     """
 
     nats_url: str | None = None
@@ -146,6 +164,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     disabled_workers: list[str] = []
     health_concurrency: int = 64
     remediation: RemediationConfig = msgspec.field(default_factory=lambda: RemediationConfig())
+    telemetry_concurrency: int = 16
+    deployment_retention: timedelta = timedelta(days=30)
+    health_history_limit: int = 1000
+    audit_retention: timedelta = timedelta(days=90)
+    telemetry_retention: timedelta = timedelta(days=7)
+    gc_batch_size: int = 1000
+    gc_batch_pause: timedelta = timedelta(milliseconds=10)
+    domains: list[DomainDecl] | None = None
+    acme_directory: str | None = None
+    acme_email: str | None = None
+    acme_ca_bundle: Path | None = None
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:
@@ -171,6 +200,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             )
         for field_path, reason in self.remediation.problems():
             raise ConfigError(f"remediation.{field_path}", reason)
+        for name in ("telemetry_concurrency", "health_history_limit", "gc_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        for field_path, reason in domain_problems(self.domains or []):
+            raise ConfigError(field_path, reason)
+        if self.acme_directory is not None and not self.acme_directory.startswith(
+            ("https://", "http://")
+        ):
+            raise ConfigError("acme_directory", "must be an http(s) URL")
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             _check_worker_spec(spec, f"workers[{index}]")

@@ -83,6 +83,74 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX audit_by_time ON audit (time);
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE metrics (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id TEXT NOT NULL,
+            collector   TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            type        TEXT NOT NULL,
+            value       REAL NOT NULL,
+            labels      TEXT NOT NULL,
+            time        REAL NOT NULL
+        );
+        CREATE INDEX metrics_by_instance ON metrics (instance_id, name, time);
+        CREATE INDEX metrics_by_time ON metrics (time);
+        CREATE TABLE resource_snapshots (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            instance_id  TEXT NOT NULL,
+            collector    TEXT NOT NULL,
+            time         REAL NOT NULL,
+            processes    INTEGER,
+            cpu_percent  REAL,
+            memory_rss   INTEGER,
+            threads      INTEGER,
+            open_files   INTEGER,
+            read_bytes   INTEGER,
+            write_bytes  INTEGER
+        );
+        CREATE INDEX snapshots_by_instance ON resource_snapshots (instance_id, time);
+        CREATE INDEX snapshots_by_time ON resource_snapshots (time);
+        CREATE TABLE deployments (
+            id            TEXT PRIMARY KEY,
+            instance_id   TEXT NOT NULL,
+            instance_name TEXT NOT NULL,
+            spec_hash     TEXT NOT NULL,
+            previous_hash TEXT,
+            state         TEXT NOT NULL,
+            started       REAL NOT NULL,
+            finished      REAL,
+            error         TEXT
+        );
+        CREATE INDEX deployments_by_instance ON deployments (instance_id, started);
+        CREATE INDEX deployments_by_finished ON deployments (finished);
+        CREATE TABLE domains (
+            hostname      TEXT PRIMARY KEY,
+            instance_name TEXT NOT NULL,
+            issuer        TEXT NOT NULL,
+            cert_lifetime REAL NOT NULL,
+            renew_before  REAL NOT NULL,
+            auto_renew    INTEGER NOT NULL DEFAULT 1,
+            failures      INTEGER NOT NULL DEFAULT 0,
+            next_attempt  REAL,
+            last_error    TEXT
+        );
+        CREATE TABLE certificates (
+            serial     TEXT PRIMARY KEY,
+            hostname   TEXT NOT NULL,
+            issuer     TEXT NOT NULL,
+            not_before REAL NOT NULL,
+            not_after  REAL NOT NULL,
+            cert_path  TEXT NOT NULL,
+            key_path   TEXT NOT NULL,
+            chain_path TEXT,
+            issued     REAL NOT NULL
+        );
+        CREATE INDEX certificates_by_hostname ON certificates (hostname, not_after);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -76,6 +76,10 @@ def test_duration_fields_are_found_from_the_annotations() -> None:
         "cert_renew_interval",
         "stop_grace",
         "events_max_age",
+        "deployment_retention",
+        "audit_retention",
+        "telemetry_retention",
+        "gc_batch_pause",
     }
 
 
@@ -305,11 +309,11 @@ def test_accepted_worker_specs(spec: str, env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("field", DURATION_FIELDS)
-def test_only_stop_grace_may_be_zero(field: str, env: dict[str, str]) -> None:
+def test_only_stop_grace_and_gc_pause_may_be_zero(field: str, env: dict[str, str]) -> None:
     var = f"CTRLPLANE_{field.upper()}"
     env[var] = "0"
-    if field == "stop_grace":
-        assert load_config(env=env).stop_grace == timedelta(0)
+    if field in ("stop_grace", "gc_batch_pause"):
+        assert getattr(load_config(env=env), field) == timedelta(0)
         return
     with pytest.raises(ConfigError, match="greater than zero") as caught:
         load_config(env=env)
@@ -579,6 +583,17 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "disabled_workers": [],
         "health_concurrency": 64,
         "remediation": {"backoff": "1s", "max_backoff": "5m", "max_restarts": 5, "window": "10m"},
+        "telemetry_concurrency": 16,
+        "deployment_retention": "30d",
+        "health_history_limit": 1000,
+        "audit_retention": "90d",
+        "telemetry_retention": "7d",
+        "gc_batch_size": 1000,
+        "gc_batch_pause": "10ms",
+        "domains": None,
+        "acme_directory": None,
+        "acme_email": None,
+        "acme_ca_bundle": None,
     }
 
 
