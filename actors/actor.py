@@ -286,6 +286,7 @@ class Actor:
             trigger=trigger,
             attempt=attempt,
             publish=self._bus.publish_event,
+            publish_many=self._bus.publish_events,
             log=self._log,
             tick=tick,
             event=event,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -11,6 +11,7 @@ from ctrlplane.bus.messages import Event, Tick
 from ctrlplane.store.runs import Trigger
 
 Publish = Callable[[Event], Awaitable[int]]
+PublishMany = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class RunContext:
@@ -30,6 +31,7 @@ class RunContext:
         "_base_log",
         "_log",
         "_publish",
+        "_publish_many",
         "attempt",
         "event",
         "run_id",
@@ -46,6 +48,7 @@ class RunContext:
         trigger: Trigger,
         attempt: int,
         publish: Publish,
+        publish_many: PublishMany | None = None,
         log: structlog.typing.FilteringBoundLogger,
         tick: Tick | None = None,
         event: Event | None = None,
@@ -59,6 +62,7 @@ class RunContext:
         self._base_log = log
         self._log: structlog.typing.FilteringBoundLogger | None = None
         self._publish = publish
+        self._publish_many = publish_many
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -73,6 +77,14 @@ class RunContext:
     async def publish(self, event: Event) -> int:
         """Publish ``event`` on the event stream; returns its stream sequence."""
         return await self._publish(event)
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Publish many events at once, pipelined; returns when all are stored."""
+        if self._publish_many is not None:
+            await self._publish_many(events)
+            return
+        for event in events:
+            await self._publish(event)
 
     async def emit(
         self,

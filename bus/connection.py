@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -242,6 +242,26 @@ class Bus:
             self.subjects.event(event.type), encode(event), {MSG_ID: f"event/{event.id}"}
         )
         return int(ack.seq)
+
+    async def publish_events(self, events: Sequence[Event], *, in_flight: int = 256) -> None:
+        """Publish many events with up to ``in_flight`` acks awaited at once.
+
+        Each publish keeps :meth:`publish_event`'s retry; the first one that
+        fails for good raises once the others have finished.
+        """
+        pending = iter(events)
+        failures: list[BaseException] = []
+
+        async def worker() -> None:
+            for event in pending:
+                try:
+                    await self.publish_event(event)
+                except PublishError as exc:
+                    failures.append(exc)
+
+        await asyncio.gather(*(worker() for _ in range(min(in_flight, len(events)))))
+        if failures:
+            raise failures[0]
 
     async def publish_tick(self, tick: Tick) -> bool:
         """Publish ``tick``; returns False when another process already did."""

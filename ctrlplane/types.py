@@ -13,8 +13,10 @@ from typing import Protocol, runtime_checkable
 
 from msgspec import Struct
 
+from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance, InstanceState
+from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
 
 class Observation(Struct, frozen=True, kw_only=True):
@@ -72,10 +74,75 @@ class Provider(Protocol):
 
 @runtime_checkable
 class Checker(Protocol):
-    """Executes one type of health check."""
+    """Executes one type of health check.
+
+    The HealthRunner cancels a check after ``spec.timeout``; a checker that
+    applies the timeout itself (and reports it as a failure) may set
+    ``enforces_timeout = True`` to be spared that second timer.
+    """
 
     type: str
 
     async def check(self, spec: CheckSpec, instance: Instance) -> Probe:
         """Execute ``spec`` once; the caller enforces ``spec.timeout``."""
+        ...
+
+
+@runtime_checkable
+class Collector(Protocol):
+    """Gathers the telemetry of one instance; the TelemetryCollector calls it
+    for every running instance on each run.
+
+    Either method may raise: the failure is recorded for this collector and
+    instance alone. A collector with nothing to say returns ``[]`` or ``None``
+    (an instance without a ``metrics_url`` has no Prometheus metrics). An
+    optional ``close()`` (sync or async) is called when the control plane stops.
+    """
+
+    name: str
+
+    async def collect_metrics(self, instance: Instance) -> list[Metric]:
+        """The instance's metrics now."""
+        ...
+
+    async def collect_resources(self, instance: Instance) -> ResourceSnapshot | None:
+        """What the instance's processes use now, or ``None`` if this collector does not tell."""
+        ...
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Routes hostnames to instances and keeps their TLS certificates.
+
+    One router per control plane: the built-in ``file`` router, or one that a
+    package declares in the ``ctrlplane.routers`` entry-point group. Every
+    method may be called from any process, and all but ``provision_cert`` are
+    idempotent.
+    """
+
+    name: str
+
+    async def add_route(self, hostname: str, instance: str) -> None:
+        """Send requests for ``hostname`` to ``instance``."""
+        ...
+
+    async def update_route(self, hostname: str, instance: str) -> None:
+        """Send requests for an already routed ``hostname`` to another instance."""
+        ...
+
+    async def remove_route(self, hostname: str) -> None:
+        """Stop routing ``hostname``."""
+        ...
+
+    async def add_domain(self, domain: Domain) -> None:
+        """Route ``domain`` over TLS, with its current certificate."""
+        ...
+
+    async def remove_domain(self, hostname: str) -> None:
+        """Stop routing ``hostname`` and forget its certificates."""
+        ...
+
+    async def provision_cert(self, domain: Domain) -> Certificate:
+        """Have ``domain``'s certificate issued and put in place (atomically), and
+        return it; the caller records it."""
         ...

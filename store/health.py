@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -136,12 +137,19 @@ def _td(value: object) -> timedelta | None:
     return None if value is None else timedelta(milliseconds=float(str(value)))
 
 
+@functools.lru_cache(maxsize=65536)
+def _spec(text: str) -> CheckSpec:
+    # Check settings rarely change and every sweep reads all of them: decode
+    # each distinct one once (CheckSpec is frozen, so sharing is safe).
+    return _spec_decoder.decode(text)
+
+
 def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
     r = tuple(row)
     return CheckState(
         instance_id=str(r[0]),
         name=str(r[1]),
-        spec=_spec_decoder.decode(str(r[2])),
+        spec=_spec(str(r[2])),
         status=HealthStatus(str(r[3])),
         consecutive_passes=int(str(r[4])),
         consecutive_failures=int(str(r[5])),

@@ -36,8 +36,10 @@ class BatchWriter:
 
     A flush that fails (the file is locked past the busy timeout, the disk is
     full) keeps its rows and tries again on the next round, so nothing is lost
-    to a passing fault; past ``max_pending`` rows the oldest are dropped and
-    counted, so a store that is gone for good cannot exhaust memory.
+    to a passing fault. While flushes keep failing, rows past ``max_pending``
+    are dropped (oldest first) and counted, so a store that is gone for good
+    cannot exhaust memory; a healthy store never drops anything, however
+    many rows one caller adds at once.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
         self.dropped = 0
         self.written = 0
 
@@ -68,17 +71,19 @@ class BatchWriter:
         """Queue ``row`` for ``sql``; it is written within one interval."""
         self._pending.setdefault(sql, []).append(row)
         self._count += 1
-        if self._count > self._max_pending:
-            self._drop_oldest()
+        if self._failing and self._count > self._max_pending:
+            self._drop_oldest(1)
         if self._count >= self._max_rows:
             self._wake.set()
 
-    def _drop_oldest(self) -> None:
+    def _drop_oldest(self, n: int) -> None:
         for rows in self._pending.values():
-            if rows:
-                rows.pop(0)
-                self._count -= 1
-                self.dropped += 1
+            take = min(n, len(rows))
+            del rows[:take]
+            self._count -= take
+            self.dropped += take
+            n -= take
+            if n <= 0:
                 return
 
     @contextlib.asynccontextmanager
@@ -137,7 +142,11 @@ class BatchWriter:
                     rows.extend(self._pending.get(sql, []))
                     self._pending[sql] = rows
                 self._count += count
+                self._failing = True
+                if self._count > self._max_pending:
+                    self._drop_oldest(self._count - self._max_pending)
                 raise
+            self._failing = False
             self.written += count
 
     async def _loop(self) -> None:

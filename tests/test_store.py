@@ -108,11 +108,28 @@ async def test_rows_survive_a_locked_file_and_land_later(tmp_path: Path) -> None
         await store.close()
 
 
-async def test_batch_writer_bounds_what_it_keeps(store: Store) -> None:
+async def test_a_healthy_writer_keeps_all_a_failing_one_is_bounded(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite", busy_timeout=timedelta(milliseconds=50))
+    await store.open()
     writer = BatchWriter(store.db, max_pending=3)
-    for i in range(5):
-        writer.add("INSERT INTO worker_runs (id) VALUES (?)", (str(i),))
-    assert writer.dropped == 2
+    blocker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        for i in range(5):
+            writer.add(_RESULT, ("i-1", "c", float(i), "pass", "healthy"))
+        assert writer.dropped == 0  # nothing is wrong: nothing is dropped
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await writer.flush()
+        assert writer.dropped == 2  # failing: only max_pending kept, oldest gone
+        writer.add(_RESULT, ("i-1", "c", 5.0, "pass", "healthy"))
+        assert writer.dropped == 3
+        blocker.execute("COMMIT")
+        await writer.flush()
+        async with store.db.execute("SELECT time FROM health_results ORDER BY time") as c:
+            assert [r[0] for r in await c.fetchall()] == [3.0, 4.0, 5.0]
+    finally:
+        blocker.close()
+        await store.close()
 
 
 async def test_using_a_closed_store_says_what_to_do(tmp_path: Path) -> None:

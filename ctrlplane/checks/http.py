@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 
 import aiohttp
@@ -27,25 +28,33 @@ def _unknown(reason: str) -> Probe:
 
 def _url(spec: CheckSpec) -> URL | str:
     """The URL to check, or why ``spec`` cannot be executed."""
-    if not spec.target or not spec.target.strip():
+    return _parse(spec.target, spec.method, spec.expected_status, spec.timeout.total_seconds())
+
+
+# Every sweep checks the same targets again: parse and validate each once.
+@functools.lru_cache(maxsize=65536)
+def _parse(
+    target: str | None, method: str, expected_status: tuple[int, int], timeout: float
+) -> URL | str:
+    if not target or not target.strip():
         return "needs a target URL"
     try:
-        url = URL(spec.target.strip())
+        url = URL(target.strip())
         port = url.port
     except (ValueError, TypeError) as exc:
-        return f"{spec.target!r} is not a URL: {exc}"
+        return f"{target!r} is not a URL: {exc}"
     if url.scheme not in ("http", "https"):
-        return f"{spec.target!r}: the scheme must be http or https"
+        return f"{target!r}: the scheme must be http or https"
     if not url.host or any(c.isspace() or not c.isprintable() for c in url.host):
-        return f"{spec.target!r} has no valid host"
+        return f"{target!r} has no valid host"
     if not port:
-        return f"{spec.target!r} has no valid port"
-    if not _METHOD.fullmatch(spec.method):
-        return f"{spec.method!r} is not an HTTP method"
-    low, high = spec.expected_status
+        return f"{target!r} has no valid port"
+    if not _METHOD.fullmatch(method):
+        return f"{method!r} is not an HTTP method"
+    low, high = expected_status
     if not 100 <= low <= high <= 599:
         return f"expected_status {[low, high]} is not a range of HTTP statuses"
-    if spec.timeout.total_seconds() <= 0:
+    if timeout <= 0:
         return "the timeout must be positive"
     return url
 
@@ -88,6 +97,9 @@ class HttpChecker:
     """
 
     type: str = "http"
+    # It applies spec.timeout itself (aiohttp's ClientTimeout) and reports it
+    # as a failure, so the HealthRunner adds no timer of its own.
+    enforces_timeout = True
 
     def __init__(self, max_connections: int = 100) -> None:
         if max_connections < 1:
