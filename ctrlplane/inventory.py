@@ -2,7 +2,8 @@
 
 ``[[instances]]`` in the config file and ``ctrlplane apply -f FILE`` both
 declare the whole set; :meth:`Inventory.apply` makes the store and the
-providers match it, and is idempotent.
+providers match it, and is idempotent. Starting an instance on a spec not
+yet deployed is recorded as a deployment (see :mod:`ctrlplane.rollout`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ctrlplane.bus.messages import Event
 from ctrlplane.bus.subjects import is_valid_token
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.lifecycle import check_transition
+from ctrlplane.rollout import Rollout
 from ctrlplane.store.db import Store
+from ctrlplane.store.deployments import Deployment
 from ctrlplane.store.health import CheckSpec
 from ctrlplane.store.instances import (
     DesiredState,
@@ -156,6 +159,7 @@ class Inventory:
         self._source = source
         self._stop_grace = stop_grace
         self._locks: dict[str, asyncio.Lock] = {}
+        self._rollout = Rollout(self, store, stop_grace=stop_grace)
 
     def lock(self, instance_id: str) -> asyncio.Lock:
         """Serialises lifecycle changes of one instance within this process."""
@@ -182,7 +186,14 @@ class Inventory:
 
     async def apply(self, decls: list[InstanceDecl]) -> ApplyResult:
         """Make the recorded instances exactly ``decls``: create, update, start,
-        stop and remove as needed. Running it twice changes nothing the second time."""
+        stop and remove as needed. Running it twice changes nothing the second time.
+
+        Starting an instance on a spec not yet deployed (a new instance, a
+        changed spec) records a deployment; a changed spec of an instance
+        that should run is rolled out (stop, start with the new spec, back to
+        the previous spec if the new one does not start). An instance with a
+        deployment in progress is left alone and named in ``errors``.
+        """
         problems = decl_problems(decls)
         if problems:
             raise InventoryError("*", "; ".join(f"{f}: {r}" for f, r in problems))
@@ -194,13 +205,18 @@ class Inventory:
         for d in decls:
             current = existing.pop(d.name, None)
             try:
+                deployment: Deployment | None = None
                 if current is None:
                     changed = await self._create(d)
                     (result.created if changed else result.unchanged).append(d.name)
+                    if changed is not None and changed.desired is DesiredState.RUNNING:
+                        deployment = await self._rollout.first(changed)
                 else:
-                    changed = await self._update(current, d)
+                    changed, deployment = await self._update(current, d)
                     (result.updated if changed else result.unchanged).append(d.name)
-                if changed is not None:
+                if changed is not None and deployment is not None:
+                    await self._rollout.run(changed, deployment, previous=current)
+                elif changed is not None:
                     await self.converge(changed)
             except CtrlplaneError as exc:
                 result.errors.append(str(exc))
@@ -233,8 +249,15 @@ class Inventory:
         await self.emit("instance.created", instance, desired=d.desired_state.value)
         return instance
 
-    async def _update(self, current: Instance, d: InstanceDecl) -> Instance | None:
-        """Record what changed; None if nothing did."""
+    async def _update(
+        self, current: Instance, d: InstanceDecl
+    ) -> tuple[Instance | None, Deployment | None]:
+        """Record what changed (None if nothing did), and the deployment to roll out.
+
+        Raises:
+            DeploymentInProgressError: a deployment of the instance is in
+                progress; nothing was changed.
+        """
         spec = d.spec()
         checks_before = {s.name: s.spec for s in await self._store.health.states(current.id)}
         checks_after = {c.name: c for c in d.checks}
@@ -243,33 +266,40 @@ class Inventory:
             or current.spec_hash != spec.digest()
             or current.desired != d.desired_state
         )
-        if changed:
-            updated = Instance(
-                id=current.id,
-                name=current.name,
-                provider=d.provider,
-                spec=spec,
-                spec_hash=spec.digest(),
-                desired=d.desired_state,
-                state=current.state,
-                handle=current.handle,
-                state_error=current.state_error,
-                created=current.created,
-                updated=datetime.now(UTC),
-            )
-            await self._store.instances.put(updated)
-        if checks_before != checks_after:
-            await self._store.health.set_checks(current.id, d.checks)
         if not changed and checks_before == checks_after:
-            return None
-        instance = await self._store.instances.get(current.id)
-        await self.emit(
-            "instance.updated",
-            instance,
-            desired=instance.desired.value,
-            spec_changed=current.spec_hash != instance.spec_hash,
-        )
-        return instance
+            return None, None
+        # Before anything is written: refused while a deployment is in progress.
+        deployment = await self._rollout.claim(current, spec.digest(), d.desired_state)
+        try:
+            if changed:
+                updated = Instance(
+                    id=current.id,
+                    name=current.name,
+                    provider=d.provider,
+                    spec=spec,
+                    spec_hash=spec.digest(),
+                    desired=d.desired_state,
+                    state=current.state,
+                    handle=current.handle,
+                    state_error=current.state_error,
+                    created=current.created,
+                    updated=datetime.now(UTC),
+                )
+                await self._store.instances.put(updated)
+            if checks_before != checks_after:
+                await self._store.health.set_checks(current.id, d.checks)
+            instance = await self._store.instances.get(current.id)
+            await self.emit(
+                "instance.updated",
+                instance,
+                desired=instance.desired.value,
+                spec_changed=current.spec_hash != instance.spec_hash,
+            )
+        except Exception as exc:
+            if deployment is not None:
+                await self._rollout.abort(deployment, exc)
+            raise
+        return instance, deployment
 
     async def converge(self, instance: Instance) -> Instance:
         """Start or stop ``instance`` so that its recorded state matches its desired one."""

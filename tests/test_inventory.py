@@ -77,9 +77,14 @@ async def test_apply_creates_and_starts_then_changes_nothing(
     second = await inventory.apply(decls)
     assert (sorted(second.unchanged), second.created, second.updated) == (["a", "b"], [], [])
     assert {i.name: i.handle for i in await store.instances.all()} == handles
-    await wait_for(lambda: len([e for e in events if e.type == "instance.started"]) == 2)
+    await wait_for(lambda: len([e for e in events if e.type == "deploy.succeeded"]) == 2)
     types = sorted(e.type for e in events)
-    assert types == ["instance.created"] * 2 + ["instance.started"] * 2
+    assert types == (
+        ["deploy.started"] * 2
+        + ["deploy.succeeded"] * 2
+        + ["instance.created"] * 2
+        + ["instance.started"] * 2
+    )
 
 
 async def test_apply_removes_what_the_file_no_longer_lists(
