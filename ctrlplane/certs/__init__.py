@@ -1,0 +1,21 @@
+"""TLS certificates for declared domains: issuers (a local CA, ACME) and the file router."""
+
+from ctrlplane.certs.acme import AcmeError, AcmeIssuer
+from ctrlplane.certs.http01 import Http01Responder
+from ctrlplane.certs.issuer import CertError, Issued, IssueError, Issuer
+from ctrlplane.certs.local_ca import LocalCA
+from ctrlplane.certs.router import FileRouter, Route, RouteNotFoundError
+
+__all__ = [
+    "AcmeError",
+    "AcmeIssuer",
+    "CertError",
+    "FileRouter",
+    "Http01Responder",
+    "IssueError",
+    "Issued",
+    "Issuer",
+    "LocalCA",
+    "Route",
+    "RouteNotFoundError",
+]

@@ -1,0 +1,86 @@
+"""The JSON Web Signatures of ACME (RFC 8555 section 6.2): ES256 with a P-256 account key."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from ctrlplane.bus.private import private_dir, write_private
+from ctrlplane.certs.issuer import key_pem, new_key
+
+
+def b64(data: bytes) -> str:
+    """base64url without padding, as JOSE writes it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class AccountKey:
+    """An ACME account key: signs requests and names the account by its JWK.
+
+    Args:
+        key: A P-256 private key.
+    """
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError("the account key must be a P-256 key")
+        self._key = key
+        numbers = key.public_key().public_numbers()
+        self.jwk: dict[str, str] = {
+            "crv": "P-256",
+            "kty": "EC",
+            "x": b64(numbers.x.to_bytes(32, "big")),
+            "y": b64(numbers.y.to_bytes(32, "big")),
+        }
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> AccountKey:
+        """The key stored at ``path``; a new one is stored first (mode 0600) if there is none.
+
+        One key for the life of the data directory: the CA recognises the
+        account by it, so renewals reuse the account and its authorizations.
+        """
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            private_dir(path.parent)
+            key = new_key()
+            write_private(path, key_pem(key))
+            return cls(key)
+        loaded = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path} does not hold an EC private key; delete it to make a new one")
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return cls(loaded)
+
+    def thumbprint(self) -> str:
+        """The JWK thumbprint (RFC 7638) that key authorizations end with."""
+        canonical = json.dumps(self.jwk, sort_keys=True, separators=(",", ":")).encode()
+        return b64(hashlib.sha256(canonical).digest())
+
+    def sign(self, url: str, nonce: str, payload: Any | None, *, kid: str | None = None) -> bytes:
+        """A flattened JWS of ``payload`` for ``url``; ``None`` is a POST-as-GET.
+
+        With ``kid`` (the account URL) the account is named by it; without,
+        the public key itself goes along (only new-account requests do that).
+        """
+        protected: dict[str, Any] = {"alg": "ES256", "nonce": nonce, "url": url}
+        if kid is None:
+            protected["jwk"] = self.jwk
+        else:
+            protected["kid"] = kid
+        header = b64(json.dumps(protected).encode())
+        body = "" if payload is None else b64(json.dumps(payload).encode())
+        der = self._key.sign(f"{header}.{body}".encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        # JWS wants the raw r || s, not the DER that cryptography gives.
+        signature = b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return json.dumps({"protected": header, "payload": body, "signature": signature}).encode()

@@ -1,0 +1,58 @@
+"""``ctrlplane certs``: each domain, its current certificate and how long it has left."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import click
+import msgspec
+
+from ctrlplane.api import CertsReply, request
+from ctrlplane.bus.connection import Bus
+from ctrlplane.cli.common import ago, connection_options, json_option, load, print_table, with_bus
+from ctrlplane.durations import format_duration
+
+READ_WAIT = 10.0
+
+
+def _left(left: timedelta | None) -> str:
+    if left is None:
+        return "-"
+    if left <= timedelta(0):
+        return "expired"
+    return format_duration(timedelta(seconds=round(left.total_seconds())))
+
+
+@click.command()
+@connection_options
+@json_option
+def certs(
+    config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """List domains with their certificate: issuer, serial, expiry and time left."""
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    async def ask(bus: Bus) -> CertsReply:
+        return await request(bus, "certs", {}, CertsReply, within=READ_WAIT)
+
+    reply = with_bus(config, ask)
+    if as_json:
+        click.echo(msgspec.json.encode(reply.certs).decode())
+        return
+    print_table(
+        ["HOSTNAME", "INSTANCE", "ISSUER", "SERIAL", "NOT AFTER", "LEFT", "RENEWS", "ERROR"],
+        [
+            [
+                c.hostname,
+                c.instance,
+                c.issuer,
+                (c.serial or "-")[:16],
+                "-" if c.not_after is None else c.not_after.strftime("%Y-%m-%d %H:%M:%S"),
+                _left(c.time_left),
+                ago(c.renew_at) if c.auto_renew else "off",
+                "" if c.last_error is None else f"({c.failures}x) {c.last_error}"[:60],
+            ]
+            for c in reply.certs
+        ],
+    )
