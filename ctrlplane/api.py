@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import msgspec
@@ -21,11 +21,17 @@ from nats.aio.subscription import Subscription
 from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
+from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.inventory import ApplyResult, InstanceDecl, Inventory
+from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.db import Store
+from ctrlplane.store.deployments import Deployment
 from ctrlplane.store.health import CheckState, HealthStatus, worst
 from ctrlplane.store.instances import Instance
+from ctrlplane.store.telemetry import Metric, ResourceSnapshot
+from ctrlplane.types import Router
+from ctrlplane.workers.cert_renewer import renewal_time
 
 log = structlog.get_logger("ctrlplane.api")
 
@@ -34,7 +40,10 @@ R = TypeVar("R", bound="Reply")
 
 
 class ApplyRequest(Struct, frozen=True, kw_only=True):
+    """``domains``: ``None`` leaves the recorded domains as they are."""
+
     instances: list[InstanceDecl]
+    domains: list[DomainDecl] | None = None
 
 
 class Reply(Struct, frozen=True, kw_only=True):
@@ -45,6 +54,30 @@ class Reply(Struct, frozen=True, kw_only=True):
 
 class ApplyReply(Reply, frozen=True, kw_only=True):
     result: ApplyResult | None = None
+    domains: DomainSync | None = None
+
+
+class CertView(Struct, frozen=True, kw_only=True):
+    """A domain and its current certificate, as ``ctrlplane certs`` shows them."""
+
+    hostname: str
+    instance: str
+    issuer: str
+    auto_renew: bool
+    serial: str | None
+    not_before: datetime | None
+    not_after: datetime | None
+    time_left: timedelta | None
+    renew_at: datetime | None
+    """When the CertRenewer renews it (jitter included)."""
+    cert_path: str | None
+    failures: int
+    next_attempt: datetime | None
+    last_error: str | None
+
+
+class CertsReply(Reply, frozen=True, kw_only=True):
+    certs: list[CertView] = []
 
 
 class CheckView(Struct, frozen=True, kw_only=True):
@@ -86,6 +119,33 @@ class HealthReply(Reply, frozen=True, kw_only=True):
     checks: list[CheckView] = []
 
 
+class DeploymentsRequest(Struct, frozen=True, kw_only=True):
+    """``instance``: one instance's (name or id), or all; the newest ``limit``."""
+
+    instance: str | None = None
+    limit: int = 100
+
+
+class DeploymentsReply(Reply, frozen=True, kw_only=True):
+    deployments: list[Deployment] = []
+
+
+class TelemetryRequest(Struct, frozen=True, kw_only=True):
+    """One instance's (name or id) telemetry: metrics collected in the last ``since``."""
+
+    instance: str
+    since: timedelta = timedelta(minutes=10)
+
+
+class TelemetryReply(Reply, frozen=True, kw_only=True):
+    """The newest snapshot and the newest value of each series (name and labels)."""
+
+    instance: str = ""
+    instance_id: str = ""
+    snapshot: ResourceSnapshot | None = None
+    metrics: list[Metric] = []
+
+
 def check_view(instance: Instance, state: CheckState) -> CheckView:
     return CheckView(
         instance=instance.name,
@@ -103,12 +163,15 @@ def check_view(instance: Instance, state: CheckState) -> CheckView:
 
 
 class DomainApi:
-    """Answers ``<prefix>.api.apply``, ``.instances`` and ``.health``."""
+    """Answers ``<prefix>.api.apply``, ``.instances``, ``.health`` and ``.deployments``."""
 
-    def __init__(self, bus: Bus, store: Store, inventory: Inventory) -> None:
+    def __init__(
+        self, bus: Bus, store: Store, inventory: Inventory, *, router: Router | None = None
+    ) -> None:
         self._bus = bus
         self._store = store
         self._inventory = inventory
+        self._router = router
         self._subs: list[Subscription] = []
 
     async def start(self) -> None:
@@ -116,6 +179,9 @@ class DomainApi:
             "apply": self._apply,
             "instances": self._instances,
             "health": self._health,
+            "telemetry": self._telemetry,
+            "deployments": self._deployments,
+            "certs": self._certs,
         }
         for name, handler in routes.items():
             sub = await self._bus.nc.subscribe(
@@ -142,7 +208,50 @@ class DomainApi:
 
     async def _apply(self, payload: bytes) -> ApplyReply:
         request = decode(payload, ApplyRequest, self._bus.subjects.api("apply"))
-        return ApplyReply(result=await self._inventory.apply(request.instances))
+        if request.domains is None:
+            return ApplyReply(result=await self._inventory.apply(request.instances))
+        # Checked before any instance is touched: a bad domain applies nothing.
+        names = [i.name for i in request.instances]
+        problems = domain_problems(request.domains, names)
+        if problems:
+            raise DomainError(problems)
+        if self._router is None:
+            raise CtrlplaneError("this process has no router: domains cannot be applied")
+        result = await self._inventory.apply(request.instances)
+        synced = await apply_domains(
+            self._store,
+            self._router,
+            request.domains,
+            self._bus.publish_event,
+            source="api.apply",
+            instances=names,
+        )
+        return ApplyReply(result=result, domains=synced)
+
+    async def _certs(self, payload: bytes) -> CertsReply:
+        now = datetime.now(UTC)
+        current = await self._store.certificates.all_current()
+        views = []
+        for d in await self._store.domains.all():
+            cert = current.get(d.hostname)
+            views.append(
+                CertView(
+                    hostname=d.hostname,
+                    instance=d.instance,
+                    issuer=d.issuer,
+                    auto_renew=d.auto_renew,
+                    serial=None if cert is None else cert.serial,
+                    not_before=None if cert is None else cert.not_before,
+                    not_after=None if cert is None else cert.not_after,
+                    time_left=None if cert is None else cert.not_after - now,
+                    renew_at=None if cert is None else renewal_time(cert, d),
+                    cert_path=None if cert is None else cert.cert_path,
+                    failures=d.failures,
+                    next_attempt=d.next_attempt,
+                    last_error=d.last_error,
+                )
+            )
+        return CertsReply(certs=views)
 
     async def _instances(self, payload: bytes) -> InstancesReply:
         states = await self._store.health.states()
@@ -173,6 +282,26 @@ class DomainApi:
             if s.instance_id in instances
         ]
         return HealthReply(checks=checks)
+
+    async def _deployments(self, payload: bytes) -> DeploymentsReply:
+        request = decode(payload, DeploymentsRequest, self._bus.subjects.api("deployments"))
+        found = await self._store.deployments.list(
+            instance=request.instance, limit=max(1, request.limit)
+        )
+        return DeploymentsReply(deployments=found)
+
+    async def _telemetry(self, payload: bytes) -> TelemetryReply:
+        request = decode(payload, TelemetryRequest, self._bus.subjects.api("telemetry"))
+        instance = await self._store.instances.find(request.instance)
+        if instance is None:
+            raise CtrlplaneError(f"no instance {request.instance!r}")
+        since = datetime.now(UTC) - request.since
+        return TelemetryReply(
+            instance=instance.name,
+            instance_id=instance.id,
+            snapshot=await self._store.telemetry.latest_snapshot(instance.id),
+            metrics=await self._store.telemetry.latest_metrics(instance.id, since),
+        )
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -16,15 +16,26 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.private import private_dir
 from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
+from ctrlplane.certs.registry import load_router
 from ctrlplane.checks.registry import close_checkers, load_checkers
 from ctrlplane.config import Config
+from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers
 from ctrlplane.store.db import Store
-from ctrlplane.types import Checker, Provider
-from ctrlplane.workers import AuditRecorder, HealthRunner, Reconciler, Remediator
+from ctrlplane.telemetry.registry import load_collectors
+from ctrlplane.types import Checker, Provider, Router
+from ctrlplane.workers import (
+    AuditRecorder,
+    CertRenewer,
+    GarbageCollector,
+    HealthRunner,
+    Reconciler,
+    Remediator,
+    TelemetryCollector,
+)
 
 log = structlog.get_logger("ctrlplane")
 
@@ -62,12 +73,27 @@ class ControlPlane:
         self._api: DomainApi | None = None
         self._checkers: dict[str, Checker] = {}
         self.inventory: Inventory | None = None
+        self._router: Router | None = None
+        # Exists before start, so that cp.telemetry.register_collector(...)
+        # can add collectors; the built-in and plugin ones are added at start.
+        self.telemetry = TelemetryCollector(
+            self.store,
+            interval=self.config.telemetry_flush_interval,
+            concurrency=self.config.telemetry_concurrency,
+        )
         self._started = False
 
     @property
     def server(self) -> EmbeddedServer | None:
         """The embedded nats-server, when this control plane started one."""
         return self._server
+
+    @property
+    def router(self) -> Router:
+        """The network router: ``file``, unless a package declares another. Loaded at start."""
+        if self._router is None:
+            raise CtrlplaneError("the router is loaded at start: start the control plane first")
+        return self._router
 
     def register(self, worker: Worker) -> None:
         """Register a worker beside the built-in ones; call before :meth:`start`."""
@@ -104,6 +130,7 @@ class ControlPlane:
         await self.store.open()
         providers = load_providers(cfg.data_dir)
         self._checkers = load_checkers()
+        self._router = load_router(cfg)
         self.inventory = Inventory(
             self.store,
             providers,
@@ -118,7 +145,7 @@ class ControlPlane:
         await self.scheduler.start()
         self._control = ControlApi(self.bus, self.scheduler)
         await self._control.start()
-        self._api = DomainApi(self.bus, self.store, self.inventory)
+        self._api = DomainApi(self.bus, self.store, self.inventory, router=self.router)
         await self._api.start()
         if cfg.instances is not None:
             # After the scheduler: the workers' consumers exist, so the
@@ -132,6 +159,24 @@ class ControlPlane:
             )
             for error in result.errors:
                 log.error("instance not applied", error=error)
+        if cfg.domains is not None:
+            try:
+                synced = await apply_domains(
+                    self.store,
+                    self.router,
+                    cfg.domains,
+                    self.bus.publish_event,
+                    source=f"ctrlplane:{self.scheduler.process}",
+                )
+            except DomainError as exc:
+                log.error("domains not applied", error=str(exc))
+            else:
+                log.info(
+                    "domains applied",
+                    created=synced.created,
+                    updated=synced.updated,
+                    removed=synced.removed,
+                )
         log.info(
             "control plane started",
             process=self.scheduler.process,
@@ -143,6 +188,7 @@ class ControlPlane:
         self, providers: dict[str, Provider], inventory: Inventory
     ) -> list[Worker]:
         cfg = self.config
+        self.telemetry.register_defaults(load_collectors(providers))
         return [
             Reconciler(self.store, providers, interval=cfg.reconcile_interval),
             HealthRunner(
@@ -153,6 +199,18 @@ class ControlPlane:
             ),
             Remediator(self.store, inventory, cfg.remediation),
             AuditRecorder(self.store),
+            CertRenewer(self.store, self.router, interval=cfg.cert_renew_interval),
+            GarbageCollector(
+                self.store,
+                interval=cfg.gc_interval,
+                deployment_retention=cfg.deployment_retention,
+                health_history_limit=cfg.health_history_limit,
+                audit_retention=cfg.audit_retention,
+                telemetry_retention=cfg.telemetry_retention,
+                batch_size=cfg.gc_batch_size,
+                batch_pause=cfg.gc_batch_pause,
+            ),
+            self.telemetry,
         ]
 
     async def stop(self, grace: timedelta | None = None) -> None:
@@ -172,6 +230,7 @@ class ControlPlane:
         finally:
             try:
                 await close_checkers(self._checkers)
+                await self.telemetry.close()
                 await self.bus.close()
                 await self.store.close()
             finally:

@@ -203,7 +203,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for name in ("telemetry_concurrency", "health_history_limit", "gc_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
-        for field_path, reason in domain_problems(self.domains or []):
+        declared = None if self.instances is None else [i.name for i in self.instances]
+        for field_path, reason in domain_problems(self.domains or [], declared):
             raise ConfigError(field_path, reason)
         if self.acme_directory is not None and not self.acme_directory.startswith(
             ("https://", "http://")

@@ -51,6 +51,83 @@ class HealthChange(Struct, frozen=True, kw_only=True):
     """Seconds the check took, or null when it could not run."""
 
 
+class DeployChange(Struct, frozen=True, kw_only=True):
+    """``deploy.started|succeeded|failed``: a deployment of an instance moved on."""
+
+    name: str
+    deployment: str
+    """The deployment's id."""
+    spec_hash: str
+    previous_hash: str | None
+    """The spec replaced; null for an instance's first start."""
+    state: str
+    error: str | None = None
+    rolled_back: bool | None = None
+    """``deploy.failed``: true when the previous spec was started again and runs."""
+
+
+class GcCompleted(Struct, frozen=True, kw_only=True):
+    """``gc.completed``: one GarbageCollector run."""
+
+    deleted: dict[str, int]
+    """Rows deleted per kind: deployments, health_results, audit, metrics, resource_snapshots."""
+    failed: dict[str, str]
+    """Kinds that failed, with the error; the other kinds were still collected."""
+    batches: int
+    seconds: float
+
+
+class DomainChange(Struct, frozen=True, kw_only=True):
+    """``domain.created|updated|removed``: a declared domain changed (config or ``apply``)."""
+
+    hostname: str
+    instance: str
+    issuer: str
+
+
+class CertIssued(Struct, frozen=True, kw_only=True):
+    """``cert.provisioned`` (a domain's first certificate) and ``cert.renewed``."""
+
+    hostname: str
+    instance: str
+    issuer: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    previous_serial: str | None = None
+    """``cert.renewed``: the certificate replaced."""
+
+
+class CertRenewalFailed(Struct, frozen=True, kw_only=True):
+    """``cert.renewal_failed``: issuing a domain's certificate failed; it is retried later."""
+
+    hostname: str
+    instance: str
+    issuer: str
+    error: str
+    failures: int
+    """Failed attempts in a row."""
+    next_attempt: datetime
+    """No new attempt before this (exponential back-off, capped)."""
+    not_after: datetime | None
+    """When the current certificate expires; null when there is none yet."""
+
+
+class CertExpiring(Struct, frozen=True, kw_only=True):
+    """``cert.expiring``: a certificate is due for renewal but cannot be renewed yet."""
+
+    hostname: str
+    instance: str
+    issuer: str
+    serial: str
+    not_after: datetime
+    time_left: float
+    """Seconds until it expires (negative once it has)."""
+    reason: str
+    """Why it is not renewed now: backing off after failures, or auto_renew is off."""
+    next_attempt: datetime | None = None
+
+
 EVENT_TYPES: dict[str, type[Struct]] = {
     "instance.drift": InstanceDrift,
     **{
@@ -62,6 +139,12 @@ EVENT_TYPES: dict[str, type[Struct]] = {
         for kind in ("passed", "failed", "degraded", "recovered", "unknown")
     },
     "worker.failed": WorkerFailed,
+    **{f"domain.{kind}": DomainChange for kind in ("created", "updated", "removed")},
+    **{f"cert.{kind}": CertIssued for kind in ("provisioned", "renewed")},
+    "cert.renewal_failed": CertRenewalFailed,
+    "cert.expiring": CertExpiring,
+    **{f"deploy.{kind}": DeployChange for kind in ("started", "succeeded", "failed")},
+    "gc.completed": GcCompleted,
 }
 
 

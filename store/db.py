@@ -11,11 +11,14 @@ from types import TracebackType
 import aiosqlite
 
 from ctrlplane.store.audit import AuditStore
+from ctrlplane.store.certs import CertificateStore, DomainStore
+from ctrlplane.store.deployments import DeploymentStore
 from ctrlplane.store.errors import MigrationError, NotOpenError
 from ctrlplane.store.health import HealthStore
 from ctrlplane.store.instances import InstanceStore
 from ctrlplane.store.migrations import LATEST, MIGRATIONS
 from ctrlplane.store.runs import RunStore
+from ctrlplane.store.telemetry import TelemetryStore
 from ctrlplane.store.writer import BatchWriter
 
 
@@ -48,6 +51,10 @@ class Store:
         self._instances: InstanceStore | None = None
         self._health: HealthStore | None = None
         self._audit: AuditStore | None = None
+        self._domains: DomainStore | None = None
+        self._certificates: CertificateStore | None = None
+        self._telemetry: TelemetryStore | None = None
+        self._deployments: DeploymentStore | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -91,6 +98,34 @@ class Store:
             raise NotOpenError("use the audit log")
         return self._audit
 
+    @property
+    def telemetry(self) -> TelemetryStore:
+        """Metrics and resource snapshots."""
+        if self._telemetry is None:
+            raise NotOpenError("use telemetry")
+        return self._telemetry
+
+    @property
+    def deployments(self) -> DeploymentStore:
+        """Deployments."""
+        if self._deployments is None:
+            raise NotOpenError("record deployments")
+        return self._deployments
+
+    @property
+    def domains(self) -> DomainStore:
+        """Domains and their renewal back-off."""
+        if self._domains is None:
+            raise NotOpenError("use domains")
+        return self._domains
+
+    @property
+    def certificates(self) -> CertificateStore:
+        """Issued certificates."""
+        if self._certificates is None:
+            raise NotOpenError("use certificates")
+        return self._certificates
+
     async def open(self) -> Store:
         """Open the file, apply migrations and start the batched writer."""
         if self._db is not None:
@@ -117,6 +152,10 @@ class Store:
         self._instances = InstanceStore(db, self._writer)
         self._health = HealthStore(db, self._writer)
         self._audit = AuditStore(db, self._writer)
+        self._domains = DomainStore(db, self._writer)
+        self._certificates = CertificateStore(db, self._writer)
+        self._telemetry = TelemetryStore(db, self._writer)
+        self._deployments = DeploymentStore(db, self._writer)
         return self
 
     async def flush(self) -> None:
@@ -128,6 +167,9 @@ class Store:
         db, writer = self._db, self._writer
         self._db = self._writer = None
         self._runs = self._instances = self._health = self._audit = None
+        self._domains = self._certificates = None
+        self._telemetry = None
+        self._deployments = None
         if db is None:
             return
         try:

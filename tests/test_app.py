@@ -47,6 +47,11 @@ async def test_control_plane_runs_registered_workers(config: Config) -> None:
     try:
         await cp.bus.publish_event(Event(type="ping", source="test", id="p-1"))
         await wait_for(lambda: worker.seen == ["from-start"])
+
+        async def recorded() -> bool:
+            return bool(await cp.store.runs.list(worker="sees-context"))
+
+        await wait_for(recorded)
         runs = await cp.store.runs.list(worker="sees-context")
         assert [(r.trigger.value, r.outcome, r.trigger_ref) for r in runs] == [
             ("event", Outcome.OK, "p-1")
@@ -75,13 +80,14 @@ async def test_built_in_workers_are_registered_and_can_be_turned_off(config: Con
         workers = {w.name: w for w in cp.scheduler.workers()}
     assert workers["reconciler"].interval == timedelta(seconds=60)
     assert workers["health_runner"].interval == timedelta(seconds=30)
+    assert workers["gc"].interval == timedelta(minutes=5)
     assert workers["reconciler"].subscriptions == ("instance.*",)
     assert workers["remediator"].kind is WorkerKind.EVENT
     assert workers["audit_recorder"].subscriptions == (">",)
     cfg = msgspec.structs.replace(config, disabled_workers=["remediator", "audit_recorder"])
     async with ControlPlane(cfg, load_plugins=False) as cp:
         names = {w.name for w in cp.scheduler.workers()}
-    assert names == {"reconciler", "health_runner"}
+    assert names == {"reconciler", "health_runner", "telemetry_collector", "gc", "cert_renewer"}
 
 
 @pytest.fixture

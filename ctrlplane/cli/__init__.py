@@ -6,9 +6,12 @@ import logging
 
 import click
 
+from ctrlplane.cli.certs import certs
+from ctrlplane.cli.deployments import deployments
 from ctrlplane.cli.events import events, schema
 from ctrlplane.cli.instances import apply, health, instances
 from ctrlplane.cli.run import run
+from ctrlplane.cli.telemetry import telemetry
 from ctrlplane.cli.workers import workers
 from ctrlplane.logs import configure_logging
 
@@ -24,5 +27,16 @@ def main() -> None:
     configure_logging("console", logging.WARNING)
 
 
-for command in (run, workers, apply, instances, health, events, schema):
+for command in (
+    run,
+    workers,
+    apply,
+    instances,
+    health,
+    telemetry,
+    deployments,
+    certs,
+    events,
+    schema,
+):
     main.add_command(command)

@@ -34,7 +34,7 @@ READ_WAIT = 10.0
     "file",
     required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="A TOML file with [[instances]], as in the config file.",
+    help="A TOML file with [[instances]] (and [[domains]]), as in the config file.",
 )
 @connection_options
 @json_option
@@ -43,25 +43,31 @@ def apply(
 ) -> None:
     """Make the instances exactly those FILE declares: create, update, remove.
 
-    Idempotent: applying the same file twice changes nothing the second time.
+    If FILE has a ``domains`` list, the domains too; without one they are left
+    as they are. Idempotent: applying the same file twice changes nothing the
+    second time.
     """
     try:
-        declared = load_config(file, env={}).instances
+        loaded = load_config(file, env={})
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    declared, domains = loaded.instances, loaded.domains
     if declared is None:
         fail(f"{file} declares no instances: add [[instances]] tables", EXIT_CONFIG)
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     async def send(bus: Bus) -> ApplyReply:
-        body = ApplyRequest(instances=declared)
+        body = ApplyRequest(instances=declared, domains=domains)
         return await request(bus, "apply", body, ApplyReply, within=APPLY_WAIT)
 
     reply = with_bus(config, send)
     result = reply.result
     assert result is not None
     if as_json:
-        click.echo(msgspec.json.encode(result).decode())
+        shown = msgspec.to_builtins(result)
+        if reply.domains is not None:
+            shown["domains"] = msgspec.to_builtins(reply.domains)
+        click.echo(msgspec.json.encode(shown).decode())
     else:
         for verb, names in (
             ("created", result.created),
@@ -71,6 +77,15 @@ def apply(
         ):
             for name in names:
                 click.echo(f"{name} {verb}")
+        if reply.domains is not None:
+            for verb, hostnames in (
+                ("created", reply.domains.created),
+                ("updated", reply.domains.updated),
+                ("removed", reply.domains.removed),
+                ("unchanged", reply.domains.unchanged),
+            ):
+                for hostname in hostnames:
+                    click.echo(f"domain {hostname} {verb}")
         for error in result.errors:
             click.echo(f"error: {error}", err=True)
     if result.errors:
