@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors.context import RunContext
+from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.spec import WorkerSpec
@@ -96,11 +97,10 @@ class Actor:
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._once_done = asyncio.Event()
-        # Run timeouts: one watcher per actor instead of a timer per run.
+        # Run timeouts: one watcher per actor instead of a timer per run,
+        # late by a tenth of the timeout at most (and at most 1 s).
         self._timeout_s = spec.timeout.total_seconds()
-        self._deadlines: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._loop_time = asyncio.get_running_loop().time
+        self._deadlines = Deadlines(min(1.0, max(0.01, self._timeout_s / 10)))
         self._watchdog: asyncio.Task[None] | None = None
         # What WorkerInfo reports.
         self.running = 0
@@ -148,7 +148,7 @@ class Actor:
                 max_deliver=spec.max_attempts + 3,
             )
             await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
-        self._watchdog = self._spawn(f"deadlines-{spec.name}", self._watch_deadlines)
+        self._watchdog = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
         if self._feeds:
             for i in range(spec.concurrency):
                 self._runners.append(self._spawn(f"runner-{spec.name}-{i}", self._runner))
@@ -197,17 +197,6 @@ class Actor:
         await feed.start()
         self._feeds.append(feed)
         self._intake.append(self._spawn(f"pull-{source.value}-{self.spec.name}", feed.run))
-
-    async def _watch_deadlines(self) -> None:
-        """Cancel runs past their timeout (to within a tenth of it, at most 1 s late)."""
-        period = min(1.0, max(0.01, self._timeout_s / 10))
-        while True:
-            await asyncio.sleep(period)
-            now = self._loop_time()
-            for task, deadline in list(self._deadlines.items()):
-                if now >= deadline and task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
 
     async def _keep_alive(self, every: float) -> None:
         while True:
@@ -296,22 +285,17 @@ class Actor:
         outcome, error = Outcome.OK, None
         retry_delay: timedelta | None = None
         try:
-            async with asyncio.timeout(spec.timeout.total_seconds()) as deadline:
-                await self.worker.run(ctx)
+            await self._deadlines.within(self._timeout_s, self.worker.run(ctx))
         except Retry as exc:
             outcome, error, retry_delay = Outcome.RETRY, str(exc), exc.delay
         except Reject as exc:
             outcome, error = Outcome.DEAD_LETTERED, f"rejected: {exc.reason}"
-        except TimeoutError as exc:
-            if deadline.expired():
-                outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
-            else:
-                outcome, error = Outcome.ERROR, _describe(exc)
+        except DeadlineExceeded:
+            outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
         except asyncio.CancelledError:
             self.running -= 1
-            self._record(
-                trigger, ref, attempt, started, Outcome.CANCELLED, "cancelled by stop", run_id
-            )
+            cancelled = Outcome.CANCELLED
+            self._record(trigger, ref, attempt, started, cancelled, "cancelled by stop", run_id)
             raise
         except Exception as exc:
             outcome, error = Outcome.ERROR, _describe(exc)

@@ -1,0 +1,72 @@
+"""Timeouts for many awaits with one watcher task instead of one timer each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class DeadlineExceeded(TimeoutError):
+    """An await under :meth:`Deadlines.within` ran past its timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"timed out after {timeout:g}s")
+
+
+class Deadlines:
+    """Cancels awaits that run past their timeout, checking every ``resolution`` seconds.
+
+    ``asyncio.timeout`` arms and cancels a timer per await; a worker handling
+    thousands of messages, or a sweep of thousands of checks, would pay that
+    each time. Here each await only registers its deadline, and one task
+    (:meth:`watch`, run it beside) cancels whatever is late, to within
+    ``resolution``.
+    """
+
+    def __init__(self, resolution: float) -> None:
+        self._resolution = resolution
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._time = asyncio.get_running_loop().time
+
+    async def watch(self) -> None:
+        """Cancel late awaits until cancelled."""
+        while True:
+            await asyncio.sleep(self._resolution)
+            now = self._time()
+            for task, deadline in list(self._deadlines.items()):
+                if now >= deadline and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def within(self, timeout: float, awaitable: Awaitable[T]) -> T:  # noqa: ASYNC109
+        """Await ``awaitable``; raise :class:`DeadlineExceeded` once ``timeout`` is past.
+
+        One await at a time per task. The deadline is dropped the moment the
+        await ends, so the watcher's cancel can only land inside it. (``timeout``
+        is this method's whole point, hence the ASYNC109 exemption.)
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._deadlines[task] = self._time() + timeout
+        try:
+            try:
+                result = await awaitable
+            finally:
+                del self._deadlines[task]
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # cancelled by someone else: a stop, say
+            self._expired.discard(task)
+            task.uncancel()
+            raise DeadlineExceeded(timeout) from None
+        if task in self._expired:
+            # The awaitable swallowed the cancellation and went on: still late.
+            self._expired.discard(task)
+            task.uncancel()
+            raise DeadlineExceeded(timeout)
+        return result

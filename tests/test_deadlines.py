@@ -1,0 +1,72 @@
+"""Deadlines: many timeouts, one watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
+
+
+@pytest_asyncio.fixture
+async def deadlines() -> AsyncIterator[Deadlines]:
+    d = Deadlines(0.01)
+    watcher = asyncio.create_task(d.watch())
+    try:
+        yield d
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def test_a_quick_await_returns_its_value(deadlines: Deadlines) -> None:
+    async def quick() -> int:
+        await asyncio.sleep(0.01)
+        return 7
+
+    assert await deadlines.within(1.0, quick()) == 7
+
+
+async def test_a_late_await_is_cancelled_near_its_deadline(deadlines: Deadlines) -> None:
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=r"timed out after 0\.1s"):
+        await deadlines.within(0.1, asyncio.sleep(10))
+    assert 0.09 < time.monotonic() - began < 0.5
+    # The task is usable afterwards: its cancellation was taken back.
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.02)
+
+
+async def test_one_that_swallows_the_cancel_is_still_late(deadlines: Deadlines) -> None:
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+
+    with pytest.raises(DeadlineExceeded):
+        await deadlines.within(0.05, stubborn())
+
+
+async def test_a_cancel_from_elsewhere_is_not_a_timeout(deadlines: Deadlines) -> None:
+    async def run() -> None:
+        await deadlines.within(10.0, asyncio.sleep(10))
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_deadline_does_not_outlive_its_await(deadlines: Deadlines) -> None:
+    await deadlines.within(0.05, asyncio.sleep(0))
+    await asyncio.sleep(0.1)  # past the old deadline: nothing may cancel us now
+    assert await deadlines.within(1.0, asyncio.sleep(0, result="ok")) == "ok"
