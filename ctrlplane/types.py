@@ -76,9 +76,8 @@ class Provider(Protocol):
 class Checker(Protocol):
     """Executes one type of health check.
 
-    The HealthRunner cancels a check after ``spec.timeout``; a checker that
-    applies the timeout itself (and reports it as a failure) may set
-    ``enforces_timeout = True`` to be spared that second timer.
+    The HealthRunner cancels a check after ``spec.timeout`` and records it as
+    failed; a checker need not time itself.
     """
 
     type: str

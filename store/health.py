@@ -189,7 +189,8 @@ class HealthStore:
             )
 
     async def states(self, instance_id: str | None = None) -> list[CheckState]:
-        """Every check's state, or one instance's."""
+        """Every check's state, or one instance's, including states still queued."""
+        await self._writer.flush()
         sql = f"SELECT {_STATE_COLUMNS} FROM health_checks"
         params: tuple[str, ...] = ()
         if instance_id is not None:

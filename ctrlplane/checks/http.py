@@ -61,6 +61,9 @@ def _parse(
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:
     """Up to ``_BODY_LIMIT`` bytes of the body; the rest is not downloaded."""
+    length = response.content_length
+    if length is not None and length <= _BODY_LIMIT:
+        return await response.read()  # the common case: one read
     body = bytearray()
     while len(body) <= _BODY_LIMIT:
         chunk = await response.content.read(_BODY_LIMIT + 1 - len(body))
@@ -97,9 +100,6 @@ class HttpChecker:
     """
 
     type: str = "http"
-    # It applies spec.timeout itself (aiohttp's ClientTimeout) and reports it
-    # as a failure, so the HealthRunner adds no timer of its own.
-    enforces_timeout = True
 
     def __init__(self, max_connections: int = 100) -> None:
         if max_connections < 1:
