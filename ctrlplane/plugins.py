@@ -9,13 +9,19 @@ what it got.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
+from typing import TypeVar
+
+import structlog
 
 from ctrlplane.actors.types import Worker
 from ctrlplane.errors import WorkerLoadError
 
 ENTRY_POINT_GROUP = "ctrlplane.workers"
+T = TypeVar("T")
+log = structlog.get_logger("ctrlplane.plugins")
 
 LoadError = Callable[[str, str], Exception]
 """Builds the error of a plugin kind from the reference and the reason."""
@@ -101,3 +107,47 @@ def entry_point_workers(group: str = ENTRY_POINT_GROUP) -> list[Worker]:
             group, is_plugin=lambda o: hasattr(o, "run"), error=WorkerLoadError
         )
     ]
+
+
+def keyed(
+    builtins: dict[str, T],
+    loaded: Iterable[tuple[str, T]],
+    *,
+    key: Callable[[T], str],
+    error: LoadError,
+    what: str,
+) -> dict[str, T]:
+    """``builtins`` with the ``loaded`` plugins added under ``key``.
+
+    A plugin may replace a built-in of the same key; two plugins may not
+    share one (the error names both entry points).
+    """
+    out = dict(builtins)
+    taken: dict[str, str] = {}
+    for ref, plugin in loaded:
+        name = key(plugin)
+        if name in taken:
+            raise error(ref, f"the {what} {name!r} is provided by {taken[name]} already")
+        taken[name] = ref
+        out[name] = plugin
+    return out
+
+
+async def close_all(plugins: Mapping[str, object] | Iterable[object], what: str) -> None:
+    """Call ``close()`` (sync or async) once on every plugin that has one.
+
+    One whose ``close`` fails is logged and the others are still closed.
+    """
+    values = plugins.values() if isinstance(plugins, Mapping) else plugins
+    seen: set[int] = set()
+    for plugin in values:
+        close = getattr(plugin, "close", None)
+        if id(plugin) in seen or not callable(close):
+            continue
+        seen.add(id(plugin))
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception(f"closing a {what} failed", plugin=repr(plugin))

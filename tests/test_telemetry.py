@@ -477,7 +477,7 @@ async def test_registering_collectors(store: Store, monkeypatch: pytest.MonkeyPa
     await close_collectors(loaded)
     assert plugin.closed
     monkeypatch.setattr(ctrlplane.plugins, "entry_points", lambda *, group: eps)
-    with pytest.raises(CollectorLoadError, match="taken by entry point 'constant'"):
+    with pytest.raises(CollectorLoadError, match="provided by entry point 'constant'"):
         load_collectors(providers, group="g")
 
 

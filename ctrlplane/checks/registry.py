@@ -12,7 +12,7 @@ from ctrlplane.checks.grpc import GrpcChecker
 from ctrlplane.checks.http import HttpChecker
 from ctrlplane.checks.tcp import TcpChecker
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.plugins import entry_point_objects
+from ctrlplane.plugins import close_all, entry_point_objects, keyed
 from ctrlplane.types import Checker
 
 ENTRY_POINT_GROUP = "ctrlplane.checkers"
@@ -66,37 +66,18 @@ def load_checkers(group: str = ENTRY_POINT_GROUP) -> dict[str, Checker]:
         CheckerLoadError: naming the entry point that cannot be loaded, is not
             a checker, or provides a type another entry point provides too.
     """
-    checkers = builtin_checkers()
-    providers: dict[str, str] = {}
     loaded = entry_point_objects(
         group, is_plugin=lambda o: hasattr(o, "check"), error=CheckerLoadError
     )
-    for ref, obj in loaded:
-        checker = _checker(ref, obj)
-        if checker.type in providers:
-            raise CheckerLoadError(
-                ref, f"type {checker.type!r} is provided by {providers[checker.type]} already"
-            )
-        providers[checker.type] = ref
-        checkers[checker.type] = checker
-    return checkers
+    return keyed(
+        builtin_checkers(),
+        ((ref, _checker(ref, obj)) for ref, obj in loaded),
+        key=lambda c: c.type,
+        error=CheckerLoadError,
+        what="type",
+    )
 
 
 async def close_checkers(checkers: Mapping[str, Checker] | Iterable[Checker]) -> None:
-    """Call ``close()`` (sync or async) on every checker that has one.
-
-    A checker whose ``close`` fails is logged and the others are still closed.
-    """
-    values = checkers.values() if isinstance(checkers, Mapping) else checkers
-    seen: set[int] = set()
-    for checker in values:
-        close = getattr(checker, "close", None)
-        if id(checker) in seen or not callable(close):
-            continue
-        seen.add(id(checker))
-        try:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("closing a checker failed", type=checker.type)
+    """Call ``close()`` (sync or async) on every checker that has one."""
+    await close_all(checkers, "checker")

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 import structlog
 
-from ctrlplane.plugins import entry_point_objects
+from ctrlplane.plugins import close_all, entry_point_objects, keyed
 from ctrlplane.telemetry.errors import CollectorLoadError
 from ctrlplane.telemetry.process import ProcessCollector
 from ctrlplane.telemetry.prometheus import PrometheusCollector
@@ -69,8 +69,6 @@ def load_collectors(
         CollectorLoadError: naming the entry point that cannot be loaded, is
             not a collector, or has a name another entry point has too.
     """
-    collectors = builtin_collectors(providers)
-    seen: dict[str, str] = {}
     loaded = entry_point_objects(
         group,
         is_plugin=lambda o: isinstance(o, Collector),
@@ -78,32 +76,15 @@ def load_collectors(
         error=CollectorLoadError,
         called_with="the providers",
     )
-    for ref, obj in loaded:
-        collector = check_collector(ref, obj)
-        if collector.name in seen:
-            raise CollectorLoadError(
-                ref, f"the name {collector.name!r} is taken by {seen[collector.name]} already"
-            )
-        seen[collector.name] = ref
-        collectors[collector.name] = collector
-    return collectors
+    return keyed(
+        builtin_collectors(providers),
+        ((ref, check_collector(ref, obj)) for ref, obj in loaded),
+        key=lambda c: c.name,
+        error=CollectorLoadError,
+        what="name",
+    )
 
 
 async def close_collectors(collectors: Mapping[str, Collector] | Iterable[Collector]) -> None:
-    """Call ``close()`` (sync or async) on every collector that has one.
-
-    A collector whose ``close`` fails is logged and the others are still closed.
-    """
-    values = collectors.values() if isinstance(collectors, Mapping) else collectors
-    seen: set[int] = set()
-    for collector in values:
-        close = getattr(collector, "close", None)
-        if id(collector) in seen or not callable(close):
-            continue
-        seen.add(id(collector))
-        try:
-            result = close()
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("closing a collector failed", collector=collector.name)
+    """Call ``close()`` (sync or async) on every collector that has one."""
+    await close_all(collectors, "collector")
