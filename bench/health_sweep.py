@@ -355,7 +355,7 @@ async def run_ours(
             row = await cur.fetchone()
         results = int(row[0]) if row else 0
         async with store.db.execute(
-            "SELECT COUNT(*) FROM health_checks WHERE status = ? AND consecutive_passes = 2",
+            "SELECT COUNT(*) FROM health_checks WHERE status = ? AND consecutive_passes >= 1",
             (HealthStatus.HEALTHY.value,),
         ) as cur:
             row = await cur.fetchone()

@@ -254,7 +254,7 @@ class DomainApi:
         return CertsReply(certs=views)
 
     async def _instances(self, payload: bytes) -> InstancesReply:
-        states = await self._store.health.states()
+        states = await self._store.health.states(with_last=False)
         views = []
         for i in await self._store.instances.all():
             mine = [s.status for s in states if s.instance_id == i.id]

@@ -47,12 +47,14 @@ def advance(state: CheckState, result: CheckResult) -> tuple[CheckState, str | N
     spec = state.spec
     passes, failures = state.consecutive_passes, state.consecutive_failures
     status = state.status
+    # Streaks stop counting at their threshold: past it they change nothing,
+    # and a check whose state does not change is not written again.
     if result.outcome is Outcome.PASS:
-        passes, failures = passes + 1, 0
+        passes, failures = min(passes + 1, spec.success_threshold), 0
         if passes >= spec.success_threshold:
             status = result.status
     elif result.outcome is Outcome.FAIL:
-        passes, failures = 0, failures + 1
+        passes, failures = 0, min(failures + 1, spec.failure_threshold)
         if failures >= spec.failure_threshold:
             status = H.UNHEALTHY
     else:
@@ -70,3 +72,13 @@ def advance(state: CheckState, result: CheckResult) -> tuple[CheckState, str | N
         changed=changed,
     )
     return new, event
+
+
+def persisted_change(before: CheckState, after: CheckState) -> bool:
+    """Whether ``after`` differs from ``before`` in what the store keeps."""
+    return (
+        before.status != after.status
+        or before.consecutive_passes != after.consecutive_passes
+        or before.consecutive_failures != after.consecutive_failures
+        or before.changed != after.changed
+    )

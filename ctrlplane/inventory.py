@@ -259,7 +259,9 @@ class Inventory:
                 progress; nothing was changed.
         """
         spec = d.spec()
-        checks_before = {s.name: s.spec for s in await self._store.health.states(current.id)}
+        checks_before = {
+            s.name: s.spec for s in await self._store.health.states(current.id, with_last=False)
+        }
         checks_after = {c.name: c for c in d.checks}
         changed = (
             current.provider != d.provider

@@ -106,8 +106,15 @@ class CheckState(Struct, frozen=True, kw_only=True):
 
 _spec_decoder = msgspec.json.Decoder(CheckSpec)
 _STATE_COLUMNS = (
-    "instance_id, name, spec, status, consecutive_passes, consecutive_failures, "
-    "last_checked, last_message, last_latency_ms, changed"
+    "c.instance_id, c.name, c.spec, c.status, c.consecutive_passes, c.consecutive_failures, "
+    "c.changed"
+)
+# The last result of each check is the newest row of health_results: kept
+# there only, so that a sweep in which nothing changes writes results alone.
+_LAST_RESULT = (
+    "LEFT JOIN health_results r ON r.id = (SELECT id FROM health_results "
+    "WHERE instance_id = c.instance_id AND check_name = c.name "
+    "ORDER BY time DESC, id DESC LIMIT 1)"
 )
 _INSERT_RESULT = (
     "INSERT INTO health_results "
@@ -116,8 +123,7 @@ _INSERT_RESULT = (
 )
 _UPDATE_STATE = (
     "UPDATE health_checks SET status = ?, consecutive_passes = ?, consecutive_failures = ?, "
-    "last_checked = ?, last_message = ?, last_latency_ms = ?, changed = ? "
-    "WHERE instance_id = ? AND name = ?"
+    "changed = ? WHERE instance_id = ? AND name = ?"
 )
 
 
@@ -153,10 +159,10 @@ def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
         status=HealthStatus(str(r[3])),
         consecutive_passes=int(str(r[4])),
         consecutive_failures=int(str(r[5])),
-        last_checked=_dt(r[6]),
-        last_message=None if r[7] is None else str(r[7]),
-        last_latency=_td(r[8]),
-        changed=_dt(r[9]),
+        changed=_dt(r[6]),
+        last_checked=_dt(r[7]) if len(r) > 7 else None,
+        last_message=None if len(r) <= 8 or r[8] is None else str(r[8]),
+        last_latency=_td(r[9]) if len(r) > 9 else None,
     )
 
 
@@ -188,20 +194,31 @@ class HealthStore:
                 (instance_id, spec.name, msgspec.json.encode(spec).decode(), HealthStatus.UNKNOWN),
             )
 
-    async def states(self, instance_id: str | None = None) -> list[CheckState]:
-        """Every check's state, or one instance's, including states still queued."""
+    async def states(
+        self, instance_id: str | None = None, *, with_last: bool = True
+    ) -> list[CheckState]:
+        """Every check's state, or one instance's, including states still queued.
+
+        ``with_last`` also fills ``last_checked``, ``last_message`` and
+        ``last_latency`` from the check's newest result; a sweep, which only
+        needs status and streaks, leaves them out.
+        """
         await self._writer.flush()
-        sql = f"SELECT {_STATE_COLUMNS} FROM health_checks"
+        if with_last:
+            columns = f"{_STATE_COLUMNS}, r.time, r.message, r.latency_ms"
+            sql = f"SELECT {columns} FROM health_checks c {_LAST_RESULT}"
+        else:
+            sql = f"SELECT {_STATE_COLUMNS} FROM health_checks c"
         params: tuple[str, ...] = ()
         if instance_id is not None:
-            sql += " WHERE instance_id = ?"
+            sql += " WHERE c.instance_id = ?"
             params = (instance_id,)
-        sql += " ORDER BY instance_id, name"
+        sql += " ORDER BY c.instance_id, c.name"
         async with self._db.execute(sql, params) as cur:
             return [_state(r) for r in await cur.fetchall()]
 
     def record(self, results: list[CheckResult], states: list[CheckState]) -> None:
-        """Queue a sweep's results and the states they led to: one batched write."""
+        """Queue a sweep's results, and the states that changed: one batched write."""
         for r in results:
             self._writer.add(
                 _INSERT_RESULT,
@@ -222,9 +239,6 @@ class HealthStore:
                     s.status.value,
                     s.consecutive_passes,
                     s.consecutive_failures,
-                    _ts(s.last_checked),
-                    s.last_message,
-                    _ms(s.last_latency),
                     _ts(s.changed),
                     s.instance_id,
                     s.name,

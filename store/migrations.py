@@ -49,9 +49,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             status               TEXT NOT NULL,
             consecutive_passes   INTEGER NOT NULL DEFAULT 0,
             consecutive_failures INTEGER NOT NULL DEFAULT 0,
-            last_checked         REAL,
-            last_message         TEXT,
-            last_latency_ms      REAL,
             changed              REAL,
             PRIMARY KEY (instance_id, name)
         );

@@ -175,3 +175,24 @@ async def test_a_sweep_is_one_transaction(
     assert statements.count("BEGIN IMMEDIATE") == 1
     assert len(await store.health.states()) == 40
     assert all(s.status is HealthStatus.HEALTHY for s in await store.health.states())
+
+
+async def test_a_sweep_that_changes_nothing_writes_results_only(
+    store: Store, target: Target, checkers: dict[str, Checker]
+) -> None:
+    url = f"http://127.0.0.1:{target.port}/"
+    await _instance(store, [{"name": "a", "target": url}, {"name": "b", "target": url}])
+    runner = HealthRunner(store, checkers)
+    assert len(await runner.sweep()) == 2  # unknown -> healthy: states written
+    statements: list[str] = []
+    await store.db.set_trace_callback(statements.append)
+    assert await runner.sweep() == []
+    await store.flush()
+    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    assert not [s for s in statements if s.startswith("UPDATE health_checks")]
+    assert [s for s in statements if s.startswith("INSERT INTO health_results")]
+    # The last result is still what `ctrlplane health` shows.
+    states = {s.name: s for s in await store.health.states("i-web")}
+    assert states["a"].last_message == "200 OK"
+    assert states["a"].last_checked is not None
+    assert states["a"].consecutive_passes == 1  # capped at success_threshold

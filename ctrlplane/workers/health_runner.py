@@ -11,7 +11,7 @@ from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.bus.messages import Event
 from ctrlplane.events import HealthChange, data_of
-from ctrlplane.health import advance, status_of
+from ctrlplane.health import advance, persisted_change, status_of
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import CheckResult, CheckState, Outcome
 from ctrlplane.store.instances import Instance, InstanceState
@@ -63,7 +63,9 @@ class HealthRunner:
         running = {
             i.id: i for i in await self._store.instances.all() if i.state is InstanceState.RUNNING
         }
-        states = [s for s in await self._store.health.states() if s.instance_id in running]
+        states = [
+            s for s in await self._store.health.states(with_last=False) if s.instance_id in running
+        ]
         if not states:
             return []
         results: list[CheckResult | None] = [None] * len(states)
@@ -88,18 +90,19 @@ class HealthRunner:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        new_states: list[CheckState] = []
+        changed: list[CheckState] = []
         events: list[Event] = []
         done = [r for r in results if r is not None]
         for state, result in zip(states, done, strict=True):
             new, event_type = advance(state, result)
-            new_states.append(new)
+            if persisted_change(state, new):
+                changed.append(new)
             if event_type is not None:
                 events.append(_change_event(event_type, running[state.instance_id], state, new))
         # One batch for the whole sweep. A change must be on disk before
         # anyone hears of it; a sweep that changed nothing is left to the
         # writer's next round (within a fraction of a second).
-        self._store.health.record(done, new_states)
+        self._store.health.record(done, changed)
         if events:
             await self._store.flush()
         return events

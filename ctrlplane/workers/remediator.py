@@ -78,7 +78,7 @@ class Remediator:
         if instance.state is not InstanceState.RUNNING or instance.updated > when:
             return False
         check = data.get("check")
-        states = await self._store.health.states(instance.id)
+        states = await self._store.health.states(instance.id, with_last=False)
         return any(s.name == check and s.status is HealthStatus.UNHEALTHY for s in states)
 
     async def _restart(
