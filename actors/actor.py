@@ -96,7 +96,6 @@ class Actor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._once_done = asyncio.Event()
         # Run timeouts: one watcher per actor instead of a timer per run,
         # late by a tenth of the timeout at most (and at most 1 s).
         self._timeout_s = spec.timeout.total_seconds()
@@ -251,10 +250,7 @@ class Actor:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
 
     async def _run_once(self) -> None:
-        try:
-            await self._run(Trigger.ONCE, None, 1)
-        finally:
-            self._once_done.set()
+        await self._run(Trigger.ONCE, None, 1)
 
     async def _run(
         self,

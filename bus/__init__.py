@@ -2,7 +2,14 @@
 
 from ctrlplane.bus.codec import decode, decode_event, decode_tick, encode
 from ctrlplane.bus.connection import Bus
-from ctrlplane.bus.errors import BusError, DecodeError, NotConnectedError, PublishError, ServerError
+from ctrlplane.bus.errors import (
+    BusError,
+    DecodeError,
+    InvalidEventError,
+    NotConnectedError,
+    PublishError,
+    ServerError,
+)
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
 from ctrlplane.bus.subjects import Subjects
 
@@ -12,6 +19,7 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "Event",
+    "InvalidEventError",
     "NotConnectedError",
     "PublishError",
     "ServerError",

@@ -23,9 +23,9 @@ from nats.js.api import (
 )
 
 from ctrlplane.bus.codec import encode
-from ctrlplane.bus.errors import NotConnectedError, PublishError
+from ctrlplane.bus.errors import InvalidEventError, NotConnectedError, PublishError
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
-from ctrlplane.bus.subjects import Subjects
+from ctrlplane.bus.subjects import Subjects, is_valid_event_type
 
 log = structlog.get_logger("ctrlplane.bus")
 
@@ -237,7 +237,14 @@ class Bus:
                 delay = min(delay * 2, 1.0)
 
     async def publish_event(self, event: Event) -> int:
-        """Publish ``event`` on ``<prefix>.events.<type>``; returns its stream sequence."""
+        """Publish ``event`` on ``<prefix>.events.<type>``; returns its stream sequence.
+
+        Raises:
+            InvalidEventError: the type cannot be a subject (spaces, wildcards).
+            PublishError: it did not reach the stream within ``publish_timeout``.
+        """
+        if not is_valid_event_type(event.type):
+            raise InvalidEventError(event.type)
         ack = await self._publish(
             self.subjects.event(event.type), encode(event), {MSG_ID: f"event/{event.id}"}
         )

@@ -24,6 +24,17 @@ class DecodeError(BusError):
         super().__init__(f"bus: undecodable message on {subject!r}: {reason}")
 
 
+class InvalidEventError(BusError, ValueError):
+    """An event whose type cannot be a NATS subject: nothing was published."""
+
+    def __init__(self, event_type: str) -> None:
+        self.event_type = event_type
+        super().__init__(
+            f"bus: event type {event_type!r} is not valid: use dot-separated tokens of "
+            "letters, digits, '-' and '_', such as 'health.failed'"
+        )
+
+
 class PublishError(BusError):
     """A publish did not reach JetStream within its retry budget."""
 

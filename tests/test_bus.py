@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ctrlplane.bus import Bus, DecodeError, Event, Subjects, decode_event, encode
+from ctrlplane.bus import Bus, DecodeError, Event, InvalidEventError, Subjects, decode_event, encode
 from ctrlplane.bus.server import EmbeddedServer
 
 
@@ -99,3 +99,12 @@ async def test_event_retention_follows_the_latest_setting(bus: Bus) -> None:
 async def test_using_the_bus_before_connect_says_what_to_do() -> None:
     with pytest.raises(Exception, match="connect the bus first"):
         await Bus().publish_event(Event(type="a", source="b"))
+
+
+@pytest.mark.parametrize("event_type", ["", "has space", "health.*", "a..b", "a.>"])
+async def test_an_event_type_that_cannot_be_a_subject_is_refused(bus: Bus, event_type: str) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    with pytest.raises(InvalidEventError, match="not valid"):
+        await bus.publish_event(Event(type=event_type, source="test"))
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.state.messages == 0
