@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 
@@ -10,6 +9,7 @@ import aiohttp
 from yarl import URL
 
 from ctrlplane.checks.tcp import describe_os_error
+from ctrlplane.sessions import LoopSession
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -105,23 +105,14 @@ class HttpChecker:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+        self._session = LoopSession(
+            "HttpChecker",
+            lambda: aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": "ctrlplane-health-check"},
-            )
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(
-                "HttpChecker: its session belongs to another event loop; close() it there first"
-            )
-        return self._session
+            ),
+        )
 
     async def check(self, spec: CheckSpec, instance: Instance) -> Probe:
         """Send one request and judge its status."""
@@ -129,7 +120,7 @@ class HttpChecker:
         if isinstance(url, str):
             return _unknown(url)
         seconds = spec.timeout.total_seconds()
-        session = self._get_session()
+        session = self._session.get()
         try:
             async with session.request(
                 spec.method,
@@ -161,6 +152,4 @@ class HttpChecker:
 
     async def close(self) -> None:
         """Close the shared session and its connections."""
-        session, self._session, self._loop = self._session, None, None
-        if session is not None:
-            await session.close()
+        await self._session.close()

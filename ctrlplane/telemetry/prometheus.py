@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from ctrlplane.checks.tcp import describe_os_error
+from ctrlplane.sessions import LoopSession
 from ctrlplane.store.instances import Instance
 from ctrlplane.store.telemetry import Metric, MetricType, ResourceSnapshot
 from ctrlplane.telemetry.errors import CollectorError
@@ -92,25 +93,15 @@ class PrometheusCollector:
         self.timeout = timeout
         self.max_connections = max_connections
         self.max_bytes = max_bytes
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+        self._session = LoopSession(
+            "PrometheusCollector",
+            lambda: aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": "ctrlplane-telemetry", "Accept": _ACCEPT},
-                timeout=aiohttp.ClientTimeout(total=self.timeout.total_seconds()),
-            )
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(
-                "PrometheusCollector: its session belongs to another event loop; "
-                "close() it there first"
-            )
-        return self._session
+                timeout=aiohttp.ClientTimeout(total=timeout.total_seconds()),
+            ),
+        )
 
     async def collect_metrics(self, instance: Instance) -> list[Metric]:
         """Scrape the instance's ``metrics_url``; ``[]`` when it has none.
@@ -147,7 +138,7 @@ class PrometheusCollector:
         if target.scheme not in ("http", "https") or not target.host:
             raise fail("not an http(s) URL")
         try:
-            async with self._get_session().get(target, allow_redirects=False) as response:
+            async with self._session.get().get(target, allow_redirects=False) as response:
                 if not 200 <= response.status < 300:
                     raise fail(f"HTTP {response.status} {response.reason or ''}".rstrip())
                 body = bytearray()
@@ -172,6 +163,4 @@ class PrometheusCollector:
 
     async def close(self) -> None:
         """Close the shared session and its connections."""
-        session, self._session, self._loop = self._session, None, None
-        if session is not None:
-            await session.close()
+        await self._session.close()
