@@ -50,3 +50,22 @@ class WorkerLoadError(CtrlplaneError):
 
     def __reduce__(self) -> tuple[type[WorkerLoadError], tuple[str, str]]:
         return type(self), (self.ref, self.reason)
+
+
+class PartialFailure(CtrlplaneError):
+    """A run did what it could; some parts failed and are named here.
+
+    Built-in workers isolate failures (one provider, kind or domain does not
+    stop the others) and raise this at the end, so that the run is recorded
+    as failed with every cause.
+
+    Attributes:
+        failures: Each failed part and why.
+    """
+
+    what = "incomplete"
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        detail = "; ".join(f"{part}: {why}" for part, why in sorted(failures.items()))
+        super().__init__(f"{self.what}: {detail}")

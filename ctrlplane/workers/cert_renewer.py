@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
-from ctrlplane.errors import CtrlplaneError
+from ctrlplane.errors import PartialFailure
 from ctrlplane.events import CertExpiring, CertIssued, CertRenewalFailed, data_of
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.store.db import Store
@@ -20,13 +20,10 @@ JITTER = 0.05
 """At most this fraction of a certificate's lifetime is taken off its renewal time."""
 
 
-class CertRenewError(CtrlplaneError):
+class CertRenewError(PartialFailure):
     """Some domains could not get a certificate; the others were seen to."""
 
-    def __init__(self, failures: dict[str, str]) -> None:
-        self.failures = failures
-        detail = "; ".join(f"{host}: {why}" for host, why in sorted(failures.items()))
-        super().__init__(f"certificates not renewed: {detail}")
+    what = "certificates not renewed"
 
 
 def jitter(hostname: str, lifetime: timedelta) -> timedelta:

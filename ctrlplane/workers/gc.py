@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
-from ctrlplane.errors import CtrlplaneError
+from ctrlplane.errors import PartialFailure
 from ctrlplane.events import GcCompleted, data_of
 from ctrlplane.store.db import Store
 from ctrlplane.store.deployments import FINISHED
@@ -58,13 +58,10 @@ _DELETE_RESULTS = (
 )
 
 
-class GcError(CtrlplaneError):
+class GcError(PartialFailure):
     """Some kinds could not be collected; the others were."""
 
-    def __init__(self, failures: dict[str, str]) -> None:
-        self.failures = failures
-        detail = "; ".join(f"{kind}: {why}" for kind, why in failures.items())
-        super().__init__(f"gc incomplete: {detail}")
+    what = "gc incomplete"
 
 
 class GarbageCollector:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
-from ctrlplane.errors import CtrlplaneError
+from ctrlplane.errors import PartialFailure
 from ctrlplane.events import InstanceDrift, data_of
 from ctrlplane.lifecycle import SETTLED
 from ctrlplane.store.db import Store
@@ -21,13 +21,10 @@ DEFAULT_INTERVAL = timedelta(seconds=60)
 STUCK_AFTER = timedelta(minutes=2)
 
 
-class ReconcileError(CtrlplaneError):
+class ReconcileError(PartialFailure):
     """Some providers could not be asked; the rest were reconciled."""
 
-    def __init__(self, failures: dict[str, str]) -> None:
-        self.failures = failures
-        detail = "; ".join(f"{name}: {why}" for name, why in sorted(failures.items()))
-        super().__init__(f"reconcile incomplete: {detail}")
+    what = "reconcile incomplete"
 
 
 class Reconciler:
