@@ -8,12 +8,9 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import CertsReply, request
-from ctrlplane.bus.connection import Bus
-from ctrlplane.cli.common import ago, connection_options, json_option, load, print_table, with_bus
+from ctrlplane.api import CertsReply
+from ctrlplane.cli.common import ago, ask, connection_options, json_option, load, print_table
 from ctrlplane.durations import format_duration
-
-READ_WAIT = 10.0
 
 
 def _left(left: timedelta | None) -> str:
@@ -33,10 +30,7 @@ def certs(
     """List domains with their certificate: issuer, serial, expiry and time left."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def ask(bus: Bus) -> CertsReply:
-        return await request(bus, "certs", {}, CertsReply, within=READ_WAIT)
-
-    reply = with_bus(config, ask)
+    reply = ask(config, "certs", {}, CertsReply)
     if as_json:
         click.echo(msgspec.json.encode(reply.certs).decode())
         return

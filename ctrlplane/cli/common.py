@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ctrlplane.actors.errors import ActorError
+from ctrlplane.api import Reply, request
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import read_server_info
@@ -22,6 +23,7 @@ from ctrlplane.errors import ConfigError, CtrlplaneError
 from ctrlplane.store.errors import StoreError
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Reply)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Exit codes: 2 for bad input (as click uses for usage errors), 1 for a
@@ -110,6 +112,22 @@ def with_bus(config: Config, action: Callable[[Bus], Coroutine[Any, Any, T]]) ->
             await bus.close()
 
     return run_async(go())
+
+
+READ_WAIT = 10.0
+"""Seconds a reading command waits for a process to answer."""
+
+
+def ask(
+    config: Config, name: str, body: object, reply_type: type[R], within: float = READ_WAIT
+) -> R:
+    """Send the control request ``<prefix>.api.<name>`` and return the answer;
+    no answer or an error answer ends the command with a message."""
+
+    async def send(bus: Bus) -> R:
+        return await request(bus, name, body, reply_type, within=within)
+
+    return with_bus(config, send)
 
 
 def ago(when: datetime | None) -> str:

@@ -8,12 +8,9 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import DeploymentsReply, DeploymentsRequest, request
-from ctrlplane.bus.connection import Bus
-from ctrlplane.cli.common import ago, connection_options, json_option, load, print_table, with_bus
+from ctrlplane.api import DeploymentsReply, DeploymentsRequest
+from ctrlplane.cli.common import ago, ask, connection_options, json_option, load, print_table
 from ctrlplane.durations import format_duration
-
-READ_WAIT = 10.0
 
 
 def _took(started: datetime, finished: datetime | None) -> str:
@@ -39,11 +36,8 @@ def deployments(
     """List deployments, newest first: instance, spec, state, when, and why one failed."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def ask(bus: Bus) -> DeploymentsReply:
-        body = DeploymentsRequest(instance=instance, limit=limit)
-        return await request(bus, "deployments", body, DeploymentsReply, within=READ_WAIT)
-
-    reply = with_bus(config, ask)
+    body = DeploymentsRequest(instance=instance, limit=limit)
+    reply = ask(config, "deployments", body, DeploymentsReply)
     if as_json:
         click.echo(msgspec.json.encode(reply.deployments).decode())
         return

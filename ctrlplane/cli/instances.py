@@ -7,24 +7,22 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import ApplyReply, ApplyRequest, HealthReply, InstancesReply, request
-from ctrlplane.bus.connection import Bus
+from ctrlplane.api import ApplyReply, ApplyRequest, HealthReply, InstancesReply
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     ago,
+    ask,
     connection_options,
     fail,
     json_option,
     load,
     print_table,
-    with_bus,
 )
 from ctrlplane.config import load_config
 from ctrlplane.errors import ConfigError
 
 # Applying starts and stops processes: give it time.
 APPLY_WAIT = 120.0
-READ_WAIT = 10.0
 
 
 @click.command()
@@ -56,11 +54,8 @@ def apply(
         fail(f"{file} declares no instances: add [[instances]] tables", EXIT_CONFIG)
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def send(bus: Bus) -> ApplyReply:
-        body = ApplyRequest(instances=declared, domains=domains)
-        return await request(bus, "apply", body, ApplyReply, within=APPLY_WAIT)
-
-    reply = with_bus(config, send)
+    body = ApplyRequest(instances=declared, domains=domains)
+    reply = ask(config, "apply", body, ApplyReply, within=APPLY_WAIT)
     result = reply.result
     assert result is not None
     if as_json:
@@ -101,10 +96,7 @@ def instances(
     """List instances with their recorded and desired state and their health."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def ask(bus: Bus) -> InstancesReply:
-        return await request(bus, "instances", {}, InstancesReply, within=READ_WAIT)
-
-    reply = with_bus(config, ask)
+    reply = ask(config, "instances", {}, InstancesReply)
     if as_json:
         click.echo(msgspec.json.encode(reply.instances).decode())
         return
@@ -134,10 +126,7 @@ def health(
     """Per instance and check: the status, the last result and when it last changed."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def ask(bus: Bus) -> HealthReply:
-        return await request(bus, "health", {}, HealthReply, within=READ_WAIT)
-
-    reply = with_bus(config, ask)
+    reply = ask(config, "health", {}, HealthReply)
     if as_json:
         click.echo(msgspec.json.encode(reply.checks).decode())
         return

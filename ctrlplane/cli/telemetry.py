@@ -8,23 +8,21 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import TelemetryReply, TelemetryRequest, request
-from ctrlplane.bus.connection import Bus
+from ctrlplane.api import TelemetryReply, TelemetryRequest
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     ago,
+    ask,
     connection_options,
     fail,
     json_option,
     load,
     print_table,
-    with_bus,
 )
 from ctrlplane.durations import parse_duration
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
 DEFAULT_SINCE = "10m"
-READ_WAIT = 10.0
 
 
 @click.command()
@@ -57,11 +55,8 @@ def telemetry(
         fail(f"--since: must be greater than zero, got {since!r}", EXIT_CONFIG)
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    async def ask(bus: Bus) -> TelemetryReply:
-        body = TelemetryRequest(instance=instance, since=window)
-        return await request(bus, "telemetry", body, TelemetryReply, within=READ_WAIT)
-
-    reply = with_bus(config, ask)
+    body = TelemetryRequest(instance=instance, since=window)
+    reply = ask(config, "telemetry", body, TelemetryReply)
     if as_json:
         shown = {
             "instance": reply.instance,
