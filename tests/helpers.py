@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 
 
 async def wait_for(
@@ -23,3 +30,50 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def make_instance(
+    name: str = "web",
+    command: list[str] | None = None,
+    *,
+    id: str | None = None,
+    provider: str = "process",
+    state: InstanceState = InstanceState.RUNNING,
+    handle: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    metrics_url: str | None = None,
+) -> Instance:
+    """An instance record as the store keeps it (nothing is started)."""
+    spec = InstanceSpec(
+        command=["true"] if command is None else command,
+        env=env or {},
+        cwd=cwd,
+        metrics_url=metrics_url,
+    )
+    now = datetime.now(UTC)
+    return Instance(
+        id=id or f"i-{uuid.uuid4().hex[:12]}",
+        name=name,
+        provider=provider,
+        spec=spec,
+        spec_hash=spec.digest(),
+        desired=DesiredState.RUNNING,
+        state=state,
+        handle=handle,
+        created=now,
+        updated=now,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """Serve ``app`` on 127.0.0.1 and an ephemeral port; yields the port."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 import pytest_asyncio
@@ -14,9 +14,10 @@ from ctrlplane.checks.registry import builtin_checkers, close_checkers
 from ctrlplane.inventory import InstanceDecl
 from ctrlplane.store import Store
 from ctrlplane.store.health import HealthStatus
-from ctrlplane.store.instances import DesiredState, Instance, InstanceState
+from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Checker
 from ctrlplane.workers.health_runner import HealthRunner
+from tests.helpers import make_instance, serving
 
 
 class Target:
@@ -38,15 +39,8 @@ async def target() -> AsyncIterator[Target]:
     t = Target()
     app = web.Application()
     app.router.add_get("/", t.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    t.port = runner.addresses[0][1]
-    try:
+    async with serving(app) as t.port:
         yield t
-    finally:
-        await runner.cleanup()
 
 
 @pytest_asyncio.fixture
@@ -60,19 +54,7 @@ async def checkers() -> AsyncIterator[dict[str, Checker]]:
 
 async def _instance(store: Store, checks: list[dict[str, object]], name: str = "web") -> Instance:
     decl = msgspec.convert({"name": name, "command": ["x"], "checks": checks}, InstanceDecl)
-    now = datetime.now(UTC)
-    spec = decl.spec()
-    instance = Instance(
-        id=f"i-{name}",
-        name=name,
-        provider="process",
-        spec=spec,
-        spec_hash=spec.digest(),
-        desired=DesiredState.RUNNING,
-        state=InstanceState.RUNNING,
-        created=now,
-        updated=now,
-    )
+    instance = make_instance(name, decl.command, id=f"i-{name}")
     await store.instances.put(instance)
     await store.health.set_checks(instance.id, decl.checks)
     return instance

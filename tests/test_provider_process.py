@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
@@ -31,8 +31,9 @@ from ctrlplane.providers import (
     ProviderLoadError,
     load_providers,
 )
-from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
+from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation, Provider
+from tests import helpers
 from tests.helpers import wait_for
 
 PY = sys.executable
@@ -52,19 +53,14 @@ def make_instance(
     cwd: Path | None = None,
     handle: str | None = None,
 ) -> Instance:
-    spec = InstanceSpec(command=command, env=env or {}, cwd=None if cwd is None else str(cwd))
-    now = datetime.now(UTC)
-    return Instance(
-        id=f"i-{uuid.uuid4().hex[:12]}",
-        name=name,
-        provider="process",
-        spec=spec,
-        spec_hash=spec.digest(),
-        desired=DesiredState.RUNNING,
+    """A stopped instance record for ``command``; the provider starts it."""
+    return helpers.make_instance(
+        name,
+        command,
         state=InstanceState.STOPPED,
+        env=env,
+        cwd=None if cwd is None else str(cwd),
         handle=handle,
-        created=now,
-        updated=now,
     )
 
 

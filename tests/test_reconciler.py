@@ -27,10 +27,10 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.inventory import InstanceDecl
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store, Trigger
-from ctrlplane.store.instances import DesiredState, Instance, InstanceState
+from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 from ctrlplane.workers.reconciler import ReconcileError, Reconciler
-from tests.helpers import wait_for
+from tests.helpers import make_instance, wait_for
 
 
 def free_port() -> int:
@@ -169,25 +169,8 @@ async def test_one_failing_provider_does_not_stop_the_others(
 ) -> None:
     await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
     process = ProcessProvider(tmp_path)
-    now = datetime.now(UTC)
-
-    def instance(name: str, provider: str, handle: str | None) -> Instance:
-        spec = web(name, 1).spec()
-        return Instance(
-            id=f"i-{name}",
-            name=name,
-            provider=provider,
-            spec=spec,
-            spec_hash=spec.digest(),
-            desired=DesiredState.RUNNING,
-            state=InstanceState.RUNNING,
-            handle=handle,
-            created=now,
-            updated=now,
-        )
-
-    await store.instances.put(instance("gone", "process", None))
-    await store.instances.put(instance("remote", "broken", "x"))
+    await store.instances.put(make_instance("gone", id="i-gone"))
+    await store.instances.put(make_instance("remote", id="i-remote", provider="broken", handle="x"))
     reconciler = Reconciler(store, {"process": process, "broken": BrokenProvider()})
     published: list[Event] = []
 

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import EntryPoint
@@ -34,7 +33,7 @@ from ctrlplane.bus.server import read_server_info
 from ctrlplane.config import Config
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
-from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
+from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.store.runs import Trigger
 from ctrlplane.store.telemetry import Metric, MetricType, ResourceSnapshot
 from ctrlplane.telemetry import (
@@ -48,7 +47,7 @@ from ctrlplane.telemetry import (
 )
 from ctrlplane.types import Collector, Observation, Provider
 from ctrlplane.workers.telemetry_collector import CollectionError, TelemetryCollector
-from tests.helpers import wait_for
+from tests.helpers import make_instance, serving, wait_for
 from tests.processes import env_for, run_cli, started, stop
 from tests.test_cli_instances import _kill_instances
 from tests.test_reconciler import free_port
@@ -105,15 +104,8 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     app = web.Application()
     app.router.add_get("/metrics", e.metrics)
     app.router.add_get("/broken", e.broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    e.port = runner.addresses[0][1]
-    try:
+    async with serving(app) as e.port:
         yield e
-    finally:
-        await runner.cleanup()
 
 
 class Processes:
@@ -151,28 +143,6 @@ async def processes(store: Store, tmp_path: Path) -> AsyncIterator[Processes]:
         yield p
     finally:
         await p.stop_all()
-
-
-def make_instance(
-    name: str,
-    command: list[str],
-    *,
-    metrics_url: str | None = None,
-    provider: str = "process",
-) -> Instance:
-    spec = InstanceSpec(command=command, metrics_url=metrics_url)
-    now = datetime.now(UTC)
-    return Instance(
-        id=f"i-{uuid.uuid4().hex[:12]}",
-        name=name,
-        provider=provider,
-        spec=spec,
-        spec_hash=spec.digest(),
-        desired=DesiredState.RUNNING,
-        state=InstanceState.RUNNING,
-        created=now,
-        updated=now,
-    )
 
 
 class Listed:
