@@ -131,11 +131,13 @@ class ControlPlane:
         providers = load_providers(cfg.data_dir)
         self._checkers = load_checkers()
         self._router = load_router(cfg)
+        # Who lifecycle and domain events come from: this process.
+        source = f"ctrlplane:{self.scheduler.process}"
         self.inventory = Inventory(
             self.store,
             providers,
             self.bus.publish_event,
-            source=f"ctrlplane:{self.scheduler.process}",
+            source=source,
             stop_grace=cfg.stop_grace,
         )
         for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
@@ -166,7 +168,7 @@ class ControlPlane:
                     self.router,
                     cfg.domains,
                     self.bus.publish_event,
-                    source=f"ctrlplane:{self.scheduler.process}",
+                    source=source,
                 )
             except DomainError as exc:
                 log.error("domains not applied", error=str(exc))
