@@ -9,7 +9,7 @@ What is measured
 
     * ours: a ``Scheduler`` with one event-driven worker (interval 0,
       ``subscriptions=("bench.*",)``) whose ``run`` only counts. Every event
-      goes through the whole actor path: fetch into the mailbox, decode into
+      goes through the whole actor path: pulled into the mailbox (PullFeed), decode into
       ``Event``, ``RunContext``, timeout, run, ack, and a row in
       ``worker_runs`` of a real SQLite ``Store`` (batched writer, default
       flush interval) in the temporary directory.
