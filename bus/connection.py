@@ -25,15 +25,18 @@ from nats.js.api import (
 from ctrlplane.bus.codec import encode
 from ctrlplane.bus.errors import InvalidEventError, NotConnectedError, PublishError
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
+from ctrlplane.bus.publisher import BatchPublisher
 from ctrlplane.bus.subjects import Subjects, is_valid_event_type
 
 log = structlog.get_logger("ctrlplane.bus")
 
 # Errors after which a JetStream publish is worth trying again: the server is
-# away (reconnecting) or slow, not refusing the message.
+# away (reconnecting) or slow, or the stream is missing (another process may
+# be creating it, or will recreate it), not refusing the message.
 _RETRYABLE = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
     nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.OutboundBufferLimitError,
@@ -67,6 +70,7 @@ class Bus:
         self.publish_timeout = publish_timeout
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._batches: BatchPublisher | None = None
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self._closing = False
 
@@ -130,6 +134,7 @@ class Bus:
             reconnected_cb=on_reconnect,
         )
         self._js = self._nc.jetstream()
+        self._batches = BatchPublisher(self._nc)
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Call ``callback`` every time the connection comes back."""
@@ -251,12 +256,32 @@ class Bus:
         return int(ack.seq)
 
     async def publish_events(self, events: Sequence[Event], *, in_flight: int = 256) -> None:
-        """Publish many events with up to ``in_flight`` acks awaited at once.
+        """Publish many events, up to ``in_flight`` of them awaiting their ack at once.
 
-        Each publish keeps :meth:`publish_event`'s retry; the first one that
-        fails for good raises once the others have finished.
+        All go out through one ack subscription (:class:`BatchPublisher`);
+        any that were not acknowledged are published again one by one with
+        :meth:`publish_event`'s retry (their ``Nats-Msg-Id`` keeps one that
+        did land from being stored twice). The first that fails for good
+        raises once the others have finished.
+
+        Raises:
+            InvalidEventError: an event type cannot be a subject; raised
+                before anything is published.
+            PublishError: some event did not reach the stream.
         """
-        pending = iter(events)
+        for event in events:
+            if not is_valid_event_type(event.type):
+                raise InvalidEventError(event.type)
+        if self._batches is None:
+            raise NotConnectedError("publish")
+        messages = [
+            (self.subjects.event(e.type), encode(e), {MSG_ID: f"event/{e.id}"}) for e in events
+        ]
+        missed = await self._batches.publish(messages, window=in_flight)
+        if not missed:
+            return
+        log.info("publishing events again one by one", events=len(missed))
+        pending = (events[i] for i in missed)
         failures: list[BaseException] = []
 
         async def worker() -> None:
@@ -266,7 +291,7 @@ class Bus:
                 except PublishError as exc:
                     failures.append(exc)
 
-        await asyncio.gather(*(worker() for _ in range(min(in_flight, len(events)))))
+        await asyncio.gather(*(worker() for _ in range(min(in_flight, len(missed)))))
         if failures:
             raise failures[0]
 
@@ -292,7 +317,10 @@ class Bus:
     async def close(self) -> None:
         """Drain the connection: flush what is buffered, then close. Idempotent."""
         nc, self._nc, self._js = self._nc, None, None
+        batches, self._batches = self._batches, None
         self._closing = True
+        if batches is not None:
+            await batches.close()
         if nc is None or nc.is_closed:
             return
         try:

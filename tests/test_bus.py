@@ -9,7 +9,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ctrlplane.bus import Bus, DecodeError, Event, InvalidEventError, Subjects, decode_event, encode
+from ctrlplane.bus import (
+    Bus,
+    DecodeError,
+    Event,
+    InvalidEventError,
+    PublishError,
+    Subjects,
+    decode_event,
+    encode,
+)
 from ctrlplane.bus.server import EmbeddedServer
 
 
@@ -108,3 +117,31 @@ async def test_an_event_type_that_cannot_be_a_subject_is_refused(bus: Bus, event
         await bus.publish_event(Event(type=event_type, source="test"))
     info = await bus.js.stream_info(bus.subjects.events_stream)
     assert info.state.messages == 0
+
+
+async def test_a_batch_with_an_invalid_type_publishes_nothing(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    events = [Event(type="x.ok", source="test"), Event(type="x.*", source="test")]
+    with pytest.raises(InvalidEventError):
+        await bus.publish_events(events)
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.state.messages == 0
+
+
+async def test_events_published_before_their_stream_exists_land_once(bus: Bus) -> None:
+    events = [Event(type=f"x.n{i % 3}", source="test") for i in range(300)]
+    # No stream yet: every fast publish comes back unanswered and is retried
+    # one by one until the stream appears.
+    publishing = asyncio.create_task(bus.publish_events(events))
+    await asyncio.sleep(0.3)
+    assert not publishing.done()
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    await asyncio.wait_for(publishing, 20)
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.state.messages == 300
+
+
+async def test_events_that_never_land_raise_publish_error(bus: Bus) -> None:
+    bus.publish_timeout = timedelta(milliseconds=300)
+    with pytest.raises(PublishError):
+        await bus.publish_events([Event(type="x.y", source="test") for _ in range(5)])
