@@ -1,41 +1,40 @@
-"""The ``http`` check: one request through a shared aiohttp session with a bounded pool."""
+"""The ``http`` check: one request through a shared keep-alive pool (see ``http_client``)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+import ssl
 
-import aiohttp
 from yarl import URL
 
+from ctrlplane.checks.http_client import Disconnected, HttpClient, ProtocolError, Request, prepare
 from ctrlplane.checks.tcp import describe_os_error
-from ctrlplane.sessions import LoopSession
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
 
-# A body is read (so the connection goes back to the pool) up to this size;
-# a larger one costs a connection instead of a download.
-_BODY_LIMIT = 64 * 1024
 # How much of a failing response's body the message quotes.
 _SNIPPET = 200
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+USER_AGENT = "ctrlplane-health-check"
 
 
 def _unknown(reason: str) -> Probe:
     return Probe(outcome=Outcome.UNKNOWN, message=f"http check: {reason}")
 
 
-def _url(spec: CheckSpec) -> URL | str:
-    """The URL to check, or why ``spec`` cannot be executed."""
+def _request(spec: CheckSpec) -> Request | str:
+    """The request to send, or why ``spec`` cannot be executed."""
     return _parse(spec.target, spec.method, spec.expected_status, spec.timeout.total_seconds())
 
 
-# Every sweep checks the same targets again: parse and validate each once.
+# Every sweep checks the same targets again: parse, validate and encode each once.
 @functools.lru_cache(maxsize=65536)
 def _parse(
     target: str | None, method: str, expected_status: tuple[int, int], timeout: float
-) -> URL | str:
+) -> Request | str:
     if not target or not target.strip():
         return "needs a target URL"
     try:
@@ -56,23 +55,10 @@ def _parse(
         return f"expected_status {[low, high]} is not a range of HTTP statuses"
     if timeout <= 0:
         return "the timeout must be positive"
-    return url
-
-
-async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    """Up to ``_BODY_LIMIT`` bytes of the body; the rest is not downloaded."""
-    length = response.content_length
-    if length is not None and length <= _BODY_LIMIT:
-        return await response.read()  # the common case: one read
-    body = bytearray()
-    while len(body) <= _BODY_LIMIT:
-        chunk = await response.content.read(_BODY_LIMIT + 1 - len(body))
-        if not chunk:
-            return bytes(body)
-        body += chunk
-    # Too large to drain: close the connection rather than reuse it half-read.
-    response.close()
-    return bytes(body[:_BODY_LIMIT])
+    try:
+        return prepare(url, method, USER_AGENT)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _snippet(body: bytes) -> str:
@@ -88,12 +74,12 @@ class HttpChecker:
     cannot make a broken instance look healthy (the default range, 200-399,
     lets redirects pass, as Kubernetes probes do).
 
-    Every check shares one ``aiohttp.ClientSession``, created on first use in
-    the running event loop, whose connector holds at most ``max_connections``
-    connections: more concurrent checks than that wait for a free connection
-    (and that wait counts against their timeout). The session has no cookie
-    jar, so no check sees another's cookies. Call :meth:`close` when done; the
-    checker may then be used again, also in another event loop.
+    Every check shares one :class:`~ctrlplane.checks.http_client.HttpClient`
+    that keeps at most ``max_connections`` connections open: more concurrent
+    checks than that wait for a free connection (and that wait counts against
+    their timeout). It sends no cookies and follows no redirects; https
+    certificates are verified against the system's CAs. Call :meth:`close`
+    when done; the checker may then be used again, also in another event loop.
 
     Args:
         max_connections: The size of the connection pool.
@@ -102,54 +88,33 @@ class HttpChecker:
     type: str = "http"
 
     def __init__(self, max_connections: int = 100) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self._client = HttpClient(max_connections=max_connections)
         self.max_connections = max_connections
-        self._session = LoopSession(
-            "HttpChecker",
-            lambda: aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=max_connections),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": "ctrlplane-health-check"},
-            ),
-        )
 
     async def check(self, spec: CheckSpec, instance: Instance) -> Probe:
         """Send one request and judge its status."""
-        url = _url(spec)
-        if isinstance(url, str):
-            return _unknown(url)
+        request = _request(spec)
+        if isinstance(request, str):
+            return _unknown(request)
         seconds = spec.timeout.total_seconds()
-        session = self._session.get()
         try:
-            async with session.request(
-                spec.method,
-                url,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=seconds),
-            ) as response:
-                body = await _read_body(response)
+            async with asyncio.timeout(seconds):
+                response = await self._client.request(request)
         except TimeoutError:
             return Probe(outcome=Outcome.FAIL, message=f"timed out after {seconds:g}s")
-        except aiohttp.ClientSSLError as exc:
+        except ssl.SSLError as exc:  # before OSError, of which it is one
             return Probe(outcome=Outcome.FAIL, message=f"TLS error: {exc}")
-        except aiohttp.ClientConnectorError as exc:
-            return Probe(outcome=Outcome.FAIL, message=describe_os_error(exc.os_error))
-        except aiohttp.InvalidURL as exc:
-            return _unknown(f"{spec.target!r} is not a usable URL: {exc}")
-        except aiohttp.ServerDisconnectedError:
-            return Probe(outcome=Outcome.FAIL, message="server disconnected")
-        except aiohttp.ClientError as exc:
-            return Probe(outcome=Outcome.FAIL, message=f"{type(exc).__name__}: {exc}")
+        except (Disconnected, ProtocolError) as exc:
+            return Probe(outcome=Outcome.FAIL, message=str(exc))
         except OSError as exc:
             return Probe(outcome=Outcome.FAIL, message=describe_os_error(exc))
-        status = f"{response.status} {response.reason or ''}".rstrip()
+        status = f"{response.status} {response.reason}".rstrip()
         low, high = spec.expected_status
         if low <= response.status <= high:
             return Probe(outcome=Outcome.PASS, message=status)
-        snippet = _snippet(body)
+        snippet = _snippet(response.body)
         return Probe(outcome=Outcome.FAIL, message=f"{status}: {snippet}" if snippet else status)
 
     async def close(self) -> None:
-        """Close the shared session and its connections."""
-        await self._session.close()
+        """Close the pool's connections."""
+        await self._client.close()
