@@ -14,10 +14,13 @@ What is measured
          the checks, fold them into states, store results and states in one
          batched write, flush included) and then the publishing of its
          change events to a real nats-server, as ``HealthRunner.run`` does it:
-         ``Bus.publish_events`` (each event awaits its JetStream ack, 256 in
-         flight at once). The first sweep turns every check unknown -> healthy,
-         so it publishes N ``health.passed`` events; the second sweep changes
-         nothing and publishes none. Both are reported.
+         ``Bus.publish_events`` (every event acknowledged by JetStream, 256
+         acks outstanding at most). The first sweep turns every check
+         unknown -> healthy, so it publishes N ``health.passed`` events; the
+         second sweep changes nothing and publishes none. Both are reported.
+         ``HttpChecker`` speaks HTTP/1.1 itself (``checks/http_client.py``):
+         its requests carry Host, User-Agent and Accept only, aiohttp's carry
+         a few more headers, so the target spends less per request on ours.
        * raw: one ``aiohttp.ClientSession`` with ``TCPConnector(limit=C)``,
          C worker tasks taking requests from a shared counter, each
          ``GET``, read the body, check the status.

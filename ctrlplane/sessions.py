@@ -11,7 +11,7 @@ import aiohttp
 class LoopSession:
     """A lazily created ``aiohttp.ClientSession`` bound to the loop that first used it.
 
-    Checkers and collectors are built before any loop runs, and an aiohttp
+    Collectors are built before any loop runs, and an aiohttp
     session must be made inside one; this makes it on the first :meth:`get`
     and refuses use from another loop, which aiohttp would only fail on later.
 
