@@ -175,6 +175,9 @@ async def test_http_uses_the_method(http_app: HttpApp, http_checker: HttpChecker
     assert (await http_checker.check(spec("http", target=target), INSTANCE)).outcome == Outcome.PASS
     probe = await http_checker.check(spec("http", target=target, method="POST"), INSTANCE)
     assert probe.outcome == Outcome.FAIL and probe.message.startswith("405 Method Not Allowed")
+    # Methods are sent in capitals, whatever the config says.
+    lower = await http_checker.check(spec("http", target=target, method="get"), INSTANCE)
+    assert lower.outcome == Outcome.PASS
 
 
 async def test_http_does_not_follow_redirects(http_app: HttpApp, http_checker: HttpChecker) -> None:

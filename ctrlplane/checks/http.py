@@ -56,7 +56,8 @@ def _parse(
     if timeout <= 0:
         return "the timeout must be positive"
     try:
-        return prepare(url, method, USER_AGENT)
+        # As aiohttp did before: "get" in a config means GET.
+        return prepare(url, method.upper(), USER_AGENT)
     except ValueError as exc:
         return str(exc)
 
