@@ -326,3 +326,21 @@ async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
         await checker.close()
     assert probe.outcome == Outcome.FAIL and probe.message.startswith("TLS error")
     assert "certificate verify failed" in probe.message
+
+
+async def test_the_pool_forgets_origins_it_no_longer_holds_connections_to() -> None:
+    client = HttpClient(max_connections=2)
+    states = [Scripted(lambda head, n: (ok(), False)) for _ in range(6)]
+    servers = [await serve(state) for state in states]
+    try:
+        async with asyncio.timeout(5):
+            for state in states * 2:
+                assert (await client.request(get(state))).status == 200
+        # Only the two newest origins still have (idle) connections.
+        assert sorted(port for _, _, port in client._idle) == sorted(s.port for s in states[-2:])
+        assert len(client._lru) == 2
+    finally:
+        await client.close()
+        for server in servers:
+            server.close()
+    assert [s.connections for s in states] == [2] * 6

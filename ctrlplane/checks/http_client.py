@@ -321,6 +321,9 @@ class HttpClient:
         self._ssl = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        # Every idle connection, longest idle first: eviction takes the first
+        # without looking through every origin ever checked.
+        self._lru: dict[_Connection, None] = {}
         self._busy: set[_Connection] = set()
         self._open = 0  # connections holding a slot: idle, busy or being made
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -368,6 +371,7 @@ class HttpClient:
             self._busy.discard(conn)
             conn.idle_since = loop.time()
             self._idle.setdefault(conn.key, []).append(conn)
+            self._lru[conn] = None
             self._wake()
         else:
             self._discard(conn)
@@ -379,6 +383,7 @@ class HttpClient:
             conn.counted = False
             conn.close()
         self._idle.clear()
+        self._lru.clear()
         self._busy.clear()
         self._open = 0
         while self._waiters:
@@ -393,10 +398,9 @@ class HttpClient:
     async def _acquire(self, request: Request) -> tuple[_Connection, bool]:
         key = (request.scheme, request.host, request.port)
         while True:
-            idle = self._idle.get(key)
             now = self.loop.time()
-            while idle:
-                conn = idle.pop()
+            while key in self._idle:
+                conn = self._unidle(self._idle[key][-1])
                 if conn.open and now - conn.idle_since < self._idle_timeout:
                     self._busy.add(conn)
                     return conn, True
@@ -437,15 +441,22 @@ class HttpClient:
 
     def _evict(self) -> bool:
         """Close the longest idle connection to any origin; False if there is none."""
-        oldest: _Connection | None = None
-        for conns in self._idle.values():
-            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
-                oldest = conns[0]
-        if oldest is None:
+        if not self._lru:
             return False
-        self._idle[oldest.key].remove(oldest)
-        self._discard(oldest)
+        self._discard(self._unidle(next(iter(self._lru))))
         return True
+
+    def _unidle(self, conn: _Connection) -> _Connection:
+        """Take ``conn`` off the idle lists (it must be on them)."""
+        del self._lru[conn]
+        conns = self._idle[conn.key]
+        if conns[-1] is conn:
+            conns.pop()  # the most recently used: the usual case
+        else:
+            conns.remove(conn)
+        if not conns:
+            del self._idle[conn.key]  # origins come and go: keep only those with idle ones
+        return conn
 
     def _discard(self, conn: _Connection) -> None:
         """Close ``conn`` and free its slot now (not when the close completes)."""
@@ -458,9 +469,8 @@ class HttpClient:
 
     def _lost(self, conn: _Connection) -> None:
         """``conn`` closed (by either side)."""
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
+        if conn in self._lru:
+            self._unidle(conn)
         self._busy.discard(conn)
         if conn.counted:
             conn.counted = False
