@@ -44,7 +44,7 @@ the server or the client is the limit.
 
 Run::
 
-    python bench/health_sweep.py            # 10,000 checks, 100,000 results, 3 rounds
+    python bench/health_sweep.py            # 10,000 checks, 100,000 results, 5 rounds
     python bench/health_sweep.py --quick    # 1,000 checks, 10,000 results, 1 round
     python bench/health_sweep.py --checks 20000 --concurrency 128 --check
 
@@ -648,7 +648,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=64, help="checks / requests in flight (default 64)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (medians are reported)")
     parser.add_argument(
         "--results", type=int, default=100_000, help="results written in the store comparison"
     )
