@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from yarl import URL
 
+from ctrlplane.certs.local_ca import LocalCA
 from ctrlplane.checks import HttpChecker
 from ctrlplane.checks.http_client import (
     HEAD_LIMIT,
@@ -274,47 +270,19 @@ async def test_a_cancelled_request_frees_its_slot() -> None:
 # --- https -----------------------------------------------------------------------
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    ca = LocalCA(tmp_path / "ca")
+    issued = await ca.issue("localhost", timedelta(hours=1))
+    (tmp_path / "cert.pem").write_bytes(issued.cert_pem + issued.chain_pem)
+    (tmp_path / "key.pem").write_bytes(issued.key_pem)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    trusting = HttpClient(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    trusting = HttpClient(ssl_context=ssl.create_default_context(cafile=str(ca.cert_path)))
     checker = HttpChecker()
     state = Scripted(lambda head, n: (ok(b"secure"), False))
     try:
         async with await serve(state, ssl=server_tls):
-            url = URL(f"https://127.0.0.1:{state.port}/")
+            url = URL(f"https://localhost:{state.port}/")
             response = await trusting.request(prepare(url, "GET", "agent"))
             assert response.body == b"secure"
             # The system's CAs do not know this certificate.
