@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -312,3 +314,49 @@ async def test_the_pool_forgets_origins_it_no_longer_holds_connections_to() -> N
         for server in servers:
             server.close()
     assert [s.connections for s in states] == [2] * 6
+
+
+class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_client_belongs_to_one_event_loop_until_closed() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = HttpClient()
+    request = prepare(URL(f"http://127.0.0.1:{server.server_port}/"), "GET", "agent")
+
+    async def status() -> int:
+        return (await client.request(request)).status
+
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(status()) == 200  # keeps its connection open
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(status())
+        first.run_until_complete(client.close())
+    finally:
+        first.close()
+
+    async def again() -> int:
+        try:
+            return await status()
+        finally:
+            await client.close()
+
+    try:
+        assert asyncio.run(again()) == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
