@@ -360,3 +360,13 @@ def test_a_client_belongs_to_one_event_loop_until_closed() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.mark.parametrize("method", ["GE T", "GET\r\nX-Injected: 1", "", "g\u0131t"])
+def test_prepare_refuses_what_is_not_a_method(method: str) -> None:
+    with pytest.raises(ValueError, match="is not an HTTP method"):
+        prepare(URL("http://127.0.0.1:80/"), method, "agent")
+
+
+def test_prepare_sends_the_method_in_capitals() -> None:
+    assert prepare(URL("http://h:1/"), "get", "agent").data.startswith(b"GET / HTTP/1.1\r\n")

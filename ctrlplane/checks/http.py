@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
 
 from yarl import URL
@@ -17,7 +16,6 @@ from ctrlplane.types import Probe
 
 # How much of a failing response's body the message quotes.
 _SNIPPET = 200
-_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 USER_AGENT = "ctrlplane-health-check"
 
 
@@ -48,18 +46,16 @@ def _parse(
         return f"{target!r} has no valid host"
     if not port:
         return f"{target!r} has no valid port"
-    if not _METHOD.fullmatch(method):
-        return f"{method!r} is not an HTTP method"
+    try:
+        request = prepare(url, method, USER_AGENT)
+    except ValueError as exc:  # the method, or a target that cannot be sent
+        return str(exc)
     low, high = expected_status
     if not 100 <= low <= high <= 599:
         return f"expected_status {[low, high]} is not a range of HTTP statuses"
     if timeout <= 0:
         return "the timeout must be positive"
-    try:
-        # As aiohttp did before: "get" in a config means GET.
-        return prepare(url, method.upper(), USER_AGENT)
-    except ValueError as exc:
-        return str(exc)
+    return request
 
 
 def _snippet(body: bytes) -> str:
@@ -90,7 +86,11 @@ class HttpChecker:
 
     def __init__(self, max_connections: int = 100) -> None:
         self._client = HttpClient(max_connections=max_connections)
-        self.max_connections = max_connections
+
+    @property
+    def max_connections(self) -> int:
+        """The size of the connection pool."""
+        return self._client.max_connections
 
     async def check(self, spec: CheckSpec, instance: Instance) -> Probe:
         """Send one request and judge its status."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import re
 import ssl
 from datetime import timedelta
 
@@ -39,6 +40,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _EMPTY_BODY = frozenset({"POST", "PUT", "PATCH"})
 # A response head (status line and headers) larger than this is refused.
 HEAD_LIMIT = 64 * 1024
+# An HTTP method is a token (RFC 9110): nothing that could break the request line.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class HttpClientError(CtrlplaneError):
@@ -107,14 +110,18 @@ class Response(Struct, frozen=True):
 
 def prepare(url: URL, method: str, user_agent: str) -> Request:
     """The request ``method url`` as bytes, with Host, User-Agent and (from the
-    URL's user info) basic Authorization.
+    URL's user info) basic Authorization. The method is sent in capitals, as
+    aiohttp sends it: "get" means GET.
 
     Raises:
-        ValueError: the URL is not absolute http(s) or its target holds
-            characters that cannot be sent in a request line.
+        ValueError: the URL is not absolute http(s), or the method or the
+            URL's target holds characters that cannot be sent in a request line.
     """
     if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
         raise ValueError(f"{str(url)!r} is not an absolute http or https URL")
+    if not _METHOD.fullmatch(method):
+        raise ValueError(f"{method!r} is not an HTTP method")
+    method = method.upper()  # after the check: some non-ASCII letters upper-case to ASCII
     target = url.raw_path_qs or "/"
     if any(c.isspace() or not c.isprintable() for c in target):
         raise ValueError(f"{target!r} cannot be sent as a request target")
