@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import re
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -23,7 +26,7 @@ from nats.js.api import (
 )
 
 from ctrlplane.bus.codec import encode
-from ctrlplane.bus.errors import InvalidEventError, NotConnectedError, PublishError
+from ctrlplane.bus.errors import BusError, InvalidEventError, NotConnectedError, PublishError
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
 from ctrlplane.bus.publisher import BatchPublisher
 from ctrlplane.bus.subjects import Subjects, is_valid_event_type
@@ -98,18 +101,36 @@ class Bus:
         url: str,
         *,
         token: str | None = None,
-        connect_timeout: timedelta = timedelta(seconds=5),
+        connect_timeout: timedelta = timedelta(seconds=10),
     ) -> None:
         """Connect to NATS at ``url`` (a comma-separated list is allowed).
 
         The client reconnects forever once connected: a control plane outlives
-        broker restarts. The first connection must succeed within
-        ``connect_timeout``.
+        broker restarts. The first connection is retried until
+        ``connect_timeout``; a server that refuses the credentials ends it at
+        once. Cancelling the call closes the half-made connection.
+
+        Raises:
+            BusError: ``cannot connect to NATS at URL: reason`` (with any
+                password or token in the URL hidden).
         """
         self._closing = False
         servers = [u.strip() for u in url.split(",") if u.strip()]
+        total = max(connect_timeout.total_seconds(), 0.001)
+        connecting = True
+        last_error: Exception | None = None
+        refused = asyncio.Event()
 
         async def on_error(exc: Exception) -> None:
+            nonlocal last_error
+            if connecting:
+                # nats-py retries the first connect forever when reconnecting
+                # is allowed; the bound and the verdict are ours.
+                last_error = exc
+                if _is_refusal(exc):
+                    refused.set()
+                log.debug("nats connect attempt failed", error=str(exc) or type(exc).__name__)
+                return
             log.warning("nats error", error=str(exc) or type(exc).__name__)
 
         async def on_disconnect() -> None:
@@ -121,20 +142,57 @@ class Bus:
             for callback in list(self._on_reconnect):
                 await callback()
 
-        self._nc = await nats.connect(
-            servers,
-            name=self.name,
-            token=token,
-            connect_timeout=max(1, int(connect_timeout.total_seconds())),
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
+        nc = Client()
+        attempt = asyncio.ensure_future(
+            nc.connect(
+                servers,
+                name=self.name,
+                token=token,
+                # Per attempt (and per reconnect later); the whole first
+                # connect is bounded by ``total`` below.
+                connect_timeout=max(1, math.ceil(min(total, 5))),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
         )
-        self._js = self._nc.jetstream()
-        self._batches = BatchPublisher(self._nc)
+        refusal = asyncio.ensure_future(refused.wait())
+        connected = False
+        try:
+            await asyncio.wait({attempt, refusal}, timeout=total, return_when=FIRST_COMPLETED)
+            connected = (
+                attempt.done()
+                and not attempt.cancelled()
+                and attempt.exception() is None
+                and not refused.is_set()
+            )
+        finally:
+            connecting = False
+            refusal.cancel()
+            if not connected:
+                self._closing = True  # no "disconnected" warning for this one
+                attempt.cancel()
+                # Bounded: a start-up that is being cancelled must not hang here.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait({attempt}, timeout=1)
+                    await asyncio.wait_for(nc.close(), timeout=1)
+        if not connected:
+            error = last_error
+            if error is None and attempt.done() and not attempt.cancelled():
+                error = attempt.exception()  # type: ignore[assignment]
+            if error is None:
+                reason = f"no answer within {total:g}s"
+            elif refused.is_set():
+                reason = str(error)
+            else:
+                reason = f"{str(error) or type(error).__name__} (gave up after {total:g}s)"
+            raise BusError(f"cannot connect to NATS at {_redact_url(url)}: {reason}")
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._batches = BatchPublisher(nc)
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Call ``callback`` every time the connection comes back."""
@@ -327,3 +385,19 @@ class Bus:
             await asyncio.wait_for(nc.drain(), timeout=5)
         except (TimeoutError, nats.errors.Error):
             await nc.close()
+
+
+# The user part of a URL's authority: a token or a password.
+_USERINFO_RE = re.compile(r"//[^/@]*@")
+
+
+def _redact_url(url: str) -> str:
+    return _USERINFO_RE.sub("//***@", url)
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """Whether a server refused the credentials: retrying will not help."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    # nats-py reports the server's -ERR during the handshake as a plain Error.
+    return isinstance(exc, nats.errors.Error) and "authoriz" in str(exc).lower()
