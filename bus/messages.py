@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 
 def _now() -> datetime:
@@ -20,12 +20,18 @@ def _now() -> datetime:
 class Event(Struct, frozen=True, kw_only=True):
     """A domain event, published on ``<prefix>.events.<type>``.
 
+    ``(source, id)`` identifies an event. On the wire ``id`` and ``time`` may
+    be left out: a consumer of the events stream then derives them from the
+    stored message (``<stream>-<sequence>`` and the stream's timestamp), so
+    every delivery to every worker sees the same values.
+
     Attributes:
-        id: Unique id of the event. A string, because other services publish
-            events with their own id schemes.
+        id: Id of the event, unique per source. A string, because other
+            services publish events with their own id schemes.
         type: Dot-separated event type, e.g. ``health.failed``.
         source: Who published it (a worker name, a service name).
-        time: When it happened; RFC 3339 on the wire.
+        time: When it happened; RFC 3339 with a UTC offset on the wire (a
+            time without one is refused at decode).
         instance_id: The instance the event is about, if any.
         data: Event-specific payload.
     """
@@ -33,7 +39,7 @@ class Event(Struct, frozen=True, kw_only=True):
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     type: str
     source: str
-    time: datetime = field(default_factory=_now)
+    time: Annotated[datetime, Meta(tz=True)] = field(default_factory=_now)
     instance_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 

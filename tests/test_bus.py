@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from ctrlplane.bus import (
     Bus,
@@ -19,6 +21,7 @@ from ctrlplane.bus import (
     decode_event,
     encode,
 )
+from ctrlplane.bus.codec import decode_event_msg, decode_tick, stream_position
 from ctrlplane.bus.server import EmbeddedServer
 
 
@@ -49,6 +52,89 @@ def test_event_round_trips_and_bad_payloads_say_why() -> None:
         decode_event(b'{"id": "x", "source": "s"}', "subj")
     with pytest.raises(DecodeError, match="subj"):
         decode_event(b"[1, 2", "subj")
+
+
+def test_a_time_without_a_utc_offset_is_refused_and_the_reason_says_so() -> None:
+    naive = b'{"id": "e1", "type": "a.b", "source": "s", "time": "2026-11-30T06:34:33"}'
+    with pytest.raises(DecodeError, match="no UTC offset") as caught:
+        decode_event(naive, "subj")
+    assert caught.value.subject == "subj"
+    assert "$.time" in caught.value.reason
+    aware = decode_event(naive.replace(b':33"', b':33+02:00"'))
+    assert aware.time == datetime(2026, 11, 30, 4, 34, 33, tzinfo=UTC)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("field", ["data", "unknown"])
+def test_a_deeply_nested_event_is_a_decode_error(field: str) -> None:
+    deep = '{"x": ' + _nested(2000) + "}"
+    payload = f'{{"type": "a.b", "source": "s", "{field}": {deep}}}'
+    with pytest.raises(DecodeError, match="RecursionError"):
+        decode_event(payload.encode(), "subj")
+
+
+def test_a_deeply_nested_tick_is_a_decode_error() -> None:
+    payload = '{"worker": "gc", "extra": ' + _nested(2000) + ', "slot": 1}'
+    with pytest.raises(DecodeError, match="RecursionError"):
+        decode_tick(payload.encode(), "subj")
+
+
+def test_a_missing_id_and_time_come_from_the_stream_position() -> None:
+    bare = b'{"type": "a.b", "source": "billing"}'
+    stored = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    first = decode_event(bare, stream="EVENTS", stream_seq=7, stream_time=stored)
+    again = decode_event(bare, stream="EVENTS", stream_seq=7, stream_time=stored)
+    assert first == again
+    assert (first.id, first.time) == ("EVENTS-7", stored)
+    # What the payload says wins over the stream.
+    full = decode_event(
+        b'{"id": "x1", "type": "a.b", "source": "s", "time": "2026-01-01T00:00:00Z"}',
+        stream="EVENTS",
+        stream_seq=7,
+        stream_time=stored,
+    )
+    assert (full.id, full.time) == ("x1", datetime(2026, 1, 1, tzinfo=UTC))
+    # No stream position (core NATS): a fresh id and the current time, as before.
+    before = datetime.now(UTC)
+    loose = decode_event(bare)
+    assert loose.id != decode_event(bare).id
+    assert loose.time >= before
+
+
+@pytest.mark.parametrize(
+    "reply", ["", "_INBOX.abc", "$JS.ACK.S.C.1.x.1.1.0", "$JS.ACK.S.C.1.1.1.notatime.0"]
+)
+def test_stream_position_of_a_message_outside_a_stream_is_unknown(reply: str) -> None:
+    msg = Msg(_client=None, subject="x.y", reply=reply, data=b'{"type": "a", "source": "s"}')  # type: ignore[arg-type]
+    assert stream_position(msg) == (None, None, None)
+    assert len(decode_event_msg(msg).id) == 32
+
+
+def test_an_explicit_null_id_is_still_refused() -> None:
+    with pytest.raises(DecodeError, match=r"\$\.id"):
+        decode_event(b'{"id": null, "type": "a.b", "source": "s"}')
+
+
+async def test_an_event_without_id_or_time_is_the_same_on_every_delivery(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    stream = bus.subjects.events_stream
+    payload = json.dumps({"type": "x.y", "source": "other-service"}).encode()
+    ack = await bus.js.publish(bus.subjects.event("x.y"), payload)
+    one = await bus.js.pull_subscribe(bus.subjects.all_events, durable="one", stream=stream)
+    two = await bus.js.pull_subscribe(bus.subjects.all_events, durable="two", stream=stream)
+    [first] = await one.fetch(1, timeout=10)
+    await first.nak()
+    [redelivered] = await one.fetch(1, timeout=10)
+    [other] = await two.fetch(1, timeout=10)
+    assert redelivered.metadata.num_delivered == 2
+    events = [decode_event_msg(m) for m in (first, redelivered, other)]
+    assert events[0] == events[1] == events[2]
+    assert events[0].id == f"{stream}-{ack.seq}"
+    assert events[0].time == first.metadata.timestamp
+    assert abs(events[0].time - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 async def test_publish_waits_out_a_broker_restart_and_loses_nothing(tmp_path: Path) -> None:
