@@ -13,7 +13,7 @@ from ctrlplane.store.writer import BatchWriter
 
 
 class AuditEntry(Struct, frozen=True, kw_only=True):
-    """One event as audited."""
+    """One event as audited; ``(source, event_id)`` identifies it."""
 
     event_id: str
     type: str
@@ -23,7 +23,8 @@ class AuditEntry(Struct, frozen=True, kw_only=True):
     data: dict[str, Any]
 
 
-# OR IGNORE: events are delivered at least once; the event id keeps one entry.
+# OR IGNORE: events are delivered at least once; (source, event id) keeps one
+# entry, and the same id from two sources is two events.
 _INSERT = (
     "INSERT OR IGNORE INTO audit (event_id, type, source, instance_id, time, data) "
     "VALUES (?, ?, ?, ?, ?, ?)"

@@ -148,6 +148,33 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX certificates_by_hostname ON certificates (hostname, not_after);
         """,
     ),
+    (
+        4,
+        # (source, id) identifies an event: two sources may use the same id.
+        # SQLite cannot drop a column's UNIQUE, so the table is rebuilt. Row
+        # ids are kept, and so is the AUTOINCREMENT counter (moved to the new
+        # table's name before the drop; the rename carries it back), so an id
+        # the GarbageCollector deleted is never handed out again.
+        """
+        CREATE TABLE audit_v4 (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id    TEXT NOT NULL,
+            type        TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            instance_id TEXT,
+            time        REAL NOT NULL,
+            data        TEXT NOT NULL,
+            UNIQUE (source, event_id)
+        );
+        INSERT INTO audit_v4 (id, event_id, type, source, instance_id, time, data)
+            SELECT id, event_id, type, source, instance_id, time, data FROM audit;
+        DELETE FROM sqlite_sequence WHERE name = 'audit_v4';
+        UPDATE sqlite_sequence SET name = 'audit_v4' WHERE name = 'audit';
+        DROP TABLE audit;
+        ALTER TABLE audit_v4 RENAME TO audit;
+        CREATE INDEX audit_by_time ON audit (time);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -15,7 +15,8 @@ class AuditRecorder:
     Each run waits for its entry to be on disk before the event is acked, so
     a crash loses nothing; with many runs in flight those waits share one
     transaction (group commit), so entries are still written in batches. An
-    event delivered twice is kept once.
+    event delivered twice is kept once; ``(source, id)`` identifies an event,
+    so the same id from two sources is two entries.
     """
 
     name = "audit_recorder"
