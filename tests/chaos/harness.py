@@ -222,7 +222,7 @@ def write_config(path: Path, prefix: str, workers: Sequence[str]) -> Path:
 def beat_schedules(count: int) -> list[Schedule]:
     out = []
     for i in range(count):
-        spec = spec_of(getattr(BEATS, f"b{i:02d}"))
+        spec = spec_of(BEATS[f"BEAT_{i:02d}"])
         out.append(
             Schedule(
                 worker=spec.name,

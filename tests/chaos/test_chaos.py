@@ -67,8 +67,15 @@ async def test_process_killed_between_run_and_ack(tmp_path: Path) -> None:
             victim.start(f"nats://{token}@127.0.0.1:{trap.port}")
             trap.victim = victim.pid
             # The victim is alone, so it takes the first tick; it dies when it acks it.
-            async with asyncio.timeout(60):
-                await trap.fired.wait()
+            await victim.wait_started()
+            try:
+                async with asyncio.timeout(30):
+                    await trap.fired.wait()
+            except TimeoutError:
+                raise AssertionError(
+                    "the victim never acked its tick through the proxy: "
+                    + victim.log_text()[-2000:]
+                ) from None
             await asyncio.to_thread(victim.proc.wait, 10)  # type: ignore[union-attr]
             note("exit", pid=victim.pid)
             await cluster.start(["survivor"])

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from datetime import timedelta
-from types import SimpleNamespace
 
 from ctrlplane.actors import RunContext
 
@@ -74,13 +73,21 @@ def beat_name(i: int) -> str:
     return f"beat-{i:02d}"
 
 
-BEATS = SimpleNamespace(**{f"b{i:02d}": Beat(beat_name(i)) for i in range(BEAT_COUNT)})
-"""Twenty 1 s beats, referenced as ``tests.chaos.workers:BEATS.b00`` ... ``BEATS.b19``."""
+BEATS = {f"BEAT_{i:02d}": Beat(beat_name(i)) for i in range(BEAT_COUNT)}
+"""Twenty 1 s beats, referenced as ``tests.chaos.workers:BEAT_00`` ... ``BEAT_19``."""
+
+
+def __getattr__(name: str) -> Beat:
+    # PEP 562: the beats are module attributes for the config's references.
+    try:
+        return BEATS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def beat_refs(count: int) -> list[str]:
     """Config references of the first ``count`` beats."""
-    return [f"tests.chaos.workers:BEATS.b{i:02d}" for i in range(count)]
+    return [f"tests.chaos.workers:BEAT_{i:02d}" for i in range(count)]
 
 
 class FloodSink:
