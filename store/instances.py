@@ -103,6 +103,9 @@ _COLUMNS = (
     "id, name, provider, spec, spec_hash, desired, state, handle, state_error, created, updated"
 )
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
+_UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in (c.strip() for c in _COLUMNS.split(",")) if c != "id"
+)
 _spec_decoder = msgspec.json.Decoder(InstanceSpec)
 
 
@@ -155,16 +158,20 @@ class InstanceStore:
     async def create(self, instance: Instance) -> bool:
         """Insert ``instance``; False if one with its name exists already
         (another process created it first)."""
-        return await self._write("INSERT OR IGNORE", instance)
+        return await self._write("INSERT OR IGNORE INTO", "", instance)
 
     async def put(self, instance: Instance) -> None:
-        """Insert or replace ``instance`` whole."""
-        await self._write("INSERT OR REPLACE", instance)
+        """Insert ``instance``, or overwrite every field of the one with its id.
 
-    async def _write(self, verb: str, instance: Instance) -> bool:
+        An update in place, not SQLite's ``INSERT OR REPLACE``: that deletes
+        the row first, and the delete cascades to the instance's checks.
+        """
+        await self._write("INSERT INTO", _UPSERT, instance)
+
+    async def _write(self, verb: str, conflict: str, instance: Instance) -> bool:
         async with self._writer.transaction() as db:
             cursor = await db.execute(
-                f"{verb} INTO instances ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                f"{verb} instances ({_COLUMNS}) VALUES ({_PLACEHOLDERS}){conflict}",
                 (
                     instance.id,
                     instance.name,
@@ -224,6 +231,11 @@ class InstanceStore:
                 "INSERT INTO restarts (instance_id, time) VALUES (?, ?)",
                 (instance_id, at.timestamp()),
             )
+
+    async def clear_restarts(self, instance_id: str) -> None:
+        """Forget the instance's restarts: its crash-loop back-off starts afresh."""
+        async with self._writer.transaction() as db:
+            await db.execute("DELETE FROM restarts WHERE instance_id = ?", (instance_id,))
 
     async def restarts_since(self, instance_id: str, since: datetime) -> list[datetime]:
         """The instance's restarts at or after ``since``, oldest first."""

@@ -141,3 +141,26 @@ async def test_checks_follow_the_declaration(inventory: Inventory, store: Store)
     assert [(s.name, s.spec) for s in states] == [
         ("up", CheckSpec(name="up", type="tcp", target="127.0.0.1:1", timeout=timedelta(seconds=5)))
     ]
+
+
+async def test_apply_after_a_spec_change_changes_nothing_the_second_time(
+    inventory: Inventory, store: Store, events: list[Event]
+) -> None:
+    up = {"name": "up", "type": "tcp", "target": "127.0.0.1:1"}
+    await inventory.apply([_decl("a", checks=[up])])
+    changed = [_decl("a", env={"X": "1"}, checks=[up])]
+    first = await inventory.apply(changed)
+    assert (first.updated, first.errors) == (["a"], [])
+    a = await store.instances.get("a")
+    # The new spec is recorded in place: the instance keeps its checks.
+    assert [s.name for s in await store.health.states(a.id)] == ["up"]
+    handle = a.handle
+
+    second = await inventory.apply(changed)
+    assert (second.unchanged, second.updated, second.errors) == (["a"], [], [])
+    third = await inventory.apply(changed)
+    assert (third.unchanged, third.updated, third.errors) == (["a"], [], [])
+    assert (await store.instances.get("a")).handle == handle
+    await wait_for(lambda: any(e.type == "deploy.succeeded" for e in events[-3:]))
+    updates = [e for e in events if e.type == "instance.updated"]
+    assert [e.data["spec_changed"] for e in updates] == [True]
