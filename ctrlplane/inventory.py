@@ -288,6 +288,8 @@ class Inventory:
                     updated=datetime.now(UTC),
                 )
                 await self._store.instances.put(updated)
+                # An operator's change: a crash loop of what it was does not count against it.
+                await self._store.instances.clear_restarts(current.id)
             if checks_before != checks_after:
                 await self._store.health.set_checks(current.id, d.checks)
             instance = await self._store.instances.get(current.id)
@@ -327,6 +329,17 @@ class Inventory:
             raise InventoryError(
                 instance.name, f"changed by another process while going to {target.value!r}"
             )
+
+    async def _current(self, instance: Instance) -> Instance:
+        """``instance`` as recorded now.
+
+        Raises:
+            InventoryError: it is no longer recorded (removed meanwhile).
+        """
+        current = await self._store.instances.find(instance.id)
+        if current is None:
+            raise InventoryError(instance.name, "removed by another process")
+        return current
 
     async def _failed(self, instance: Instance, exc: Exception) -> str:
         """Record that a provider call failed; returns the reason."""
@@ -374,9 +387,15 @@ class Inventory:
             raise InventoryError(instance.name, f"{action} failed: {reason}") from exc
 
     async def destroy(self, instance: Instance) -> None:
-        """Stop ``instance`` if it runs, then forget it."""
+        """Stop ``instance`` if it runs, then forget it, whatever state it was in.
+
+        The record is read again once the instance's lock is held: a worker
+        (the remediator, the reconciler) may have changed its state since
+        ``instance`` was read, which must not make the removal fail.
+        """
         provider = self.provider(instance)
         async with self.lock(instance.id):
+            instance = await self._current(instance)
             await self._begin(instance, InstanceState.DESTROYING)
             await self._provider_stop(provider, instance, "remove")
             await self._store.instances.delete(instance.id)

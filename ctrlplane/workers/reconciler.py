@@ -21,6 +21,10 @@ DEFAULT_INTERVAL = timedelta(seconds=60)
 STUCK_AFTER = timedelta(minutes=2)
 
 
+# Our own finding, and an instance that is no more: nothing new to compare.
+_NOTHING_TO_COMPARE = frozenset({"instance.drift", "instance.destroyed"})
+
+
 class ReconcileError(PartialFailure):
     """Some providers could not be asked; the rest were reconciled."""
 
@@ -35,6 +39,10 @@ class Reconciler:
     (for the instance the event names). A provider that fails or times out
     is isolated: the others are reconciled and the run is then recorded as
     failed, naming it.
+
+    An instance recorded ``failed`` whose process is gone (stopped or failed)
+    is not drift: it stays ``failed``, with its reason, until it is started
+    again. Only a running process contradicts that record.
     """
 
     name = "reconciler"
@@ -56,8 +64,8 @@ class Reconciler:
 
     async def run(self, ctx: RunContext) -> None:
         event = ctx.event
-        if event is not None and event.type == "instance.drift":
-            return  # our own finding: nothing new to compare
+        if event is not None and event.type in _NOTHING_TO_COMPARE:
+            return
         instances = await self._store.instances.all()
         if event is not None:
             instances = [i for i in instances if i.id == event.instance_id]
@@ -109,6 +117,12 @@ class Reconciler:
         recorded = instance.state
         actual = seen.state
         if recorded == actual:
+            return None
+        if recorded is InstanceState.FAILED and actual is not InstanceState.RUNNING:
+            # Failed, and its process is gone (how it went is not always
+            # knowable): that is what "failed" means. Calling it drift would
+            # overwrite the reason and hand the instance back to the
+            # remediator, which gave up on it or is backing off.
             return None
         now = datetime.now(UTC)
         if recorded not in SETTLED and now - instance.updated < STUCK_AFTER:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.errors import Retry
 from ctrlplane.config import RemediationConfig
-from ctrlplane.inventory import Inventory
+from ctrlplane.inventory import Inventory, InventoryError
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import HealthStatus
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
@@ -25,6 +25,14 @@ class Remediator:
     ``instance.failed``. Restarts are counted in the store, so the back-off
     holds across processes and restarts of the control plane. A restart that
     must wait is handed back to NATS with that delay, not slept on.
+
+    A restart that cannot even start the instance (its binary is gone, say)
+    counts as one of those restarts and is tried again after the back-off:
+    the inventory has recorded the instance ``failed``, which the reconciler
+    does not call drift, so nothing else would. Once given up on, an
+    instance stays ``failed`` and is left alone until an ``apply`` changes
+    it (its spec, or its desired state), which starts the count afresh, or
+    removes it.
     """
 
     name = "remediator"
@@ -59,11 +67,15 @@ class Remediator:
             await self._give_up(ctx, instance, len(recent))
             return
         if recent:
-            delay = min(cfg.max_backoff, cfg.backoff * 2 ** (len(recent) - 1))
-            due = recent[-1] + delay
+            due = recent[-1] + self._delay(len(recent))
             if due > now:
                 raise Retry(due - now, reason=f"crash-loop back-off for {instance.name!r}")
         await self._restart(ctx, instance, now, len(recent) + 1)
+
+    def _delay(self, restarts: int) -> timedelta:
+        """The wait after the ``restarts``-th restart within the window."""
+        cfg = self._config
+        return min(cfg.max_backoff, cfg.backoff * (1 << (restarts - 1)))
 
     async def _needs_restart(
         self, instance: Instance, event_type: str, data: dict[str, object], when: datetime
@@ -85,10 +97,21 @@ class Remediator:
         self, ctx: RunContext, instance: Instance, now: datetime, attempt: int
     ) -> None:
         await self._store.instances.record_restart(instance.id, now)
-        if instance.state is InstanceState.RUNNING:
-            instance = await self._inventory.stop(instance)
         ctx.log.warning("restarting instance", instance=instance.name, attempt=attempt)
-        await self._inventory.start(instance, event="instance.restarted", attempt=attempt)
+        try:
+            if instance.state is InstanceState.RUNNING:
+                instance = await self._inventory.stop(instance)
+            await self._inventory.start(instance, event="instance.restarted", attempt=attempt)
+        except InventoryError as exc:
+            # Recorded (and told) by the inventory. The instance's fault, not
+            # ours: try again after the back-off, or give up then.
+            ctx.log.warning(
+                "restart failed", instance=instance.name, attempt=attempt, reason=exc.reason
+            )
+            raise Retry(
+                self._delay(attempt),
+                reason=f"restart {attempt} of {instance.name!r} failed: {exc.reason}",
+            ) from exc
 
     async def _give_up(self, ctx: RunContext, instance: Instance, restarts: int) -> None:
         if (instance.state_error or "").startswith(GAVE_UP):
@@ -97,7 +120,11 @@ class Remediator:
         reason = f"{GAVE_UP}{restarts} restarts within {window.total_seconds():g}s"
         if instance.state is InstanceState.RUNNING:
             instance = await self._inventory.stop(instance)
-        await self._store.instances.set_state(instance.id, InstanceState.FAILED, error=reason)
+        # Only if nobody changed it meanwhile (an apply starting a new spec).
+        if not await self._store.instances.set_state(
+            instance.id, InstanceState.FAILED, error=reason, expect=instance.state
+        ):
+            return
         failed = await self._store.instances.get(instance.id)
         ctx.log.error("instance keeps failing; giving up", instance=instance.name, reason=reason)
         await self._inventory.emit("instance.failed", failed, reason=reason)
