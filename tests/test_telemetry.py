@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 import structlog
 from aiohttp import web
+from structlog.testing import capture_logs
 
 import ctrlplane.plugins
 from ctrlplane import ControlPlane
@@ -39,6 +40,7 @@ from ctrlplane.store.telemetry import Metric, MetricType, ResourceSnapshot
 from ctrlplane.telemetry import (
     CollectorError,
     CollectorLoadError,
+    InstanceGoneError,
     ProcessCollector,
     PrometheusCollector,
     builtin_collectors,
@@ -247,7 +249,7 @@ async def test_process_collector_sums_the_process_tree(processes: Processes) -> 
     assert await collector.collect_metrics(instance) == []
 
 
-async def test_processes_that_vanish_are_skipped_and_none_at_all_is_an_error() -> None:
+async def test_processes_that_vanish_are_skipped_and_none_at_all_is_a_gap() -> None:
     me = make_instance("me", SLEEPER, provider="listed")
     listed: Provider = Listed([os.getpid(), _dead_pid()])
     collector = ProcessCollector({"listed": listed})
@@ -256,8 +258,9 @@ async def test_processes_that_vanish_are_skipped_and_none_at_all_is_an_error() -
 
     vanished: Provider = Listed([_dead_pid()])
     gone = ProcessCollector({"listed": vanished})
-    with pytest.raises(CollectorError, match="no running process") as caught:
+    with pytest.raises(InstanceGoneError, match="no running process") as caught:
         await gone.collect_resources(me)
+    assert isinstance(caught.value, CollectorError)
     assert (caught.value.collector, caught.value.instance) == ("process", "me")
     copy = pickle.loads(pickle.dumps(caught.value))
     assert str(copy) == str(caught.value)
@@ -342,11 +345,12 @@ async def test_a_failing_collector_and_a_vanished_instance_do_not_stop_the_other
     finally:
         await worker.close()
     failures = {(f.collector, f.instance): f.reason for f in caught.value.failures}
-    assert set(failures) == {("exploding", "web"), ("exploding", "gone"), ("process", "gone")}
-    assert failures["exploding", "web"] == "RuntimeError: sensor on fire"
-    assert "no running process" in failures["process", "gone"]
-    message = str(caught.value)
-    assert "exploding on 'web'" in message and "process on 'gone'" in message
+    # The instance whose process is gone is a gap, whichever collector tried it.
+    assert failures == {("exploding", "web"): "RuntimeError: sensor on fire"}
+    assert (
+        str(caught.value)
+        == "telemetry incomplete: exploding on 'web': RuntimeError: sensor on fire"
+    )
 
     snapshot = await store.telemetry.latest_snapshot(web.id)
     assert snapshot is not None and snapshot.processes == 1 and snapshot.memory_rss > 0
@@ -354,6 +358,35 @@ async def test_a_failing_collector_and_a_vanished_instance_do_not_stop_the_other
     assert len(await store.telemetry.latest_metrics(web.id, since)) == 9
     assert await store.telemetry.latest_snapshot(gone.id) is None
     assert await store.telemetry.latest_metrics(stopped.id, since) == []
+
+
+async def test_an_instance_whose_process_died_is_a_gap_not_a_failure(
+    store: Store, processes: Processes, endpoint: Endpoint
+) -> None:
+    web = await processes.start("web", SLEEPER, metrics_url=endpoint.url())
+    # Its metrics endpoint went with it, as an instance's own endpoint does.
+    dead_url = f"http://127.0.0.1:{free_port()}/metrics"
+    died = await processes.start("died", SLEEPER, metrics_url=dead_url)
+    await processes.provider.stop(died, timedelta(0))  # the reconciler is yet to notice
+    worker = TelemetryCollector(store, builtin_collectors({"process": processes.provider}))
+    try:
+        collection = await worker.collect()
+        with capture_logs() as logs:
+            await worker.run(_context())  # does not raise: nothing failed
+    finally:
+        await worker.close()
+    assert collection.failures == []
+    gaps = {(g.collector, g.instance): g.reason for g in collection.gaps}
+    assert set(gaps) == {("process", "died"), ("prometheus", "died")}
+    assert "no running process" in gaps["process", "died"]
+    assert "connection refused" in gaps["prometheus", "died"]
+    assert (collection.instances, collection.snapshots) == (2, 1)
+    assert await store.telemetry.latest_snapshot(web.id) is not None
+    assert await store.telemetry.latest_snapshot(died.id) is None
+    assert {e["log_level"] for e in logs} <= {"debug", "info"}
+    told = [e for e in logs if e.get("instance") == "died"]
+    assert {e["collector"] for e in told} == {"process", "prometheus"}
+    assert all("exc_info" not in e for e in logs)
 
 
 async def test_a_run_is_one_transaction(store: Store, endpoint: Endpoint) -> None:

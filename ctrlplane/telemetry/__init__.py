@@ -6,7 +6,12 @@ own through the ``ctrlplane.collectors`` entry-point group, and
 (:mod:`ctrlplane.workers.telemetry_collector`) runs them.
 """
 
-from ctrlplane.telemetry.errors import CollectorError, CollectorLoadError, TelemetryError
+from ctrlplane.telemetry.errors import (
+    CollectorError,
+    CollectorLoadError,
+    InstanceGoneError,
+    TelemetryError,
+)
 from ctrlplane.telemetry.process import ProcessCollector
 from ctrlplane.telemetry.prometheus import PrometheusCollector, parse_exposition
 from ctrlplane.telemetry.registry import (
@@ -21,6 +26,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "CollectorError",
     "CollectorLoadError",
+    "InstanceGoneError",
     "ProcessCollector",
     "PrometheusCollector",
     "TelemetryError",

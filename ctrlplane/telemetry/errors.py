@@ -29,6 +29,16 @@ class CollectorError(TelemetryError):
         return type(self), (self.collector, self.instance, self.reason)
 
 
+class InstanceGoneError(CollectorError):
+    """The instance has no process left to collect from: it has exited, and the
+    reconciler is yet to record it.
+
+    A gap in the instance's telemetry, not a fault of the collector: the
+    TelemetryCollector notes it (at info level) and the run does not fail. A
+    plugin collector raises it in the same case.
+    """
+
+
 class CollectorLoadError(TelemetryError):
     """A collector that an entry point declares cannot be loaded, or a name is taken.
 

@@ -12,7 +12,7 @@ import psutil
 
 from ctrlplane.store.instances import Instance
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
-from ctrlplane.telemetry.errors import CollectorError
+from ctrlplane.telemetry.errors import CollectorError, InstanceGoneError
 from ctrlplane.types import Provider
 
 __all__ = ["ProcessCollector"]
@@ -113,9 +113,10 @@ class ProcessCollector:
     instance, or a collector that just started, reports 0.0); from the second
     run on the figure is real, in percent of one CPU (above 100 on several).
 
-    An instance whose provider lists no process (it has exited, and the
-    reconciler is yet to notice) is an error of this collector for that
-    instance, as is an unknown provider.
+    An instance whose provider lists no running process (it has exited, and
+    the reconciler is yet to notice) raises :class:`InstanceGoneError`: a gap
+    in its telemetry, not a failure. An unknown provider is an error of this
+    collector for that instance.
 
     Args:
         providers: The providers, by name.
@@ -137,7 +138,8 @@ class ProcessCollector:
         """A snapshot of the instance's process tree.
 
         Raises:
-            CollectorError: the provider is unknown or lists no running process.
+            InstanceGoneError: the provider lists no running process.
+            CollectorError: the provider is unknown.
         """
         provider = self._providers.get(instance.provider)
         if provider is None:
@@ -150,7 +152,7 @@ class ProcessCollector:
         taken = datetime.now(UTC)
         if not usages:
             self._trees.pop(instance.id, None)
-            raise CollectorError(
+            raise InstanceGoneError(
                 self.name, instance.name, "no running process (has the instance exited?)"
             )
         self._trees[instance.id] = kept

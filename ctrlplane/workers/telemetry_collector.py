@@ -6,13 +6,18 @@ import asyncio
 from collections.abc import Awaitable, Iterable, Mapping
 from datetime import timedelta
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.store.db import Store
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
-from ctrlplane.telemetry.errors import CollectorError, CollectorLoadError, TelemetryError
+from ctrlplane.telemetry.errors import (
+    CollectorError,
+    CollectorLoadError,
+    InstanceGoneError,
+    TelemetryError,
+)
 from ctrlplane.telemetry.registry import check_collector, close_collectors
 from ctrlplane.types import Collector
 
@@ -21,6 +26,15 @@ DEFAULT_INTERVAL = timedelta(seconds=10)
 
 class CollectFailure(Struct, frozen=True, kw_only=True):
     """One collector that failed for one instance, and why."""
+
+    collector: str
+    instance: str
+    reason: str
+
+
+class CollectGap(Struct, frozen=True, kw_only=True):
+    """One collector that found nothing to collect for one instance, because
+    the instance's process is gone (the reconciler is yet to record it)."""
 
     collector: str
     instance: str
@@ -36,6 +50,8 @@ class Collection(Struct, frozen=True, kw_only=True):
         snapshots: Resource snapshots stored.
         skipped: Metrics not stored because their value was not finite.
         failures: Each collector that failed for an instance.
+        gaps: Each collector that had nothing to collect for an instance
+            whose process is gone: not failures.
     """
 
     instances: int
@@ -43,6 +59,7 @@ class Collection(Struct, frozen=True, kw_only=True):
     snapshots: int
     skipped: int
     failures: list[CollectFailure]
+    gaps: list[CollectGap] = field(default_factory=list)
 
 
 class CollectionError(TelemetryError):
@@ -65,6 +82,8 @@ class _Outcome(Struct, frozen=True, kw_only=True):
     metrics: list[Metric]
     snapshot: ResourceSnapshot | None
     reasons: list[str]
+    gone: str | None
+    """Why the instance has nothing to collect from (:class:`InstanceGoneError`)."""
 
 
 class TelemetryCollector:
@@ -78,6 +97,12 @@ class TelemetryCollector:
     something else than it should fails for that instance alone: the others
     are collected and stored, and then the run fails with a
     :class:`CollectionError` naming every failure.
+
+    An instance whose process is gone (a collector raised
+    :class:`~ctrlplane.telemetry.InstanceGoneError`; it exited and the
+    reconciler is yet to record it) is a gap in its telemetry, not a failure:
+    it is logged at info level, and so are the other collectors' failures
+    for it in that run (its metrics endpoint went with it).
 
     Register collectors with :meth:`register_collector`; the control plane
     adds the built-in ``process`` and ``prometheus`` collectors and those of
@@ -152,6 +177,13 @@ class TelemetryCollector:
 
     async def run(self, ctx: RunContext) -> None:
         collection = await self.collect()
+        for g in collection.gaps:
+            ctx.log.info(
+                "telemetry gap: the instance's process is gone",
+                collector=g.collector,
+                instance=g.instance,
+                reason=g.reason,
+            )
         for f in collection.failures:
             ctx.log.warning(
                 "telemetry collection failed",
@@ -180,9 +212,18 @@ class TelemetryCollector:
         await asyncio.gather(*(work() for _ in range(min(self._concurrency, len(pairs)))))
         metrics = snapshots = skipped = 0
         failures: list[CollectFailure] = []
+        gaps: list[CollectGap] = []
+        gone = {i.id for (_, i), o in zip(pairs, outcomes, strict=True) if o and o.gone}
         for (collector, instance), outcome in zip(pairs, outcomes, strict=True):
             assert outcome is not None  # every pair was taken by a worker
-            if outcome.reasons:
+            if instance.id in gone and (outcome.gone or outcome.reasons):
+                reasons = [outcome.gone] if outcome.gone else outcome.reasons
+                gaps.append(
+                    CollectGap(
+                        collector=collector.name, instance=instance.name, reason="; ".join(reasons)
+                    )
+                )
+            elif outcome.reasons:
                 failures.append(
                     CollectFailure(
                         collector=collector.name,
@@ -207,6 +248,7 @@ class TelemetryCollector:
             snapshots=snapshots,
             skipped=skipped,
             failures=failures,
+            gaps=gaps,
         )
 
     async def _invoke(self, collector: Collector, instance: Instance) -> _Outcome:
@@ -214,29 +256,36 @@ class TelemetryCollector:
         metrics: list[Metric] = []
         snapshot: ResourceSnapshot | None = None
         reasons: list[str] = []
+        gone: list[str] = []
         seconds = self._collect_timeout.total_seconds()
         deadline = asyncio.get_running_loop().time() + seconds
         try:
             async with asyncio.timeout_at(deadline):
-                got = await _attempt(collector.collect_metrics(instance), reasons)
+                got = await _attempt(collector.collect_metrics(instance), reasons, gone)
                 if got is not None:
                     metrics = _metrics(got, reasons)
-                got = await _attempt(collector.collect_resources(instance), reasons)
-                if got is not None:
-                    snapshot = _snapshot(got, reasons)
+                if not gone:
+                    got = await _attempt(collector.collect_resources(instance), reasons, gone)
+                    if got is not None:
+                        snapshot = _snapshot(got, reasons)
         except TimeoutError:
             reasons.append(f"timed out after {seconds:g}s")
-        return _Outcome(metrics=metrics, snapshot=snapshot, reasons=reasons)
+        return _Outcome(
+            metrics=metrics, snapshot=snapshot, reasons=reasons, gone=gone[0] if gone else None
+        )
 
 
-async def _attempt(call: Awaitable[object], reasons: list[str]) -> object:
-    """Await ``call``; a failure is noted in ``reasons`` and gives ``None``.
+async def _attempt(call: Awaitable[object], reasons: list[str], gone: list[str]) -> object:
+    """Await ``call``; a failure is noted in ``reasons`` (an instance with no
+    process left, in ``gone``) and gives ``None``.
 
     The caller's deadline is not caught here: it cancels ``call``, and the
     cancellation passes through.
     """
     try:
         return await call
+    except InstanceGoneError as exc:
+        gone.append(exc.reason)
     except CollectorError as exc:
         reasons.append(exc.reason)
     except Exception as exc:  # one collector's fault stays with that collector
