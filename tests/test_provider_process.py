@@ -160,6 +160,10 @@ async def test_start_runs_the_argv_in_a_session_of_its_own(runner: Runner, data_
 
     assert instance.handle is not None and re.fullmatch(r"\d+:\d+", instance.handle)
     pid = pid_of(instance)
+    # Popen returns when exec closes its error pipe, which the kernel does
+    # before it lays out the new argv: until then /proc/<pid>/cmdline reads
+    # empty, for as long as a loaded machine leaves the child waiting.
+    await wait_for(lambda: psutil.Process(pid).cmdline() != [], within=10)
     assert psutil.Process(pid).cmdline() == SLEEPER
     assert os.getsid(pid) == pid and os.getpgid(pid) == pid
     assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
