@@ -11,7 +11,7 @@ from enum import StrEnum
 import aiosqlite
 from msgspec import Struct
 
-from ctrlplane.store.writer import BatchWriter
+from ctrlplane.store.writer import BatchWriter, OnCommit
 
 
 class Outcome(StrEnum):
@@ -125,8 +125,13 @@ class RunStore:
         finished: float | None,
         outcome: Outcome,
         error: str | None,
+        on_commit: OnCommit | None = None,
     ) -> None:
-        """:meth:`record` for the hot path: epoch seconds, no Struct to build."""
+        """:meth:`record` for the hot path: epoch seconds, no Struct to build.
+
+        ``on_commit`` is called once the row is on disk (``True``) or was
+        dropped because the store kept failing (``False``).
+        """
         self._writer.add(
             _INSERT,
             (
@@ -141,7 +146,31 @@ class RunStore:
                 outcome.value,
                 error,
             ),
+            on_commit,
         )
+
+    def flush_soon(self) -> None:
+        """Write queued runs now rather than at the end of the batch interval."""
+        self._writer.flush_soon()
+
+    async def flush(self) -> None:
+        """Write queued runs and return once they are on disk."""
+        await self._writer.flush()
+
+    async def counts(self, *outcomes: Outcome) -> dict[tuple[str, Outcome], int]:
+        """How many runs of each worker ended in each of ``outcomes``, in all.
+
+        Counts kept in the store survive restarts, unlike a process's own.
+        """
+        await self._writer.flush()
+        marks = ", ".join("?" for _ in outcomes)
+        sql = (
+            "SELECT worker, outcome, COUNT(*) FROM worker_runs "
+            f"WHERE outcome IN ({marks}) GROUP BY worker, outcome"
+        )
+        async with self._db.execute(sql, [o.value for o in outcomes]) as cursor:
+            rows = await cursor.fetchall()
+        return {(r[0], Outcome(r[1])): int(r[2]) for r in rows}
 
     async def list(
         self,

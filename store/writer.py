@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,8 @@ _MAX_PARAMS = 32000 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _MAX_ROWS_PER_STATEMENT = 500
 
 Row = Sequence[Any]
+OnCommit = Callable[[bool], None]
+"""Told whether a row was written (True) or dropped unwritten (False)."""
 
 
 class BatchWriter:
@@ -40,6 +42,15 @@ class BatchWriter:
     are dropped (oldest first) and counted, so a store that is gone for good
     cannot exhaust memory; a healthy store never drops anything, however
     many rows one caller adds at once.
+
+    A row may carry an ``on_commit`` callback, called once its transaction
+    has committed (``True``) or the row was dropped (``False``): the actors
+    acknowledge a message only after the record of its run is on disk.
+
+    No path leaves the connection inside a transaction: a statement whose
+    caller is cancelled still runs to its end in aiosqlite's thread, so it is
+    awaited (bounded by the busy timeout) and rolled back before the
+    cancellation goes on; a failed COMMIT is rolled back too.
     """
 
     def __init__(
@@ -55,6 +66,8 @@ class BatchWriter:
         self._max_rows = max_rows
         self._max_pending = max_pending
         self._pending: dict[str, list[Row]] = {}
+        # on_commit callbacks by id() of their row, which the pending lists keep alive.
+        self._waiting: dict[int, OnCommit] = {}
         self._count = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -67,18 +80,33 @@ class BatchWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="store-batch-writer")
 
-    def add(self, sql: str, row: Row) -> None:
-        """Queue ``row`` for ``sql``; it is written within one interval."""
+    def add(self, sql: str, row: Row, on_commit: OnCommit | None = None) -> None:
+        """Queue ``row`` for ``sql``; it is written within one interval.
+
+        ``on_commit`` is called from the event loop once the row's batch has
+        committed (with ``True``), or if the row is dropped (``False``).
+        """
         self._pending.setdefault(sql, []).append(row)
+        if on_commit is not None:
+            self._waiting[id(row)] = on_commit
         self._count += 1
         if self._failing and self._count > self._max_pending:
             self._drop_oldest(1)
         if self._count >= self._max_rows:
             self._wake.set()
 
+    def flush_soon(self) -> None:
+        """Write what is queued at the next turn of the loop, not at the interval's end."""
+        self._wake.set()
+
     def _drop_oldest(self, n: int) -> None:
         for rows in self._pending.values():
             take = min(n, len(rows))
+            if self._waiting:
+                for row in rows[:take]:
+                    callback = self._waiting.pop(id(row), None)
+                    if callback is not None:
+                        _call(callback, False)
             del rows[:take]
             self._count -= take
             self.dropped += take
@@ -94,13 +122,52 @@ class BatchWriter:
         a direct write can never end up inside (or roll back with) a batch.
         """
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 yield self._db
+                await self._to_end("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await self._rollback()
                 raise
-            await self._db.execute("COMMIT")
+
+    async def _begin(self) -> None:
+        if self._db.in_transaction:
+            # Left open by a fault we did not see: never write inside it.
+            await self._rollback()
+        try:
+            await self._to_end("BEGIN IMMEDIATE")
+        except asyncio.CancelledError:
+            await self._rollback()  # it began after all, once the lock was free
+            raise
+
+    async def _to_end(self, sql: str) -> None:
+        """Execute ``sql`` and wait for it to end, even if cancelled meanwhile.
+
+        Cancelling the await does not stop aiosqlite's thread: a BEGIN that
+        waits on another writer's lock would run later and leave the
+        connection inside a transaction. So the statement is always awaited
+        to its end (the busy timeout bounds it); a cancellation that came
+        meanwhile is raised afterwards, once the caller can roll back.
+        """
+        statement = asyncio.ensure_future(self._db.execute(sql))
+        cancelled = False
+        while not statement.done():
+            try:
+                await asyncio.wait([statement])
+            except asyncio.CancelledError:
+                cancelled = True
+        statement.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _rollback(self) -> None:
+        """Roll back whatever transaction is open; never raises but cancellation."""
+        if not self._db.in_transaction:
+            return
+        try:
+            await self._to_end("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("rollback failed", error=str(exc))
 
     async def flush(self) -> None:
         """Write everything queued so far, in one transaction.
@@ -121,9 +188,10 @@ class BatchWriter:
             if not self._count:
                 return
             batch, self._pending, count = self._pending, {}, self._count
+            waiting, self._waiting = self._waiting, {}
             self._count = 0
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
+                await self._begin()
                 try:
                     for sql, rows in batch.items():
                         for statement, params, many in _statements(sql, rows):
@@ -131,16 +199,17 @@ class BatchWriter:
                                 await self._db.executemany(statement, params)
                             else:
                                 await self._db.execute(statement, params)
+                    await self._to_end("COMMIT")
                 except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
+                    await self._rollback()
                     raise
-                await self._db.execute("COMMIT")
             except BaseException:
                 # Put the rows back in front of anything added meanwhile.
                 for sql, rows in batch.items():
                     rows.extend(self._pending.get(sql, []))
                     self._pending[sql] = rows
+                waiting.update(self._waiting)
+                self._waiting = waiting
                 self._count += count
                 self._failing = True
                 if self._count > self._max_pending:
@@ -148,6 +217,8 @@ class BatchWriter:
                 raise
             self._failing = False
             self.written += count
+            for callback in waiting.values():
+                _call(callback, True)
 
     async def _loop(self) -> None:
         while True:
@@ -189,6 +260,14 @@ def _statements(sql: str, rows: list[Row]) -> list[tuple[str, Sequence[Any], boo
         statement = match["head"] + ", ".join([match["row"]] * len(chunk))
         out.append((statement, [value for row in chunk for value in row], False))
     return out
+
+
+def _call(callback: OnCommit, written: bool) -> None:
+    try:
+        callback(written)
+    except Exception:
+        # A caller's bug must not undo a commit or stop the writer.
+        log.exception("on_commit callback failed")
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

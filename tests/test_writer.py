@@ -1,0 +1,167 @@
+"""BatchWriter: callbacks after commit, and transactions that cancellation and
+failed commits cannot leave open."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiosqlite
+import pytest
+import pytest_asyncio
+
+from ctrlplane.store.db import Store
+from ctrlplane.store.writer import BatchWriter
+
+_INSERT = "INSERT INTO notes (body) VALUES (?)"
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store with a short busy timeout and a table of its own to write."""
+    s = Store(
+        tmp_path / "ctrlplane.db",
+        flush_interval=timedelta(milliseconds=20),
+        busy_timeout=timedelta(milliseconds=300),
+    )
+    await s.open()
+    await s.db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _notes(store: Store) -> list[str]:
+    async with store.db.execute("SELECT body FROM notes ORDER BY id") as cursor:
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def _begin_traced(store: Store) -> asyncio.Event:
+    """An event set when the connection starts executing a BEGIN."""
+    loop = asyncio.get_running_loop()
+    began = asyncio.Event()
+
+    def trace(sql: str) -> None:
+        if sql.startswith("BEGIN"):
+            loop.call_soon_threadsafe(began.set)
+
+    await store.db.set_trace_callback(trace)
+    return began
+
+
+async def test_on_commit_is_called_after_the_row_is_on_disk(store: Store) -> None:
+    seen: list[tuple[bool, list[str]]] = []
+    done = asyncio.Event()
+
+    def committed(ok: bool) -> None:
+        # Read with a connection of its own: what another process would see.
+        with sqlite3.connect(store.path) as other:
+            rows = [r[0] for r in other.execute("SELECT body FROM notes")]
+        seen.append((ok, rows))
+        done.set()
+
+    store.writer.add(_INSERT, ("a",), committed)
+    await asyncio.wait_for(done.wait(), 10)
+    assert seen == [(True, ["a"])]
+
+
+async def test_a_cancel_during_begin_leaves_the_connection_usable(store: Store) -> None:
+    began = await _begin_traced(store)
+    holder = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+
+    async def write() -> None:
+        async with store.writer.transaction() as db:
+            await db.execute(_INSERT, ("never",))
+
+    task = asyncio.create_task(write())
+    await asyncio.wait_for(began.wait(), 10)
+    task.cancel()
+    # The BEGIN is still waiting on the lock in aiosqlite's thread; let it go.
+    holder.execute("ROLLBACK")
+    holder.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not store.db.in_transaction
+    store.writer.add(_INSERT, ("after",))
+    await store.writer.flush()
+    assert await _notes(store) == ["after"]
+
+
+async def test_a_failed_commit_is_rolled_back(store: Store) -> None:
+    db = store.db
+    await db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    await db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+
+    async def orphan() -> None:
+        async with store.writer.transaction() as tx:
+            await tx.execute("INSERT INTO notes (body) VALUES ('lost')")
+            await tx.execute("INSERT INTO child (parent) VALUES (42)")  # fails at COMMIT
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await orphan()
+    assert not db.in_transaction
+    async with store.writer.transaction() as tx:
+        await tx.execute("INSERT INTO notes (body) VALUES ('kept')")
+    assert await _notes(store) == ["kept"]
+
+
+async def test_a_batch_waits_out_another_process_holding_the_lock(store: Store) -> None:
+    # A second process takes the write lock and holds it until told to stop.
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "db.execute('ROLLBACK')\n",
+        str(store.path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        assert line.strip() == b"locked"
+        outcomes: list[bool] = []
+        store.writer.add(_INSERT, ("waited",), outcomes.append)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.writer.flush()
+        assert outcomes == []  # kept for the next round, not called
+        assert not store.db.in_transaction
+        holder.stdin.write(b"go\n")
+        await holder.stdin.drain()
+        assert await asyncio.wait_for(holder.wait(), 30) == 0
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+    await store.writer.flush()
+    assert outcomes == [True]
+    assert await _notes(store) == ["waited"]
+
+
+async def test_dropped_rows_tell_their_callbacks(tmp_path: Path) -> None:
+    path = tmp_path / "gone.db"
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        writer = BatchWriter(db, max_pending=2)
+        outcomes: list[tuple[str, bool]] = []
+        # No such table: every flush fails, so old rows are dropped past max_pending.
+        for name in ("a", "b", "c"):
+            writer.add(_INSERT, (name,), lambda ok, name=name: outcomes.append((name, ok)))
+            with pytest.raises(sqlite3.OperationalError):
+                await writer.flush()
+        assert outcomes == [("a", False)]
+        assert writer.dropped == 1
+    finally:
+        await db.close()
