@@ -158,7 +158,11 @@ async def test_dropped_rows_tell_their_callbacks(tmp_path: Path) -> None:
         outcomes: list[tuple[str, bool]] = []
         # No such table: every flush fails, so old rows are dropped past max_pending.
         for name in ("a", "b", "c"):
-            writer.add(_INSERT, (name,), lambda ok, name=name: outcomes.append((name, ok)))
+
+            def told(ok: bool, name: str = name) -> None:
+                outcomes.append((name, ok))
+
+            writer.add(_INSERT, (name,), told)
             with pytest.raises(sqlite3.OperationalError):
                 await writer.flush()
         assert outcomes == [("a", False)]
