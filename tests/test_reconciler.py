@@ -62,6 +62,10 @@ async def _subscribe(nats_server: ServerInfo, subject: str) -> tuple[Client, lis
     return nc, seen
 
 
+def _runs(cp: ControlPlane, worker: str) -> int:
+    return next(w.run_count for w in cp.scheduler.workers() if w.name == worker)
+
+
 async def _stop_instances(cp: ControlPlane) -> None:
     assert cp.inventory is not None
     for instance in await cp.store.instances.all():
@@ -141,8 +145,11 @@ async def test_a_crash_loop_backs_off_and_gives_up(
         assert "gave up" in gave_up.data["reason"]
         crashed = await cp.store.instances.get("crasher")
         assert crashed.state is InstanceState.FAILED
-        await asyncio.sleep(1)  # and it stays given up: no more restarts
+        # And it stays given up while several reconcile ticks go by: no more restarts.
+        runs = _runs(cp, "reconciler")
+        await wait_for(lambda: _runs(cp, "reconciler") >= runs + 3, within=20)
         assert len([e for e in seen if e.type == "instance.restarted"]) == 3
+        assert (await cp.store.instances.get("crasher")).state is InstanceState.FAILED
     await nc.close()
 
 
