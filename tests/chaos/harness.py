@@ -339,13 +339,19 @@ class Result(msgspec.Struct, kw_only=True):
 
 
 def fault_times(plan: Plan, t0: float) -> list[tuple[float, str]]:
-    """When each fault happens: spread evenly over the window, NATS restarts between kills."""
+    """When each fault happens: spread evenly over the window, NATS restarts between kills.
+
+    Each fault is shifted by a different fraction of a second, so that faults
+    do not all land at the same phase of the 1 s slots.
+    """
     faults: list[tuple[float, str]] = []
-    span = plan.seconds - 4.0
+    span = plan.seconds - 5.0
     for i in range(plan.replica_kills):
-        faults.append((t0 + 2.0 + span * (i + 0.5) / plan.replica_kills, "replica"))
+        jitter = (i * 0.618) % 1.0
+        faults.append((t0 + 2.0 + jitter + span * (i + 0.5) / plan.replica_kills, "replica"))
     for i in range(plan.nats_restarts):
-        faults.append((t0 + 2.0 + span * (i + 0.25) / plan.nats_restarts, "nats"))
+        jitter = (i * 0.382) % 1.0
+        faults.append((t0 + 2.0 + jitter + span * (i + 0.25) / plan.nats_restarts, "nats"))
     return sorted(faults)
 
 
