@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 
 import structlog
@@ -18,9 +22,9 @@ from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs.registry import load_router
 from ctrlplane.checks.registry import close_checkers, load_checkers
-from ctrlplane.config import Config
+from ctrlplane.config import Config, check_names
 from ctrlplane.domains import DomainError, apply_domains
-from ctrlplane.errors import CtrlplaneError
+from ctrlplane.errors import CtrlplaneError, DataDirInUseError
 from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers
@@ -40,6 +44,19 @@ from ctrlplane.workers import (
 log = structlog.get_logger("ctrlplane")
 
 DB_FILE = "ctrlplane.db"
+LOCK_FILE = "ctrlplane.lock"
+"""Held (``flock``) by the one process that uses a data dir; names it (pid, host)."""
+
+# The built-in worker classes, for their names before they are built.
+_BUILTIN_WORKERS = (
+    Reconciler,
+    HealthRunner,
+    Remediator,
+    AuditRecorder,
+    CertRenewer,
+    GarbageCollector,
+    TelemetryCollector,
+)
 
 
 class ControlPlane:
@@ -82,6 +99,7 @@ class ControlPlane:
             concurrency=self.config.telemetry_concurrency,
         )
         self._started = False
+        self._lock = _DataDirLock(self.config.data_dir)
 
     @property
     def server(self) -> EmbeddedServer | None:
@@ -116,9 +134,22 @@ class ControlPlane:
             private_dir(cfg.data_dir)
         except (OSError, ValueError) as exc:
             raise CtrlplaneError(f"data_dir {cfg.data_dir}: {exc}") from exc
+        # Before anything else: a second process on this data dir, embedded
+        # or not, would run every slot twice and share the SQLite file.
+        self._lock.acquire()
         custom = [load_worker(ref) for ref in cfg.workers]
         if self._load_plugins:
             custom += entry_point_workers()
+        self._checkers = load_checkers()
+        check_names(
+            cfg,
+            workers=[
+                *(w.name for w in _BUILTIN_WORKERS),
+                *(w.name for w in custom),
+                *(w.name for w in self.scheduler.workers()),
+            ],
+            check_types=self._checkers,
+        )
         url, token = cfg.nats_url, None
         if url is None:
             binary = str(cfg.nats_server_binary) if cfg.nats_server_binary else None
@@ -126,10 +157,9 @@ class ControlPlane:
             info = await self._server.start()
             url, token = info.url, info.token
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
-        await self.bus.connect(url, token=token)
+        await self.bus.connect(url, token=token, connect_timeout=cfg.connect_timeout)
         await self.store.open()
         providers = load_providers(cfg.data_dir)
-        self._checkers = load_checkers()
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.
         source = f"ctrlplane:{self.scheduler.process}"
@@ -236,9 +266,12 @@ class ControlPlane:
                 await self.bus.close()
                 await self.store.close()
             finally:
-                if self._server is not None:
-                    await self._server.stop()
-                    self._server = None
+                try:
+                    if self._server is not None:
+                        await self._server.stop()
+                        self._server = None
+                finally:
+                    self._lock.release()
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -251,3 +284,52 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class _DataDirLock:
+    """An exclusive ``flock`` on ``<data_dir>/ctrlplane.lock``, held while the process runs.
+
+    The kernel drops it when the process dies, however it dies, so a stale
+    file never blocks a restart; the file itself is left in place (removing
+    it would let two processes lock two different files).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise CtrlplaneError(f"data_dir {self.path.parent}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise DataDirInUseError(str(self.path.parent), holder) from None
+        except OSError as exc:
+            os.close(fd)
+            raise CtrlplaneError(f"data_dir {self.path.parent}: cannot lock: {exc}") from exc
+        os.ftruncate(fd, 0)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # drops the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its file says: ``pid 123 on host``."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return f"pid {int(record['pid'])} on {record['host']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        # It may be between taking the lock and writing its name.
+        return "holder unknown"

@@ -14,7 +14,7 @@ import keyword
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
@@ -29,7 +29,15 @@ from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
 from ctrlplane.inventory import InstanceDecl, decl_problems
 
-__all__ = ["Config", "RemediationConfig", "default_data_dir", "describe", "load_config"]
+__all__ = [
+    "Config",
+    "RemediationConfig",
+    "check_names",
+    "default_data_dir",
+    "describe",
+    "load_config",
+    "redact_nats_url",
+]
 
 ENV_PREFIX = "CTRLPLANE_"
 """Environment variables named ``CTRLPLANE_<FIELD>`` set the field ``<field>``."""
@@ -117,6 +125,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         cert_renew_interval: How often certificates are checked for renewal.
         stop_grace: How long running work may take to finish on shutdown
             before it is cancelled; zero cancels at once.
+        connect_timeout: How long the first connection to NATS may take
+            before the process gives up (once connected, it reconnects
+            forever).
         events_max_age: How long domain events are kept in their stream.
         workers: Custom workers to load, each ``"package.module:Name"`` naming
             a class or an attribute of an importable module.
@@ -157,6 +168,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     gc_interval: timedelta = timedelta(minutes=5)
     cert_renew_interval: timedelta = timedelta(hours=1)
     stop_grace: timedelta = timedelta(seconds=10)
+    connect_timeout: timedelta = timedelta(seconds=10)
     events_max_age: timedelta = timedelta(days=7)
     workers: list[str] = []
     nats_server_binary: Path | None = None
@@ -323,9 +335,49 @@ def describe(config: Config) -> dict[str, object]:
     for name in _FIELDS:
         value = getattr(config, name)
         if name == "nats_url" and value is not None:
-            value = _redact_nats_url(value)
+            value = redact_nats_url(value)
         described[name] = _describe_value(value)
     return described
+
+
+def check_names(config: Config, *, workers: Iterable[str], check_types: Iterable[str]) -> None:
+    """Refuse names in ``config`` that match nothing this process knows.
+
+    Which workers and check types exist is known only once the custom workers
+    and plug-ins are loaded, so this runs at start rather than in
+    :func:`load_config`; a typo would otherwise pass silently (a disabled
+    worker that still runs, a check that reports ``unknown`` forever).
+
+    Args:
+        config: The configuration to check.
+        workers: The names of every worker the process could run.
+        check_types: The types of every loaded checker.
+
+    Raises:
+        ConfigError: For the first ``disabled_workers`` entry or check
+            ``type`` that is unknown, with the closest known name.
+    """
+    known_workers = sorted(set(workers))
+    for index, name in enumerate(config.disabled_workers):
+        if name not in known_workers:
+            raise ConfigError(
+                f"disabled_workers[{index}]",
+                _unknown("worker", name, known_workers),
+            )
+    known_types = sorted(set(check_types))
+    for i, decl in enumerate(config.instances or []):
+        for j, check in enumerate(decl.checks):
+            if check.type not in known_types:
+                raise ConfigError(
+                    f"instances[{i}].checks[{j}].type",
+                    _unknown("check type", check.type, known_types),
+                )
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+    return f'unknown {what} "{name}"; {hint}'
 
 
 def _describe_value(value: object) -> object:
@@ -347,7 +399,9 @@ def _describe_value(value: object) -> object:
 _USERINFO_RE = re.compile(r"//([^/@]*)@")
 
 
-def _redact_nats_url(urls: str) -> str:
+def redact_nats_url(urls: str) -> str:
+    """``urls`` with any password or token replaced by ``***``, for logs and errors."""
+
     def redact(match: re.Match[str]) -> str:
         user, colon, _ = match.group(1).partition(":")
         # A lone user part is how NATS URLs carry a token, so it is secret too.
@@ -481,7 +535,7 @@ def _check_nats_url(urls: str) -> None:
 def _nats_url_problem(url: str) -> str | None:
     if not url:
         return "empty URL"
-    shown = repr(_redact_nats_url(url))
+    shown = repr(redact_nats_url(url))
     if "://" not in url:
         # urlsplit would read "localhost:4222" as scheme "localhost".
         return f"{shown} has no scheme"

@@ -52,6 +52,26 @@ class WorkerLoadError(CtrlplaneError):
         return type(self), (self.ref, self.reason)
 
 
+class DataDirInUseError(CtrlplaneError):
+    """Another process holds the data dir: one control-plane process per data dir.
+
+    Attributes:
+        data_dir: The data directory.
+        holder: Who holds it, from its lock file: ``pid 123 on host``.
+    """
+
+    def __init__(self, data_dir: str, holder: str) -> None:
+        self.data_dir = data_dir
+        self.holder = holder
+        super().__init__(
+            f"data_dir {data_dir} is in use by another ctrlplane process ({holder}): "
+            "stop that one first, or give this one another data dir"
+        )
+
+    def __reduce__(self) -> tuple[type[DataDirInUseError], tuple[str, str]]:
+        return type(self), (self.data_dir, self.holder)
+
+
 class PartialFailure(CtrlplaneError):
     """A run did what it could; some parts failed and are named here.
 

@@ -53,6 +53,25 @@ class SlowFirstAttempt:
         _log({"worker": self.name, "slot": ctx.tick.slot, "attempt": ctx.attempt, "phase": "done"})
 
 
+class SwallowsCancel:
+    """Runs every second (one run at a time), logs that it runs, and ignores cancellation.
+
+    Written badly on purpose: the process must still exit within
+    ``stop_grace`` + 1 s of SIGTERM.
+    """
+
+    name = "swallows-cancel"
+    interval = timedelta(seconds=1)
+
+    async def run(self, ctx: RunContext) -> None:
+        _log({"worker": self.name, "phase": "start"})
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                _log({"worker": self.name, "phase": "cancel ignored"})
+
+
 class BadName:
     """Cannot be registered: its name is not a valid subject token."""
 

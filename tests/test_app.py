@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import json
+import os
+import re
+import socket
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -15,6 +20,9 @@ import pytest
 from ctrlplane import Config, ControlPlane, WorkerLoadError
 from ctrlplane.actors import RunContext, WorkerKind
 from ctrlplane.bus import Event
+from ctrlplane.bus.errors import BusError
+from ctrlplane.bus.server import ServerInfo
+from ctrlplane.errors import ConfigError, DataDirInUseError
 from ctrlplane.store import Outcome
 from tests.helpers import wait_for
 
@@ -157,3 +165,86 @@ async def test_embedded_default_starts_and_stops_its_server(tmp_path: Path) -> N
         assert cp.bus.connected
         assert (tmp_path / "data" / "ctrlplane.db").exists()
     assert cp.server is None
+
+
+async def test_one_control_plane_per_data_dir(config: Config) -> None:
+    async with ControlPlane(config, load_plugins=False):
+        holder = json.loads((config.data_dir / "ctrlplane.lock").read_text())
+        assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
+        second = ControlPlane(config, load_plugins=False)
+        with pytest.raises(DataDirInUseError) as info:
+            await second.start()
+        assert info.value.holder == f"pid {os.getpid()} on {socket.gethostname()}"
+        assert str(config.data_dir) in str(info.value)
+        assert not second.bus.connected
+    # Released on stop: the data dir can be used again.
+    async with ControlPlane(config, load_plugins=False):
+        pass
+
+
+async def test_misspelt_disabled_worker_is_refused_before_connecting(config: Config) -> None:
+    cfg = msgspec.structs.replace(config, disabled_workers=["remediatorr"])
+    cp = ControlPlane(cfg, load_plugins=False)
+    with pytest.raises(ConfigError, match='did you mean "remediator"'):
+        await cp.start()
+    assert not cp.bus.connected
+    # A registered worker's name counts as known.
+    cfg = msgspec.structs.replace(config, disabled_workers=["sees-context"])
+    cp = ControlPlane(cfg, load_plugins=False)
+    cp.register(SeesContext())
+    async with cp:
+        pass
+
+
+async def test_start_gives_up_on_unreachable_nats(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = Config(
+        nats_url=f"nats://127.0.0.1:{port}",
+        data_dir=tmp_path / "data",
+        connect_timeout=timedelta(seconds=1),
+    )
+    cp = ControlPlane(cfg, load_plugins=False)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(BusError) as info:
+        await cp.start()
+    assert loop.time() - began < 3
+    assert str(info.value).startswith(f"cannot connect to NATS at nats://127.0.0.1:{port}: ")
+    assert "gave up after 1s" in str(info.value)
+    # Nothing is left behind: the lock is free again.
+    again = ControlPlane(cfg, load_plugins=False)
+    again._lock.acquire()
+    again._lock.release()
+
+
+async def test_start_refused_credentials_fail_at_once(
+    config: Config, nats_server: ServerInfo
+) -> None:
+    cfg = msgspec.structs.replace(config, nats_url=nats_server.url.replace("://", "://wrong@"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(BusError, match=re.escape("at nats://***@127.0.0.1:")):
+        await ControlPlane(cfg, load_plugins=False).start()
+    assert loop.time() - began < 2
+
+
+async def test_cancelled_while_connecting_leaves_nothing(tmp_path: Path) -> None:
+    cfg = Config(
+        nats_url="nats://127.0.0.1:1",
+        data_dir=tmp_path / "data",
+        connect_timeout=timedelta(seconds=60),
+    )
+    cp = ControlPlane(cfg, load_plugins=False)
+    before = asyncio.all_tasks()
+    starting = asyncio.create_task(cp.start())
+    await wait_for(lambda: (cfg.data_dir / "ctrlplane.lock").exists())
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(starting, timeout=5)
+    assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+    # The lock went with it.
+    second = ControlPlane(cfg, load_plugins=False)
+    second._lock.acquire()
+    second._lock.release()

@@ -5,12 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import stat
+import subprocess
+import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
-from ctrlplane.bus.server import read_server_info
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from ctrlplane.bus import Event
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.server import ServerInfo, read_server_info
+from ctrlplane.cli.events import FETCH_WAIT, print_events
 from tests.helpers import wait_for
 from tests.processes import env_for, run_cli, started, stop
+from tests.sample_workers import read_log
 
 
 async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> None:
@@ -125,3 +139,203 @@ def test_broken_server_binary_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "nats-server" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _lock_holder(data: Path) -> int | None:
+    try:
+        return int(json.loads((data / "ctrlplane.lock").read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+async def _exit_after_sigterm(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """SIGTERM ``proc``; its exit code and the seconds from the signal to its exit."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 30)
+    return code, time.monotonic() - sent
+
+
+async def test_sigterm_exits_within_grace_when_a_worker_swallows_cancellation(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text(
+        'workers = ["tests.sample_workers:SwallowsCancel"]\nstop_grace = "1s"\n', encoding="utf-8"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = ["run", "--config", str(config), "--data-dir", str(data)]
+    with started(args, env_for(logs), tmp_path / "run.log") as proc:
+        await wait_for(lambda: any(r["worker"] == "swallows-cancel" for r in read_log(logs)), 30)
+        server = read_server_info(data)
+        assert server is not None
+        code, took = await _exit_after_sigterm(proc)
+    output = (tmp_path / "run.log").read_text()
+    assert code == 0, output
+    assert took < 1.0 + 1.0, f"exited {took:.2f}s after SIGTERM\n{output}"
+    assert any(r.get("phase") == "cancel ignored" for r in read_log(logs))
+    assert "abandoned" in output
+    # Stopped in order all the same: the embedded server went with it.
+    assert read_server_info(data) is None
+    assert not _alive(server.pid)
+
+
+async def test_run_gives_up_on_unreachable_nats_with_a_clear_error(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    env = env_for(CTRLPLANE_CONNECT_TIMEOUT="1s")
+    began = time.monotonic()
+    result = await asyncio.to_thread(
+        run_cli, ["run", "--nats-url", url, "--data-dir", str(tmp_path / "d")], env
+    )
+    took = time.monotonic() - began
+    assert result.returncode == 1, result.stderr
+    assert f"cannot connect to NATS at {url}: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 10, took  # 1 s of retries plus the interpreter's start
+
+
+async def test_client_commands_give_up_on_unreachable_nats_within_seconds(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    for args in (["workers"], ["instances"], ["events", "--follow"]):
+        began = time.monotonic()
+        result = await asyncio.to_thread(run_cli, [*args, "--nats-url", url], env_for())
+        took = time.monotonic() - began
+        assert result.returncode == 1, (args, result.stderr)
+        assert f"ctrlplane: cannot connect to NATS at {url}: " in result.stderr, args
+        assert "Traceback" not in result.stderr
+        assert took < 12, (args, took)  # 3 s of retries plus the interpreter's start
+
+
+async def test_wrong_token_is_refused_at_once(tmp_path: Path, nats_server: ServerInfo) -> None:
+    url = nats_server.url.replace("nats://", "nats://not-the-token@")
+    result = await asyncio.to_thread(
+        run_cli, ["run", "--nats-url", url, "--data-dir", str(tmp_path / "d")], env_for()
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot connect to NATS at nats://***@127.0.0.1:" in result.stderr
+    assert "uthorization" in result.stderr
+    assert "not-the-token" not in result.stderr
+
+
+async def test_sigterm_while_connecting_stops_at_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    url = f"nats://127.0.0.1:{_closed_port()}"
+    env = env_for(CTRLPLANE_CONNECT_TIMEOUT="60s")
+    with started(
+        ["run", "--nats-url", url, "--data-dir", str(data)], env, tmp_path / "run.log"
+    ) as proc:
+        # The lock is taken just before connecting.
+        await wait_for(lambda: _lock_holder(data) == proc.pid, within=30)
+        code, took = await _exit_after_sigterm(proc)
+    assert code == 0, (tmp_path / "run.log").read_text()
+    assert took < 2, took
+
+
+async def test_one_process_per_data_dir_whatever_the_mode(
+    tmp_path: Path, nats_server: ServerInfo
+) -> None:
+    data = tmp_path / "data"
+    env = env_for(CTRLPLANE_SUBJECT_PREFIX=f"t{uuid.uuid4().hex[:10]}")
+    first_args = ["run", "--nats-url", nats_server.client_url, "--data-dir", str(data)]
+    with started(first_args, env, tmp_path / "first.log") as first:
+        await wait_for(lambda: _lock_holder(data) == first.pid, within=30)
+        # Embedded, on the same data dir: refused before starting a server.
+        second = await asyncio.to_thread(run_cli, ["run", "--data-dir", str(data)], env)
+        assert second.returncode == 1, second.stderr
+        assert f"data_dir {data} is in use by another ctrlplane process" in second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert read_server_info(data) is None
+        assert first.poll() is None
+        assert await asyncio.to_thread(stop, first) == 0
+    # Released with the process: the next one may start.
+    with started(first_args, env, tmp_path / "third.log") as third:
+        await wait_for(lambda: _lock_holder(data) == third.pid, within=30)
+        assert await asyncio.to_thread(stop, third) == 0
+
+
+async def test_events_follow_survives_quiet_fetches(
+    tmp_path: Path, nats_server: ServerInfo, bus: Bus
+) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    env = env_for(CTRLPLANE_SUBJECT_PREFIX=bus.subjects.prefix)
+    out = tmp_path / "events.log"
+    args = ["events", "--follow", "--since", "1m", "--json", "--nats-url", nats_server.client_url]
+    with started(args, env, out) as proc:
+        await bus.publish_event(Event(type="test.first", source="test", id="first"))
+        await wait_for(lambda: '"first"' in out.read_text(), within=30)
+        # Quiet for several fetch timeouts: each ends in a TimeoutError.
+        await asyncio.sleep(4 * FETCH_WAIT)
+        assert proc.poll() is None, out.read_text()
+        await bus.publish_event(Event(type="test.second", source="test", id="second"))
+        await wait_for(lambda: '"second"' in out.read_text(), within=30)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 10) == 130
+    assert "Traceback" not in out.read_text()
+
+
+def test_misspelt_disabled_worker_and_check_type_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    data = tmp_path / "d"
+    config.write_text('disabled_workers = ["remediatorr"]\n', encoding="utf-8")
+    result = run_cli(["run", "--config", str(config), "--data-dir", str(data)], env_for())
+    assert result.returncode == 2, result.stderr
+    assert 'disabled_workers[0]: unknown worker "remediatorr"; did you mean "remediator"?' in (
+        result.stderr
+    )
+    assert read_server_info(data) is None
+
+    config.write_text(
+        '[[instances]]\nname = "web"\ncommand = ["true"]\n'
+        '[[instances.checks]]\nname = "h"\ntype = "htp"\ntarget = "http://127.0.0.1:1/"\n',
+        encoding="utf-8",
+    )
+    result = run_cli(["run", "--config", str(config), "--data-dir", str(data)], env_for())
+    assert result.returncode == 2, result.stderr
+    assert 'instances[0].checks[0].type: unknown check type "htp"; did you mean "http"?' in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+class _QuietThenOne:
+    """Times out as nats-py does (both kinds of TimeoutError), then has one event."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.drained = asyncio.Event()
+
+    async def fetch(self, batch: int, timeout: float | None) -> list[Msg]:  # noqa: ASYNC109
+        self.calls += 1
+        if self.calls == 1:
+            raise TimeoutError  # the builtin one, from between its pull requests
+        if self.calls == 2:
+            raise nats.errors.TimeoutError
+        if self.calls == 3:
+            msg = Msg(_client=None, subject="p.events.test.late", data=b'{"id":"late"}')  # type: ignore[arg-type]
+            return [msg]
+        self.drained.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_print_events_follows_through_either_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fetcher = _QuietThenOne()
+    follow = asyncio.create_task(print_events(fetcher, follow=True, as_json=True))
+    await asyncio.wait_for(fetcher.drained.wait(), timeout=10)
+    follow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follow
+    assert capsys.readouterr().out == '{"id":"late"}\n'

@@ -12,8 +12,9 @@ from typing import assert_type
 import msgspec
 import pytest
 
-from ctrlplane.config import Config, default_data_dir, describe, load_config
+from ctrlplane.config import Config, check_names, default_data_dir, describe, load_config
 from ctrlplane.errors import ConfigError, CtrlplaneError
+from ctrlplane.inventory import InstanceDecl
 
 DURATION_FIELDS = [f.name for f in msgspec.structs.fields(Config) if f.type is timedelta]
 
@@ -75,6 +76,7 @@ def test_duration_fields_are_found_from_the_annotations() -> None:
         "gc_interval",
         "cert_renew_interval",
         "stop_grace",
+        "connect_timeout",
         "events_max_age",
         "deployment_retention",
         "audit_retention",
@@ -576,6 +578,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "gc_interval": "1h30m",
         "cert_renew_interval": "1h",
         "stop_grace": "10s",
+        "connect_timeout": "10s",
         "events_max_age": "7d",
         "workers": ["a:B"],
         "nats_server_binary": None,
@@ -617,3 +620,40 @@ def test_describe_round_trips_through_overrides(env: dict[str, str]) -> None:
 def test_describe_redacts_nats_credentials(url: str, shown: str, env: dict[str, str]) -> None:
     config = load_config(env=env, overrides={"nats_url": url})
     assert describe(config)["nats_url"] == shown
+
+
+def test_connect_timeout_defaults_to_ten_seconds_and_loads_from_env() -> None:
+    assert Config().connect_timeout == timedelta(seconds=10)
+    loaded = load_config(env={"CTRLPLANE_CONNECT_TIMEOUT": "2s", "HOME": "/h"})
+    assert loaded.connect_timeout == timedelta(seconds=2)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"CTRLPLANE_CONNECT_TIMEOUT": "0s", "HOME": "/h"})
+    assert info.value.field == "connect_timeout"
+    assert info.value.source == "CTRLPLANE_CONNECT_TIMEOUT"
+
+
+def test_check_names_suggests_the_closest_worker() -> None:
+    config = Config(disabled_workers=["gc", "remediatorr"])
+    with pytest.raises(ConfigError) as info:
+        check_names(config, workers=["gc", "remediator", "reconciler"], check_types=["http"])
+    assert info.value.field == "disabled_workers[1]"
+    assert info.value.reason == 'unknown worker "remediatorr"; did you mean "remediator"?'
+    check_names(Config(disabled_workers=["gc"]), workers=["gc"], check_types=[])
+
+
+def test_check_names_suggests_the_closest_check_type() -> None:
+    config = Config(
+        instances=[
+            msgspec.convert(
+                {"name": "web", "command": ["x"], "checks": [{"name": "h", "type": "htp"}]},
+                InstanceDecl,
+            )
+        ]
+    )
+    with pytest.raises(ConfigError) as info:
+        check_names(config, workers=[], check_types=["http", "tcp", "grpc", "command"])
+    assert info.value.field == "instances[0].checks[0].type"
+    assert info.value.reason == 'unknown check type "htp"; did you mean "http"?'
+    with pytest.raises(ConfigError) as info:
+        check_names(config, workers=[], check_types=["grpc"])
+    assert info.value.reason == 'unknown check type "htp"; known: grpc'

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import read_server_info
 from ctrlplane.bus.subjects import Subjects
+from ctrlplane.cli.loop import Loop
 from ctrlplane.config import Config, load_config
 from ctrlplane.durations import format_duration
 from ctrlplane.errors import ConfigError, CtrlplaneError
@@ -70,16 +72,47 @@ def connection_options(f: F) -> F:
     return config_option(nats_option(data_dir_option(f)))
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``, turning our errors into one clear line and a non-zero exit."""
+def run_async(coro: Coroutine[Any, Any, T], *, exit_if_abandoned: bool = False) -> T:
+    """Run ``coro``, turning our errors into one clear line and a non-zero exit.
+
+    Args:
+        coro: The command's work.
+        exit_if_abandoned: When a task or thread ignores cancellation at the
+            end, end the process at once (``os._exit``) with the exit code it
+            would have had, instead of letting the interpreter wait for it
+            without limit. For ``run``, whose control plane is stopped (store
+            closed, server stopped) by the time the loop closes.
+    """
+    loop = Loop()
+    message: str | None = None
+    code = 0
     try:
-        return asyncio.run(coro)
+        result = loop.run(coro)
     except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
+        message, code = str(exc), EXIT_CONFIG
     except (CtrlplaneError, BusError, StoreError, ActorError) as exc:
-        fail(str(exc))
+        message, code = str(exc), EXIT_FAILURE
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        message, code = "interrupted", 130
+    except BaseException:
+        if not loop.close() and exit_if_abandoned:
+            traceback.print_exc()
+            _exit_now(EXIT_FAILURE)
+        raise
+    clean = loop.close()
+    if message is not None:
+        click.echo(f"ctrlplane: {message}", err=True)
+    if not clean and exit_if_abandoned:
+        _exit_now(code)
+    if message is not None:
+        sys.exit(code)
+    return result
+
+
+def _exit_now(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def connect(config: Config) -> Bus:
@@ -94,11 +127,14 @@ async def connect(config: Config) -> Bus:
                 "start one with `ctrlplane run`, or pass --nats-url"
             )
         url, token = info.url, info.token
-    try:
-        await bus.connect(url, token=token)
-    except Exception as exc:
-        raise CtrlplaneError(f"cannot connect to NATS at {url}: {exc}") from exc
+    # A client command says within seconds that NATS is not there.
+    timeout = min(config.connect_timeout, CLIENT_CONNECT_TIMEOUT)
+    await bus.connect(url, token=token, connect_timeout=timeout)
     return bus
+
+
+CLIENT_CONNECT_TIMEOUT = timedelta(seconds=3)
+"""The longest a client command (not ``run``) tries to reach NATS."""
 
 
 def with_bus(config: Config, action: Callable[[Bus], Coroutine[Any, Any, T]]) -> T:

@@ -6,10 +6,11 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import click
-import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.bus.codec import decode_event
@@ -22,6 +23,8 @@ from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events import event_schema
 
 DEFAULT_SINCE = "1h"
+FETCH_WAIT = 1.0
+"""Seconds one fetch waits for events; with --follow, a quiet one just fetches again."""
 
 
 @click.command()
@@ -76,21 +79,33 @@ def events(
                 f"no event stream {s.events_stream} on this NATS: has `ctrlplane run` run here?"
             ) from None
         try:
-            while True:
-                try:
-                    msgs = await sub.fetch(256, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    if follow:
-                        continue
-                    return
-                for msg in msgs:
-                    _print(msg.subject, msg.data, as_json)
-                if not follow and msgs[-1].metadata.num_pending == 0:
-                    return
+            await print_events(sub, follow=follow, as_json=as_json)
         finally:
             await sub.unsubscribe()
 
     with_bus(config, read)
+
+
+class _Fetcher(Protocol):
+    async def fetch(self, batch: int, timeout: float | None) -> list[Msg]: ...  # noqa: ASYNC109
+
+
+async def print_events(sub: _Fetcher, *, follow: bool, as_json: bool) -> None:
+    """Print what ``sub`` fetches until it has no more or, with ``follow``, until cancelled."""
+    while True:
+        try:
+            msgs = await sub.fetch(256, timeout=FETCH_WAIT)
+        # nats-py raises its own TimeoutError or, when the wait runs out
+        # between its two pull requests, the builtin one (asyncio's); the
+        # former derives from the latter.
+        except TimeoutError:
+            if follow:
+                continue
+            return
+        for msg in msgs:
+            _print(msg.subject, msg.data, as_json)
+        if not follow and msgs[-1].metadata.num_pending == 0:
+            return
 
 
 def _print(subject: str, payload: bytes, as_json: bool) -> None:

@@ -36,19 +36,39 @@ def run(
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     fmt: LogFormat = "json" if log_format == "json" else "console"
     configure_logging(fmt)
-    run_async(_serve(config))
+    # Exits within stop_grace + 1 s of a signal even when a worker ignores
+    # its cancellation: once stopped, nothing is left to wait for.
+    run_async(_serve(config), exit_if_abandoned=True)
 
 
 async def _serve(config: Config) -> None:
+    """Start, run until SIGINT or SIGTERM, stop; a signal during start-up stops it too."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Installed before anything starts and kept until everything stopped: a
+    # signal at any moment asks for the same orderly stop, and a second one
+    # during the (bounded) stop does not cut it short.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     cp = ControlPlane(config)
     try:
-        await cp.start()
+        starting = asyncio.ensure_future(cp.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                # start() stops whatever it had started when cancelled.
+                starting.cancel()
+                await asyncio.wait({starting})
+        if starting.cancelled():
+            return
+        starting.result()
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await cp.stop()
+        try:
+            await cp.stop()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
