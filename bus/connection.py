@@ -125,9 +125,12 @@ class Bus:
             nonlocal last_error
             if connecting:
                 # nats-py retries the first connect forever when reconnecting
-                # is allowed; the bound and the verdict are ours.
-                last_error = exc
+                # is allowed; the bound and the verdict are ours. A refusal is
+                # the reason, whatever the closed socket reports after it.
+                if not refused.is_set():
+                    last_error = exc
                 if _is_refusal(exc):
+                    last_error = exc
                     refused.set()
                 log.debug("nats connect attempt failed", error=str(exc) or type(exc).__name__)
                 return
