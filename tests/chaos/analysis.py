@@ -44,6 +44,8 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     start: float
     end: float | None
+    aborted: float | None = None
+    """When the run was cancelled (timeout, stop) without completing."""
 
 
 class Row(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +94,7 @@ def parse_run_log(lines: Iterable[str]) -> RunLog:
     """Pair ``start`` and ``end`` lines by run id; collect kills, exits and outages."""
     starts: dict[str, dict[str, object]] = {}
     ends: dict[str, float] = {}
+    aborts: dict[str, float] = {}
     kills: list[tuple[int, float]] = []
     exits: list[tuple[int, float]] = []
     downs: list[float] = []
@@ -105,6 +108,8 @@ def parse_run_log(lines: Iterable[str]) -> RunLog:
             starts[rec["run"]] = rec
         elif ev == "end":
             ends[rec["run"]] = float(rec["t"])
+        elif ev == "abort":
+            aborts[rec["run"]] = float(rec["t"])
         elif ev == "kill":
             kills.append((int(rec["pid"]), float(rec["t"])))
         elif ev == "exit":
@@ -123,6 +128,7 @@ def parse_run_log(lines: Iterable[str]) -> RunLog:
             pid=int(str(rec["pid"])),
             start=float(str(rec["t"])),
             end=ends.get(run_id),
+            aborted=aborts.get(run_id),
         )
         for run_id, rec in starts.items()
     ]
@@ -179,9 +185,11 @@ def duplicates(
 
 
 def effective_end(run: Run, log: RunLog) -> float:
-    """When ``run`` stopped: its end, else its process's kill or exit, else never."""
+    """When ``run`` stopped: its end or abort, else its process's kill or exit, else never."""
     if run.end is not None:
         return run.end
+    if run.aborted is not None:
+        return run.aborted
     candidates = (
         _first_after(log.kills, run.pid, run.start),
         _first_after(log.exits, run.pid, run.start),

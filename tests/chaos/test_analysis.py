@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import msgspec
+
 from tests.chaos.analysis import (
     Outage,
     Row,
@@ -58,13 +60,17 @@ def test_parse_pairs_start_and_end_by_run_id() -> None:
         {"ev": "start", "w": "w", "ref": "w/1", "slot": 1, "run": "a", "a": 1, "pid": 7, "t": 1.0},
         {"ev": "start", "w": "w", "ref": "w/2", "slot": 2, "run": "b", "a": 1, "pid": 8, "t": 2.0},
         {"ev": "end", "w": "w", "ref": "w/1", "slot": 1, "run": "a", "a": 1, "pid": 7, "t": 1.2},
+        {"ev": "abort", "w": "w", "ref": "w/2", "slot": 2, "run": "b", "a": 1, "pid": 8, "t": 2.05},
         {"ev": "kill", "pid": 8, "t": 2.1},
         {"ev": "exit", "pid": 8, "t": 2.2},
         {"ev": "nats-down", "t": 3.0},
         {"ev": "nats-up", "t": 5.0},
     ]
     log = parse_run_log([json.dumps(x) for x in lines] + [""])
-    assert [(r.ref, r.end) for r in log.runs] == [("w/1", 1.2), ("w/2", None)]
+    assert [(r.ref, r.end, r.aborted) for r in log.runs] == [
+        ("w/1", 1.2, None),
+        ("w/2", None, 2.05),
+    ]
     assert log.kills == [(8, 2.1)]
     assert log.exits == [(8, 2.2)]
     assert [(o.down, o.up) for o in log.outages] == [(3.0, 5.0)]
@@ -111,6 +117,8 @@ def test_an_unfinished_run_lasts_until_its_process_is_killed_or_exits() -> None:
     assert overlaps(_log([held, later], kills=[(1, 1.5)])) == []
     assert len(overlaps(_log([held, later], kills=[(1, 2.5)]))) == 1
     assert overlaps(_log([held, later], exits=[(1, 1.9)])) == []
+    cancelled = msgspec.structs.replace(held, aborted=1.8)
+    assert overlaps(_log([cancelled, later])) == []
     assert len(overlaps(_log([held, later]))) == 1
 
 

@@ -34,7 +34,7 @@ def append(line: dict[str, object]) -> None:
 
 
 def log_run(ctx: RunContext, phase: str) -> None:
-    """One ``start`` or ``end`` line for the run of ``ctx``."""
+    """One ``start``, ``end`` (completed) or ``abort`` (cancelled) line for ``ctx``'s run."""
     slot = ctx.tick.slot if ctx.tick is not None else None
     if ctx.tick is not None:
         ref = ctx.tick.msg_id
@@ -65,7 +65,12 @@ class Beat:
 
     async def run(self, ctx: RunContext) -> None:
         log_run(ctx, "start")
-        await asyncio.sleep(BEAT_HOLD_S)
+        try:
+            await asyncio.sleep(BEAT_HOLD_S)
+        except BaseException:
+            # Cancelled (timeout, stop): the run stopped here without completing.
+            log_run(ctx, "abort")
+            raise
         log_run(ctx, "end")
 
 
@@ -96,6 +101,8 @@ class FloodSink:
     name = "flood-sink"
     interval = timedelta(0)
     subscriptions = ("flood.*",)
+    # ack_wait follows the timeout: messages held by a killed process come back in 5 s.
+    timeout = timedelta(seconds=5)
 
     async def run(self, ctx: RunContext) -> None:
         log_run(ctx, "start")
