@@ -37,11 +37,14 @@ class Deadlines:
         """Cancel late awaits until cancelled."""
         while True:
             await asyncio.sleep(self._resolution)
-            now = self._time()
-            for task, deadline in list(self._deadlines.items()):
-                if now >= deadline and task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
+            self.cancel_late(self._time())
+
+    def cancel_late(self, now: float) -> None:
+        """Cancel every await whose deadline is past at ``now`` (loop time)."""
+        for task, deadline in list(self._deadlines.items()):
+            if now >= deadline and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
 
     async def within(self, timeout: float, awaitable: Awaitable[T]) -> T:  # noqa: ASYNC109
         """Await ``awaitable``; raise :class:`DeadlineExceeded` once ``timeout`` is past.
@@ -62,11 +65,15 @@ class Deadlines:
             if task not in self._expired:
                 raise  # cancelled by someone else: a stop, say
             self._expired.discard(task)
-            task.uncancel()
+            if task.uncancel() > 0:
+                # Someone else cancelled it too, in the same turn of the
+                # loop as the deadline: theirs wins, never swallowed.
+                raise
             raise DeadlineExceeded(timeout) from None
         if task in self._expired:
             # The awaitable swallowed the cancellation and went on: still late.
             self._expired.discard(task)
-            task.uncancel()
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError
             raise DeadlineExceeded(timeout)
         return result

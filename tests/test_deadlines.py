@@ -70,3 +70,45 @@ async def test_a_deadline_does_not_outlive_its_await(deadlines: Deadlines) -> No
     await deadlines.within(0.05, asyncio.sleep(0))
     await asyncio.sleep(0.1)  # past the old deadline: nothing may cancel us now
     assert await deadlines.within(1.0, asyncio.sleep(0, result="ok")) == "ok"
+
+
+async def test_a_cancel_in_the_same_turn_as_the_deadline_is_not_swallowed() -> None:
+    deadlines = Deadlines(60.0)  # no watcher: the test says when time is up
+    waiting = asyncio.Event()
+
+    async def run() -> None:
+        waiting.set()
+        await deadlines.within(0.0, asyncio.sleep(10))
+
+    task = asyncio.create_task(run())
+    await waiting.wait()
+    await asyncio.sleep(0)
+    # The watcher finds the deadline past and a stop cancels in the same turn.
+    deadlines.cancel_late(asyncio.get_running_loop().time())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def test_a_cancel_beside_a_swallowed_deadline_is_not_swallowed() -> None:
+    deadlines = Deadlines(60.0)
+    waiting = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return  # swallows whatever cancelled it
+
+    async def run() -> None:
+        waiting.set()
+        await deadlines.within(0.0, stubborn())
+
+    task = asyncio.create_task(run())
+    await waiting.wait()
+    await asyncio.sleep(0)
+    deadlines.cancel_late(asyncio.get_running_loop().time())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
