@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats.errors
@@ -20,23 +20,30 @@ from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
+from ctrlplane.actors.leases import LeaseKeeper
+from ctrlplane.actors.settle import Decision, Settle, decide
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
-from ctrlplane.bus.codec import dead_letter, decode_event, decode_tick
+from ctrlplane.actors.watchdog import LoopWatchdog
+from ctrlplane.bus.codec import dead_letter, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
+from ctrlplane.bus.kv import LedgerError, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
 from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
+from ctrlplane.store.writer import OnCommit
 
-MIN_ACK_WAIT = timedelta(seconds=2)
+MIN_ACK_WAIT = timedelta(seconds=5)
 MAX_ACK_WAIT = timedelta(seconds=30)
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.
 CANCEL_WAIT = 0.5
 RESTART_BACKOFF = (0.1, 30.0)
-NAK_BACKOFF = (1.0, 60.0)
 WORKER_FAILED = "worker.failed"
+# How long a finished periodic run may keep retrying the record of its slot's
+# completion (NATS away) before its tick is acked all the same.
+LEDGER_PATIENCE = timedelta(minutes=1)
 
 
 class _Source(Enum):
@@ -44,20 +51,26 @@ class _Source(Enum):
     EVENT = "event"
 
 
+class _Row(NamedTuple):
+    trigger: Trigger
+    ref: str | None
+    attempt: int
+    started: float
+    outcome: Outcome
+    error: str | None
+    run_id: str | None = None
+
+
 def ack_wait_for(spec: WorkerSpec) -> timedelta:
     """How long JetStream waits for an ack before handing the message to another process.
 
-    In-progress acks are sent every third of it while a run goes on, so it
-    bounds how long a process that died holds a message, not how long a run
-    may take.
+    In-progress acks are sent every third of it, from a thread of their own,
+    while a message is held, so it bounds how long a process that died (or
+    whose whole interpreter stalled) holds a message, not how long a run may
+    take. At least 5 s, so a loaded machine's scheduling hiccups never hand
+    away a message whose run goes on.
     """
     return min(max(spec.timeout, MIN_ACK_WAIT), MAX_ACK_WAIT)
-
-
-def nak_delay(attempt: int) -> float:
-    """Exponential backoff before an event that failed is delivered again."""
-    base, cap = NAK_BACKOFF
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
 
 
 class Actor:
@@ -65,9 +78,12 @@ class Actor:
 
     Messages are fetched into a bounded mailbox and handled by ``concurrency``
     runners (one by default, so runs never overlap). Every message held, in
-    the mailbox or in a run, is kept alive by in-progress acks; whatever is
-    still held when the actor stops is handed back with a nak so another
-    process can take it at once.
+    the mailbox, in a run or waiting for its run's record to be written, is
+    kept alive by the :class:`LeaseKeeper`; a message is acked only once the
+    record of its run is committed, and a periodic run's slot is written to
+    the :class:`SlotLedger` before that, so a redelivered tick of a finished
+    slot is skipped. Whatever is still held when the actor stops is handed
+    back with a nak so another process can take it at once.
     """
 
     def __init__(
@@ -78,6 +94,9 @@ class Actor:
         bus: Bus,
         runs: RunStore | None,
         process: str,
+        leases: LeaseKeeper,
+        ledger: SlotLedger | None = None,
+        watchdog: LoopWatchdog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
@@ -85,22 +104,30 @@ class Actor:
         self._bus = bus
         self._runs = runs
         self._process = process
+        self._leases = leases
+        self._ledger = ledger
+        self._watchdog = watchdog
         self._clock = clock
         self._log = structlog.get_logger("ctrlplane.worker").bind(worker=spec.name)
         self._queue: asyncio.Queue[tuple[_Source, Msg] | None] = asyncio.Queue()
-        self._held: dict[str, tuple[Msg, PullFeed]] = {}
+        # Held messages by ack subject, with the feed whose window they still
+        # take (None once their run ended and they only wait for the record).
+        self._held: dict[str, tuple[Msg, PullFeed | None]] = {}
         self._capacity = spec.prefetch
+        self._ack_wait = ack_wait_for(spec).total_seconds()
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
-        self._heartbeat: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
+        # Messages whose records are written, to settle together.
+        self._ready: list[tuple[Msg, Settle, float | None]] = []
+        self._settling: asyncio.Task[None] | None = None
         self._stopping = False
         # Run timeouts: one watcher per actor instead of a timer per run,
         # late by a tenth of the timeout at most (and at most 1 s).
         self._timeout_s = spec.timeout.total_seconds()
         self._deadlines = Deadlines(min(1.0, max(0.01, self._timeout_s / 10)))
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         # What WorkerInfo reports.
         self.running = 0
         self.last_run: float | None = None
@@ -109,6 +136,8 @@ class Actor:
         self.error_count = 0
         self.skipped_count = 0
         self.dead_letter_count = 0
+        self.blocked_count = 0
+        self.blocked_seconds = 0.0
         self.restarts = 0
 
     # ------------------------------------------------------------------ start
@@ -116,7 +145,6 @@ class Actor:
     async def start(self) -> None:
         """Bind to the worker's consumers (creating them) and start handling."""
         spec, s = self.spec, self._bus.subjects
-        ack_wait = ack_wait_for(spec).total_seconds()
         if spec.kind is WorkerKind.PERIODIC:
             tick_consumer = ConsumerConfig(
                 durable_name=s.tick_consumer(spec.name),
@@ -126,7 +154,7 @@ class Actor:
                 # One tick out at a time across every process: no
                 # overlapping runs of one worker anywhere.
                 max_ack_pending=1,
-                ack_wait=ack_wait,
+                ack_wait=self._ack_wait,
                 max_deliver=-1,
             )
             await self._feed(s.ticks_stream, tick_consumer, _Source.TICK, window=1)
@@ -140,20 +168,25 @@ class Actor:
                 # A new worker reacts to what happens from now on, not to
                 # the whole retained history.
                 deliver_policy=DeliverPolicy.NEW,
-                max_ack_pending=max(1000, self._capacity),
-                ack_wait=ack_wait,
+                # Room for the prefetch window plus the messages whose runs
+                # ended and whose records are not yet committed (acks wait
+                # for the batch that holds them).
+                max_ack_pending=max(4096, 4 * self._capacity),
+                ack_wait=self._ack_wait,
                 # Our own max_attempts dead-letters first; this only stops a
                 # message that keeps killing whole processes.
                 max_deliver=spec.max_attempts + 3,
             )
             await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
-        self._watchdog = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
+        self._watcher = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
         if self._feeds:
             for i in range(spec.concurrency):
                 self._runners.append(self._spawn(f"runner-{spec.name}-{i}", self._runner))
-            self._heartbeat = self._spawn(f"heartbeat-{spec.name}", self._keep_alive, ack_wait / 3)
         else:
             self._runners.append(asyncio.create_task(self._run_once(), name=f"once-{spec.name}"))
+        if self._watchdog is not None:
+            for task in self._runners:
+                self._watchdog.name_task(task, spec.name)
 
     def _spawn(
         self, name: str, loop: Callable[..., Coroutine[Any, Any, None]], *args: Any
@@ -190,19 +223,13 @@ class Actor:
 
         def deliver(msg: Msg) -> None:
             self._held[msg.reply] = (msg, feed)
+            self._leases.hold(msg.reply, self._ack_wait)
             self._queue.put_nowait((source, msg))
 
         feed = PullFeed(self._bus, stream, config.durable_name, deliver, window=window)
         await feed.start()
         self._feeds.append(feed)
         self._intake.append(self._spawn(f"pull-{source.value}-{self.spec.name}", feed.run))
-
-    async def _keep_alive(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            for msg, _ in list(self._held.values()):
-                with contextlib.suppress(nats.errors.Error, BusError):
-                    await msg.in_progress()
 
     # --------------------------------------------------------------- handling
 
@@ -219,35 +246,72 @@ class Actor:
             except Exception:
                 # A bug in handling, not in the worker: hand the message back.
                 self._log.exception("message handling failed; message handed back")
-                await self._settle(msg, "nak")
+                await self._settle(msg, Settle.NAK)
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
+        if not self._leases.alive(msg.reply):
+            # It waited here past its lease (the loop was blocked): JetStream
+            # may have handed it to another process, which runs it.
+            self._log.warning("lease lapsed before the run; left to its redelivery")
+            self._drop(msg)
+            return
         if source is _Source.TICK:
             try:
                 tick = decode_tick(msg.data, msg.subject)
             except DecodeError as exc:
-                await self._dead_letter(msg, exc.reason, attempt, record_trigger=Trigger.TICK)
+                await self._conclude(
+                    msg,
+                    Decision(how=Settle.DEAD_LETTER, reason=exc.reason),
+                    _Row(
+                        Trigger.TICK,
+                        None,
+                        attempt,
+                        self._clock(),
+                        Outcome.DEAD_LETTERED,
+                        exc.reason,
+                    ),
+                )
+                return
+            if attempt > 1 and await self._slot_completed(tick):
+                # Its run ended and was recorded; only the ack was lost.
+                await self._skip(msg, tick, attempt, "slot already completed")
                 return
             if self._is_stale(tick) and _pending_after(msg) > 0:
                 # A newer tick is waiting behind this stale one: coalesce into it.
-                self.skipped_count += 1
-                self._record(
-                    Trigger.TICK, tick.msg_id, attempt, self._clock(), Outcome.SKIPPED, None
-                )
-                await self._settle(msg, "ack")
+                await self._skip(msg, tick, attempt, None)
                 return
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event(msg.data, msg.subject)
+                event = decode_event_msg(msg)
             except DecodeError as exc:
-                await self._dead_letter(msg, exc.reason, attempt, record_trigger=Trigger.EVENT)
+                await self._conclude(
+                    msg,
+                    Decision(how=Settle.DEAD_LETTER, reason=exc.reason),
+                    _Row(
+                        Trigger.EVENT,
+                        None,
+                        attempt,
+                        self._clock(),
+                        Outcome.DEAD_LETTERED,
+                        exc.reason,
+                    ),
+                )
                 return
             await self._run(Trigger.EVENT, msg, attempt, event=event)
 
+    async def _slot_completed(self, tick: Tick) -> bool:
+        return self._ledger is not None and await self._ledger.completed(self.spec.name, tick.slot)
+
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
+
+    async def _skip(self, msg: Msg, tick: Tick, attempt: int, reason: str | None) -> None:
+        self.skipped_count += 1
+        now = self._clock()
+        row = _Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
+        await self._conclude(msg, Decision(how=Settle.ACK), row)
 
     async def _run_once(self) -> None:
         await self._run(Trigger.ONCE, None, 1)
@@ -276,6 +340,9 @@ class Actor:
             tick=tick,
             event=event,
         )
+        if msg is not None:
+            # Kept alive from outside the loop for the run's timeout at most.
+            self._leases.bound(msg.reply, self._timeout_s)
         self.running += 1
         self.last_run = started
         outcome, error = Outcome.OK, None
@@ -290,21 +357,47 @@ class Actor:
             outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
         except asyncio.CancelledError:
             self.running -= 1
-            cancelled = Outcome.CANCELLED
-            self._record(trigger, ref, attempt, started, cancelled, "cancelled by stop", run_id)
+            row = _Row(
+                trigger, ref, attempt, started, Outcome.CANCELLED, "cancelled by stop", run_id
+            )
+            self._record(row)
             raise
         except Exception as exc:
             outcome, error = Outcome.ERROR, _describe(exc)
             ctx.log.error("run failed", error=error, exc_info=exc)
         self.running -= 1
+        decision = decide(
+            trigger,
+            outcome,
+            attempt=attempt,
+            max_attempts=spec.max_attempts,
+            error=error,
+            retry_delay=retry_delay,
+        )
+        if msg is not None:
+            self._leases.bound(msg.reply, None)
+            self._release_window(msg)
+        if tick is not None and decision.how is Settle.ACK and self._ledger is not None:
+            # The slot is done: say so before the ack, so a redelivery after
+            # a lost ack (a crash, a reconnect) is skipped, not run again.
+            try:
+                await self._ledger.complete(
+                    spec.name, tick.slot, run_id, within=max(LEDGER_PATIENCE, spec.interval)
+                )
+            except LedgerError as exc:
+                self._log.error("slot completion not recorded", error=str(exc))
+        # Counted once the run is over in every respect, so whoever sees the
+        # count also finds the run's record (at least queued for writing).
         self.run_count += 1
         if outcome is Outcome.OK:
             self.last_error = None
         elif outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
             self._failed(ctx, outcome, error, ref)
-        self._record(trigger, ref, attempt, started, outcome, error, run_id)
-        if msg is not None:
-            await self._settle_after_run(msg, trigger, attempt, outcome, error, retry_delay)
+        if decision.how is Settle.DEAD_LETTER:
+            outcome, error = Outcome.DEAD_LETTERED, decision.reason
+        await self._conclude(
+            msg, decision, _Row(trigger, ref, attempt, started, outcome, error, run_id)
+        )
 
     def _failed(
         self, ctx: RunContext, outcome: Outcome, error: str | None, ref: str | None
@@ -337,38 +430,46 @@ class Actor:
             )
         )
 
-    async def _settle_after_run(
-        self,
-        msg: Msg,
-        trigger: Trigger,
-        attempt: int,
-        outcome: Outcome,
-        error: str | None,
-        retry_delay: timedelta | None,
-    ) -> None:
-        if outcome is Outcome.DEAD_LETTERED:
-            await self._dead_letter(msg, error or "rejected", attempt)
-        elif trigger is Trigger.TICK:
-            # A failed periodic run is not retried: it runs again next slot.
-            await self._settle(msg, "nak" if outcome is Outcome.RETRY else "ack")
-        elif outcome is Outcome.OK:
-            await self._settle(msg, "ack")
-        elif attempt >= self.spec.max_attempts:
-            await self._dead_letter(msg, f"gave up after {attempt} attempts: {error}", attempt)
-        else:
-            delay = retry_delay.total_seconds() if retry_delay is not None else nak_delay(attempt)
-            await self._settle(msg, "nak", delay)
+    # ------------------------------------------------------------- settling
 
-    async def _dead_letter(
-        self, msg: Msg, reason: str, attempt: int, *, record_trigger: Trigger | None = None
-    ) -> None:
-        """Terminate ``msg`` and keep a copy with ``reason`` on the dead-letter subject."""
-        self.dead_letter_count += 1
-        self._log.warning("message dead-lettered", subject=msg.subject, reason=reason)
-        if record_trigger is not None:
-            self._record(
-                record_trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason
-            )
+    async def _conclude(self, msg: Msg | None, decision: Decision, row: _Row) -> None:
+        """Record ``row`` and settle ``msg`` as decided, once the row is on disk.
+
+        A message is never acked before the record of its run is committed:
+        a crash in between leaves the message to be delivered again, never
+        a run without its record.
+        """
+        how, delay = decision.how, decision.delay
+        if how is Settle.DEAD_LETTER:
+            assert msg is not None
+            reason = decision.reason or "rejected"
+            self._log.warning("message dead-lettered", subject=msg.subject, reason=reason)
+            if await self._keep_dead_letter(msg, reason, row.attempt):
+                how = Settle.TERM
+            else:
+                # Not kept: hand the message back rather than lose it.
+                how, delay = Settle.NAK, 1.0
+            self.dead_letter_count += 1
+        if msg is None:
+            self._record(row)
+            return
+        self._release_window(msg)
+        if self._runs is None:
+            await self._settle(msg, how, delay)
+            return
+        settle_as = how
+
+        def written(ok: bool) -> None:
+            self._settle_soon(msg, settle_as if ok else Settle.NAK, delay if ok else None)
+
+        self._record(row, written)
+        if row.trigger is Trigger.TICK:
+            # One tick out at a time: its record should not wait out the
+            # batch interval before the next can be delivered.
+            self._runs.flush_soon()
+
+    async def _keep_dead_letter(self, msg: Msg, reason: str, attempt: int) -> bool:
+        """Publish a copy of ``msg`` with ``reason`` on the dead-letter subject."""
         letter = dead_letter(
             worker=self.spec.name,
             subject=msg.subject,
@@ -380,53 +481,79 @@ class Actor:
         try:
             await self._bus.publish_dead_letter(letter)
         except (BusError, nats.errors.Error) as exc:
-            # Not kept: hand the message back rather than lose it.
             self._log.error("dead-letter publish failed; message handed back", error=str(exc))
-            await self._settle(msg, "nak", 1.0)
-            return
-        await self._settle(msg, "term")
+            return False
+        return True
 
-    async def _settle(self, msg: Msg, how: str, delay: float | None = None) -> None:
-        held = self._held.pop(msg.reply, None)
-        if held is not None:
+    def _release_window(self, msg: Msg) -> None:
+        """The message's run is over: its place in the feed's window is free."""
+        held = self._held.get(msg.reply)
+        if held is not None and held[1] is not None:
             held[1].settled()
+            self._held[msg.reply] = (msg, None)
+
+    def _drop(self, msg: Msg) -> None:
+        """Forget ``msg`` without settling it: it is no longer surely ours."""
+        self._release_window(msg)
+        self._held.pop(msg.reply, None)
+        self._leases.release(msg.reply)
+
+    def _settle_soon(self, msg: Msg, how: Settle, delay: float | None) -> None:
+        """Settle ``msg`` from a commit callback, together with the rest of its batch."""
+        self._ready.append((msg, how, delay))
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.create_task(
+                self._settle_ready(), name=f"settle-{self.spec.name}"
+            )
+
+    async def _settle_ready(self) -> None:
+        while self._ready:
+            ready, self._ready = self._ready, []
+            for msg, how, delay in ready:
+                await self._settle(msg, how, delay)
+
+    async def _settle(self, msg: Msg, how: Settle, delay: float | None = None) -> None:
+        if msg.reply not in self._held:
+            return  # settled already (a stop handed it back meanwhile)
+        self._release_window(msg)
+        self._held.pop(msg.reply, None)
+        ours = self._leases.alive(msg.reply)
+        self._leases.release(msg.reply)
+        if not ours:
+            # Its lease lapsed (the process stalled, NATS was away): JetStream
+            # may have redelivered it, and an ack now could release another
+            # process's hold on it. Its redelivery settles it instead.
+            self._log.warning("lease lapsed; message left to its redelivery", how=how.value)
+            return
         try:
-            if how == "ack":
+            if how is Settle.ACK:
                 await msg.ack()
-            elif how == "nak":
+            elif how is Settle.NAK:
                 await msg.nak(delay=delay)
             else:
                 await msg.term()
         except nats.errors.Error as exc:
             # The server redelivers after ack_wait: at least once, not lost.
-            self._log.warning("could not settle message", how=how, error=str(exc))
+            self._log.warning("could not settle message", how=how.value, error=str(exc))
 
     # ---------------------------------------------------------------- helpers
 
-    def _record(
-        self,
-        trigger: Trigger,
-        ref: str | None,
-        attempt: int,
-        started: float,
-        outcome: Outcome,
-        error: str | None,
-        run_id: str | None = None,
-    ) -> None:
+    def _record(self, row: _Row, on_commit: OnCommit | None = None) -> None:
         if self._runs is None:
             return
         finished = self._clock()
         self._runs.record_row(
-            run_id or new_run_id(finished),
+            row.run_id or new_run_id(finished),
             self.spec.name,
             self._process,
-            trigger,
-            ref,
-            attempt,
-            started,
+            row.trigger,
+            row.ref,
+            row.attempt,
+            row.started,
             finished,
-            outcome,
-            error,
+            row.outcome,
+            row.error,
+            on_commit,
         )
 
     def _publish_in_background(self, event: Event) -> None:
@@ -439,6 +566,11 @@ class Actor:
             await publish
         except (BusError, nats.errors.Error) as exc:
             self._log.warning("could not publish worker.failed", error=str(exc))
+
+    def note_block(self, seconds: float) -> None:
+        """This worker's run blocked the event loop for ``seconds``."""
+        self.blocked_count += 1
+        self.blocked_seconds += seconds
 
     def info(self, next_run: datetime | None) -> WorkerInfo:
         """A snapshot for ``Scheduler.workers()`` and the control API."""
@@ -455,6 +587,8 @@ class Actor:
             error_count=self.error_count,
             skipped_count=self.skipped_count,
             dead_letter_count=self.dead_letter_count,
+            blocked_count=self.blocked_count,
+            blocked_seconds=self.blocked_seconds,
             process=self._process,
         )
 
@@ -480,7 +614,7 @@ class Actor:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
-                await self._settle(item[1], "nak")
+                await self._settle(item[1], Settle.NAK)
         for _ in self._runners:
             self._queue.put_nowait(None)
 
@@ -489,14 +623,24 @@ class Actor:
         return list(self._runners)
 
     async def finish(self) -> None:
-        """After the runs have ended or been abandoned: hand back every
-        message still held and stop the heartbeat."""
+        """After the runs have ended or been abandoned: write their records
+        (which acks what they settle), hand back every message still held
+        and stop the deadline watcher."""
+        if self._runs is not None:
+            try:
+                await self._runs.flush()
+            except Exception as exc:
+                self._log.warning("run records not written at stop", error=str(exc))
+        if self._settling is not None:
+            await self._settling
         for msg, _ in list(self._held.values()):
-            await self._settle(msg, "nak")
-        for task in (self._heartbeat, self._watchdog):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await self._settle(msg, Settle.NAK)
+        if self._watchdog is not None:
+            for task in self._runners:
+                self._watchdog.forget_task(task)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self._side_tasks:
             await asyncio.wait(self._side_tasks, timeout=2)
 

@@ -33,8 +33,14 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
         next_run: When the next tick is due (periodic workers only).
         subscriptions: The event types it reacts to.
         error_count: Failed or timed-out runs in this process.
-        skipped_count: Stale ticks coalesced away in this process.
-        dead_letter_count: Messages this process dead-lettered.
+        skipped_count: Ticks skipped: stale ones coalesced away, and redeliveries
+            of slots already completed (from the run records, so it survives
+            restarts).
+        dead_letter_count: Messages dead-lettered (from the run records, so it
+            survives restarts).
+        blocked_count: Times a run of this worker blocked the event loop
+            (past the watchdog's threshold) in this process.
+        blocked_seconds: How long those blocks lasted in all.
         process: The process that reports it.
     """
 
@@ -50,6 +56,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     error_count: int = 0
     skipped_count: int = 0
     dead_letter_count: int = 0
+    blocked_count: int = 0
+    blocked_seconds: float = 0.0
     process: str = ""
 
 

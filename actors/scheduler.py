@@ -14,11 +14,14 @@ import structlog
 from ctrlplane.actors.actor import CANCEL_WAIT, Actor
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import WorkerInfo
+from ctrlplane.actors.leases import LeaseKeeper
 from ctrlplane.actors.spec import WorkerSpec, spec_of
 from ctrlplane.actors.ticker import Ticker
 from ctrlplane.actors.types import Worker
+from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.connection import Bus
-from ctrlplane.store.runs import RunStore
+from ctrlplane.bus.kv import SlotLedger
+from ctrlplane.store.runs import Outcome, RunStore
 
 log = structlog.get_logger("ctrlplane.scheduler")
 
@@ -70,6 +73,9 @@ class Scheduler:
         self._workers: dict[str, tuple[WorkerSpec, Worker]] = {}
         self._actors: dict[str, Actor] = {}
         self._ticker: Ticker | None = None
+        self._watchdog: LoopWatchdog | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._leases: LeaseKeeper | None = None
         self._state = "new"
 
     def use(self, bus: Bus, runs: RunStore | None = None) -> None:
@@ -111,24 +117,60 @@ class Scheduler:
         if bus is None or not bus.connected:
             raise SchedulerStateError("connect the bus first: Scheduler(bus) or scheduler.use(bus)")
         self._state = "starting"
-        longest = max((s.interval for s in self.specs()), default=timedelta(0))
-        await bus.ensure_streams(
-            duplicate_window=longest + timedelta(minutes=1), events_max_age=self._events_max_age
-        )
-        for spec, worker in self._workers.values():
-            self._actors[spec.name] = Actor(
-                spec, worker, bus=bus, runs=self._runs, process=self.process, clock=self._clock
-            )
         try:
-            await asyncio.gather(*(a.start() for a in self._actors.values()))
-        except BaseException:
+            await self._start(bus)
+        except BaseException as exc:
             await self._halt(timedelta(0))
             self._state = "stopped"
+            if isinstance(exc, BaseExceptionGroup):
+                # The first actor that could not start says why.
+                raise exc.exceptions[0] from None
             raise
-        self._ticker = Ticker(bus, self.specs(), process=self.process, clock=self._clock)
-        self._ticker.start()
         self._state = "running"
         log.info("scheduler started", workers=len(self._actors), process=self.process)
+
+    async def _start(self, bus: Bus) -> None:
+        longest = max((s.interval for s in self.specs()), default=timedelta(0))
+        window = longest + timedelta(minutes=1)
+        await bus.ensure_streams(duplicate_window=window, events_max_age=self._events_max_age)
+        ledger = SlotLedger(bus, ttl=max(window, timedelta(minutes=2)) + timedelta(minutes=1))
+        await ledger.open()
+        watchdog = LoopWatchdog(asyncio.get_running_loop(), self._note_block)
+        self._watchdog = watchdog
+        self._beat = asyncio.create_task(watchdog.run(), name="loop-watchdog")
+        leases = self._leases = LeaseKeeper(watchdog)
+        servers, token = bus.peer_options()
+        await asyncio.to_thread(leases.start, servers, token, name=bus.name)
+        counts = (
+            await self._runs.counts(Outcome.SKIPPED, Outcome.DEAD_LETTERED) if self._runs else {}
+        )
+        for spec, worker in self._workers.values():
+            actor = Actor(
+                spec,
+                worker,
+                bus=bus,
+                runs=self._runs,
+                process=self.process,
+                leases=leases,
+                ledger=ledger,
+                watchdog=watchdog,
+                clock=self._clock,
+            )
+            actor.skipped_count = counts.get((spec.name, Outcome.SKIPPED), 0)
+            actor.dead_letter_count = counts.get((spec.name, Outcome.DEAD_LETTERED), 0)
+            self._actors[spec.name] = actor
+        # All or nothing: one actor that cannot start cancels the others'
+        # starts, and whatever did start is stopped by the caller.
+        async with asyncio.TaskGroup() as group:
+            for actor in self._actors.values():
+                group.create_task(actor.start(), name=f"start-{actor.spec.name}")
+        self._ticker = Ticker(bus, self.specs(), process=self.process, clock=self._clock)
+        self._ticker.start()
+
+    def _note_block(self, worker: str, seconds: float) -> None:
+        actor = self._actors.get(worker)
+        if actor is not None:
+            actor.note_block(seconds)
 
     async def stop(self, grace: timedelta = DEFAULT_GRACE) -> None:
         """Stop gracefully.
@@ -165,6 +207,12 @@ class Scheduler:
         finishing = [asyncio.create_task(a.finish()) for a in actors]
         if finishing:
             await asyncio.wait(finishing, timeout=_FINISH_WAIT)
+        if self._beat is not None:
+            self._beat.cancel()
+            await asyncio.gather(self._beat, return_exceptions=True)
+        if self._leases is not None:
+            # The thread ends by itself within a turn; do not wait long on it.
+            await asyncio.to_thread(self._leases.stop, 0.2)
 
     def workers(self) -> list[WorkerInfo]:
         """A snapshot of every registered worker, in registration order."""

@@ -96,6 +96,13 @@ class Bus:
             raise NotConnectedError("use JetStream")
         return self._js
 
+    def peer_options(self) -> tuple[list[str], str | None]:
+        """The servers and token this bus connected with, for a second
+        connection of the same identity (the lease keeper's thread)."""
+        nc = self.nc
+        token = nc.options.get("token")
+        return [uri.geturl() for uri in nc.servers], token if isinstance(token, str) else None
+
     async def connect(
         self,
         url: str,

@@ -72,6 +72,11 @@ class Subjects(Struct, frozen=True):
         """The limits stream that keeps dead letters, so none is lost unread."""
         return f"{self._stream_base}_DLQ"
 
+    @property
+    def slots_bucket(self) -> str:
+        """The key-value bucket that records completed slots of periodic workers."""
+        return f"{self._stream_base}_SLOTS"
+
     def tick(self, worker: str) -> str:
         """The subject of ticks for ``worker``."""
         return f"{self.prefix}.tick.{worker}"

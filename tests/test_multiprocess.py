@@ -31,20 +31,26 @@ def _replicas(
     stack: ExitStack, n: int, tmp_path: Path, nats_server: ServerInfo, config: Path, logs: Path
 ) -> list[subprocess.Popen[bytes]]:
     env = env_for(logs)
-    # One data dir (and so one SQLite file) shared by all, as on one host.
-    args = [
-        "run",
-        "--config",
-        str(config),
-        "--nats-url",
-        nats_server.client_url,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--log-format",
-        "json",
-    ]
+    # A data dir each: one process per data dir is the rule (a lock holds it).
     return [
-        stack.enter_context(started(args, env, tmp_path / f"replica-{i}.log")) for i in range(n)
+        stack.enter_context(
+            started(
+                [
+                    "run",
+                    "--config",
+                    str(config),
+                    "--nats-url",
+                    nats_server.client_url,
+                    "--data-dir",
+                    str(tmp_path / f"data-{i}"),
+                    "--log-format",
+                    "json",
+                ],
+                env,
+                tmp_path / f"replica-{i}.log",
+            )
+        )
+        for i in range(n)
     ]
 
 

@@ -65,13 +65,30 @@ async def test_periodic_worker_runs_once_per_slot(scheduler: Scheduler, store: S
     scheduler.register(worker)
     await scheduler.start()
     await wait_for(lambda: len(worker.ticks) >= 5)
+    await scheduler.stop()
     slots = [t.slot for t in worker.ticks]
     assert len(set(slots)) == len(slots), f"a slot ran twice: {slots}"
-    assert slots == list(range(slots[0], slots[0] + len(slots))), f"a slot was lost: {slots}"
     runs = await store.runs.list(worker="recorder")
-    assert len(runs) >= 5
-    assert {r.outcome for r in runs} == {Outcome.OK}
+    await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
+    assert len([r for r in runs if r.outcome is Outcome.OK]) == len(slots)
+    assert {r.outcome for r in runs} <= {Outcome.OK, Outcome.SKIPPED}
     assert all(r.process == "test-1" for r in runs)
+
+
+async def _assert_every_slot_ran_or_coalesced(store: Store, worker: str, ran: list[int]) -> None:
+    """No slot lost: between the first and last run, each slot either ran or
+    was coalesced (a stale tick skipped because a newer one waited; a loaded
+    machine may fall behind a 0.2 s interval), never both."""
+    runs = await store.runs.list(worker=worker, limit=10_000)
+    skipped = {
+        int(r.trigger_ref.rsplit("/", 1)[1])
+        for r in runs
+        if r.outcome is Outcome.SKIPPED and r.trigger_ref is not None
+    }
+    assert not skipped & set(ran), f"a slot ran and was skipped: {sorted(skipped & set(ran))}"
+    expected = set(range(min(ran), max(ran) + 1))
+    lost = expected - set(ran) - skipped
+    assert not lost, f"slots lost: {sorted(lost)} (ran {sorted(ran)}, coalesced {sorted(skipped)})"
 
 
 async def test_two_schedulers_share_each_slot(
@@ -92,7 +109,7 @@ async def test_two_schedulers_share_each_slot(
         await other_bus.close()
     slots = sorted(t.slot for t in a.ticks + b.ticks)
     assert len(set(slots)) == len(slots), f"a slot ran twice: {slots}"
-    assert slots == list(range(slots[0], slots[0] + len(slots))), f"a slot was lost: {slots}"
+    await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
 
 
 async def test_event_worker_reacts_to_plain_nats_client(
@@ -193,8 +210,9 @@ async def test_failing_event_is_retried_then_dead_lettered(
     assert letters[0].reason == "gave up after 2 attempts: RuntimeError: boom 2"
     assert letters[0].attempts == 2
     runs = await store.runs.list(worker="flaky")
-    assert [r.outcome for r in runs] == [Outcome.ERROR, Outcome.ERROR]
-    assert runs[0].error == "RuntimeError: boom 2"
+    # The last attempt's record says what became of the message, and why.
+    assert [r.outcome for r in runs] == [Outcome.DEAD_LETTERED, Outcome.ERROR]
+    assert runs[0].error == "gave up after 2 attempts: RuntimeError: boom 2"
 
 
 async def test_failing_event_recovers_on_retry(scheduler: Scheduler, bus: Bus) -> None:

@@ -1,0 +1,136 @@
+"""Key-value buckets on JetStream: the ledger of completed slots."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.errors import BusError, NotConnectedError
+
+log = structlog.get_logger("ctrlplane.bus")
+
+# Errors after which a ledger write is worth trying again: the server is away
+# or slow, not refusing the write.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    TimeoutError,
+)
+
+
+class LedgerError(BusError):
+    """A slot's completion could not be written within its budget."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"bus: completion of {key!r} not recorded: {reason}")
+
+
+class SlotLedger:
+    """Which ``(worker, slot)`` pairs have run to completion, across the cluster.
+
+    A periodic run that ends writes its slot here (create-only, acknowledged
+    by the server) before its tick is acked, so a tick redelivered after the
+    run ended (its process died before the ack reached NATS, or the ack was
+    lost in a reconnect) is recognised and skipped instead of run again.
+    Entries expire after ``ttl``, which must cover the tick stream's
+    duplicate window: older slots can never be delivered again.
+    """
+
+    def __init__(self, bus: Bus, *, ttl: timedelta) -> None:
+        self._bus = bus
+        self._ttl = ttl
+        self._kv: KeyValue | None = None
+
+    async def open(self) -> None:
+        """Create the bucket, or bind to it (widening its TTL if it is shorter)."""
+        bucket = self._bus.subjects.slots_bucket
+        js = self._bus.js
+        try:
+            kv = await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await self._create(bucket)
+        else:
+            info = await js.stream_info(f"KV_{bucket}")
+            if (info.config.max_age or 0) < self._ttl.total_seconds():
+                config = info.config
+                config.max_age = self._ttl.total_seconds()
+                await js.update_stream(config)
+        self._kv = kv
+
+    async def _create(self, bucket: str) -> KeyValue:
+        config = KeyValueConfig(
+            bucket=bucket,
+            history=1,
+            ttl=self._ttl.total_seconds(),
+            storage=StorageType.FILE,
+        )
+        try:
+            return await self._bus.js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            # Another process created it between our look and our add.
+            return await self._bus.js.key_value(bucket)
+
+    @property
+    def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            raise NotConnectedError("use the slot ledger before open()")
+        return self._kv
+
+    async def completed(self, worker: str, slot: int) -> bool:
+        """Whether ``worker``'s ``slot`` has run to completion somewhere.
+
+        A server that cannot be asked answers "no": at worst a redelivered
+        tick runs again, which is what at-least-once already allows.
+        """
+        try:
+            await self._bucket.get(_key(worker, slot))
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+            log.warning("slot ledger not readable", worker=worker, slot=slot, error=str(exc))
+            return False
+        return True
+
+    async def complete(self, worker: str, slot: int, run_id: str, *, within: timedelta) -> None:
+        """Record that ``worker``'s ``slot`` ran to completion (as run ``run_id``).
+
+        Retries while NATS is away, for at most ``within``; an entry that
+        already exists counts as written.
+
+        Raises:
+            LedgerError: the write did not land within ``within``.
+        """
+        key = _key(worker, slot)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within.total_seconds()
+        delay = 0.05
+        while True:
+            try:
+                await self._bucket.create(key, run_id.encode())
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return  # already recorded (a retry of ours whose answer was lost)
+            except _TRANSIENT as exc:
+                if loop.time() + delay > deadline:
+                    raise LedgerError(key, str(exc) or type(exc).__name__) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+def _key(worker: str, slot: int) -> str:
+    return f"{worker}.{slot}"

@@ -1,0 +1,240 @@
+"""The promises an actor keeps under faults (issue 8), against a real nats-server:
+completed slots are not run again, acks follow records, Retry is honoured for
+ticks, a blocked loop is named, and a scheduler starts all or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ctrlplane.actors import RunContext, Scheduler
+from ctrlplane.actors.actor import ack_wait_for
+from ctrlplane.actors.errors import Retry
+from ctrlplane.actors.spec import spec_of
+from ctrlplane.bus import Bus, Event, Tick
+from ctrlplane.bus.kv import SlotLedger
+from ctrlplane.bus.server import ServerInfo
+from ctrlplane.bus.subjects import Subjects
+from ctrlplane.store import Outcome, Store
+from tests.helpers import wait_for
+
+
+class Counter:
+    """A periodic worker that counts its runs (one a day: only the test's ticks)."""
+
+    def __init__(self, name: str = "counter", *, retry: timedelta | None = None) -> None:
+        self.name = name
+        self.interval = timedelta(days=1)
+        self.retry = retry
+        self.runs: list[tuple[int, int, float]] = []  # slot, attempt, monotonic start
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.tick is not None
+        self.runs.append((ctx.tick.slot, ctx.attempt, time.monotonic()))
+        if self.retry is not None and len(self.runs) == 1:
+            raise Retry(self.retry)
+
+
+class OnJob:
+    interval = timedelta(0)
+    subscriptions = ("job.*",)
+
+    def __init__(self) -> None:
+        self.name = "on-job"
+        self.seen: list[str] = []
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        self.seen.append(ctx.event.id)
+
+
+class Blocker:
+    """Blocks the event loop once, as a worker calling time.sleep would."""
+
+    def __init__(self, seconds: float) -> None:
+        self.name = "blocker"
+        self.interval = timedelta(days=1)
+        self.seconds = seconds
+        self.done = asyncio.Event()
+
+    async def run(self, ctx: RunContext) -> None:
+        time.sleep(self.seconds)  # noqa: ASYNC251 - the point of this worker
+        self.done.set()
+
+
+@pytest_asyncio.fixture
+async def scheduler(bus: Bus, store: Store) -> AsyncIterator[Scheduler]:
+    s = Scheduler(bus, runs=store.runs, process="test-actor")
+    try:
+        yield s
+    finally:
+        await s.stop(grace=timedelta(seconds=1))
+
+
+def _tick_consumer(subjects: Subjects, worker: Counter) -> ConsumerConfig:
+    """The tick consumer exactly as the actor declares it."""
+    return ConsumerConfig(
+        durable_name=subjects.tick_consumer(worker.name),
+        filter_subject=subjects.tick(worker.name),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=1,
+        ack_wait=ack_wait_for(spec_of(worker)).total_seconds(),
+        max_deliver=-1,
+    )
+
+
+async def test_a_redelivered_tick_of_a_completed_slot_is_skipped(
+    bus: Bus, store: Store, scheduler: Scheduler
+) -> None:
+    worker = Counter()
+    spec = spec_of(worker)
+    s = bus.subjects
+    await bus.ensure_streams(duplicate_window=timedelta(days=1, minutes=1))
+    slot = spec.slot_at(time.time())
+    tick = Tick(
+        worker=worker.name,
+        slot=slot,
+        scheduled=spec.slot_start_dt(slot),
+        interval=spec.interval,
+        origin="elsewhere",
+    )
+    await bus.publish_tick(tick)
+    # Another process took the tick, ran it and recorded the slot, then died
+    # before its ack reached NATS: the tick comes back as attempt 2.
+    await bus.js.add_consumer(s.ticks_stream, _tick_consumer(s, worker))
+    sub = await bus.js.pull_subscribe_bind(s.tick_consumer(worker.name), s.ticks_stream)
+    (held,) = await sub.fetch(1, timeout=5)
+    ledger = SlotLedger(bus, ttl=timedelta(days=1, minutes=5))
+    await ledger.open()
+    await ledger.complete(worker.name, slot, "run-elsewhere", within=timedelta(seconds=5))
+    await held.nak()
+    await sub.unsubscribe()
+
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: scheduler.workers()[0].skipped_count == 1)
+    assert worker.runs == []
+    (run,) = await store.runs.list(worker=worker.name)
+    assert run.outcome is Outcome.SKIPPED
+    assert run.error == "slot already completed"
+    assert run.attempt == 2
+    assert run.trigger_ref == tick.msg_id
+
+
+async def test_a_run_marks_its_slot_completed(bus: Bus, scheduler: Scheduler) -> None:
+    worker = Counter()
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.runs) == 1)
+    ledger = SlotLedger(bus, ttl=timedelta(days=1))
+    await ledger.open()
+    slot = worker.runs[0][0]
+    await wait_for(lambda: ledger.completed(worker.name, slot))
+    assert not await ledger.completed(worker.name, slot + 1)
+
+
+async def test_an_event_is_acked_only_once_its_run_is_recorded(bus: Bus, tmp_path: Path) -> None:
+    # Batches written every 30 s unless asked: the ack must wait for them.
+    store = Store(tmp_path / "slow.db", flush_interval=timedelta(seconds=30))
+    await store.open()
+    scheduler = Scheduler(bus, runs=store.runs, process="test-slow")
+    worker = OnJob()
+    scheduler.register(worker)
+    try:
+        await scheduler.start()
+        await bus.publish_event(Event(type="job.done", source="test", id="job-1"))
+        await wait_for(lambda: worker.seen == ["job-1"])
+        consumer = bus.subjects.event_consumer(worker.name)
+
+        async def ack_pending() -> int:
+            info = await bus.js.consumer_info(bus.subjects.events_stream, consumer)
+            return int(info.num_ack_pending or 0)
+
+        assert await ack_pending() == 1  # ran, not yet recorded, so not acked
+        await store.flush()
+        await wait_for(lambda: _is(ack_pending(), 0))
+        (run,) = await store.runs.list(worker=worker.name)
+        assert run.outcome is Outcome.OK and run.trigger_ref == "job-1"
+    finally:
+        await scheduler.stop(grace=timedelta(seconds=1))
+        await store.close()
+
+
+async def _is(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
+async def test_retry_from_a_periodic_worker_waits_its_delay(
+    scheduler: Scheduler, store: Store
+) -> None:
+    worker = Counter(retry=timedelta(seconds=1.5))
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.runs) == 2, within=20)
+    (slot1, attempt1, t1), (slot2, attempt2, t2) = worker.runs
+    assert (slot2, attempt1, attempt2) == (slot1, 1, 2)
+    # A load can only make the redelivery later, never earlier.
+    assert t2 - t1 >= 1.4
+    outcomes = [r.outcome for r in await store.runs.list(worker=worker.name)]
+    assert outcomes == [Outcome.OK, Outcome.RETRY]
+
+
+async def test_a_worker_that_blocks_the_loop_is_named_and_counted(
+    scheduler: Scheduler,
+) -> None:
+    blocker = Blocker(seconds=1.6)
+    scheduler.register(blocker)
+    scheduler.register(Counter("bystander"))
+    await scheduler.start()
+    await asyncio.wait_for(blocker.done.wait(), 20)
+    await wait_for(lambda: scheduler.workers()[0].blocked_count == 1)
+    info, bystander = scheduler.workers()
+    assert info.blocked_seconds >= 1.0
+    assert bystander.blocked_count == 0
+
+
+class _Refusing(Bus):
+    """A bus on which one worker's consumer cannot be created and another's
+    creation is slow, to show a failed start cancels its siblings."""
+
+    def __init__(self, subjects: Subjects) -> None:
+        super().__init__(subjects, name="refusing")
+        self.slow_cancelled = asyncio.Event()
+
+    async def ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        if config.durable_name == self.subjects.tick_consumer("refused"):
+            raise RuntimeError("refused by the test")
+        if config.durable_name == self.subjects.tick_consumer("slow"):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.slow_cancelled.set()
+                raise
+        await super().ensure_consumer(stream, config)
+
+
+async def test_start_is_all_or_nothing(
+    nats_server: ServerInfo, subjects: Subjects, store: Store
+) -> None:
+    bus = _Refusing(subjects)
+    await bus.connect(nats_server.url, token=nats_server.token)
+    scheduler = Scheduler(bus, runs=store.runs)
+    scheduler.register(Counter("slow"))
+    scheduler.register(Counter("refused"))
+    try:
+        with pytest.raises(RuntimeError, match="refused by the test"):
+            await scheduler.start()
+        await asyncio.wait_for(bus.slow_cancelled.wait(), 5)
+        assert not scheduler.running
+    finally:
+        await scheduler.stop()
+        await bus.close()
