@@ -38,7 +38,7 @@ MIN_ACK_WAIT = timedelta(seconds=5)
 MAX_ACK_WAIT = timedelta(seconds=30)
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.
-CANCEL_WAIT = 0.5
+CANCEL_WAIT = 0.3
 RESTART_BACKOFF = (0.1, 30.0)
 WORKER_FAILED = "worker.failed"
 # How long a finished periodic run may keep retrying the record of its slot's

@@ -27,7 +27,7 @@ log = structlog.get_logger("ctrlplane.scheduler")
 
 DEFAULT_GRACE = timedelta(seconds=10)
 # Time left after the grace period and CANCEL_WAIT for handing messages back.
-_FINISH_WAIT = 0.4
+_FINISH_WAIT = 0.3
 
 
 def process_id() -> str:
@@ -211,8 +211,9 @@ class Scheduler:
             self._beat.cancel()
             await asyncio.gather(self._beat, return_exceptions=True)
         if self._leases is not None:
-            # The thread ends by itself within a turn; do not wait long on it.
-            await asyncio.to_thread(self._leases.stop, 0.2)
+            # The thread ends by itself within a turn (it is a daemon): stop()
+            # only tells it to, so stopping stays within grace + 1 s.
+            self._leases.stop(timeout=0)
 
     def workers(self) -> list[WorkerInfo]:
         """A snapshot of every registered worker, in registration order."""
