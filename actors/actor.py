@@ -115,6 +115,7 @@ class Actor:
         self._held: dict[str, tuple[Msg, PullFeed | None]] = {}
         self._capacity = spec.prefetch
         self._ack_wait = ack_wait_for(spec).total_seconds()
+        self._tick_prefix = bus.subjects.tick("")
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
@@ -250,9 +251,9 @@ class Actor:
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
-        if not self._leases.alive(msg.reply):
-            # It waited here past its lease (the loop was blocked): JetStream
-            # may have handed it to another process, which runs it.
+        if not await self._still_ours(msg):
+            # It waited past its lease (the loop was blocked) and JetStream
+            # has handed it to another process, which runs it.
             self._log.warning("lease lapsed before the run; left to its redelivery")
             self._drop(msg)
             return
@@ -273,13 +274,21 @@ class Actor:
                     ),
                 )
                 return
-            if attempt > 1 and await self._slot_completed(tick):
-                # Its run ended and was recorded; only the ack was lost.
+            if await self._slot_completed(tick):
+                # Its run ended and was recorded; only the ack was lost (a
+                # crash, a reconnect; a broker killed before it wrote the
+                # consumer's state even delivers it again as attempt 1).
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
             if self._is_stale(tick) and _pending_after(msg) > 0:
                 # A newer tick is waiting behind this stale one: coalesce into it.
                 await self._skip(msg, tick, attempt, None)
+                return
+            if not await self._still_ours(msg):
+                # The ledger look-up outlasted the lease (NATS was away, a
+                # broker restart): it may already run elsewhere.
+                self._log.warning("lease lapsed before the run; left to its redelivery")
+                self._drop(msg)
                 return
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
@@ -492,6 +501,33 @@ class Actor:
             held[1].settled()
             self._held[msg.reply] = (msg, None)
 
+    async def _still_ours(self, msg: Msg) -> bool:
+        """Whether JetStream still holds ``msg`` for this process.
+
+        Surely so while its lease is fresh. In doubt (it may have waited in
+        the socket while the loop was blocked), an event is treated as ours:
+        events are at least once, and a copy run twice is allowed. A tick is
+        asked about: renewed, then kept only if its consumer (one tick out
+        at a time) has delivered nothing since, not even a redelivery of it.
+        """
+        if self._leases.alive(msg.reply):
+            return True
+        if not msg.subject.startswith(self._tick_prefix):
+            return True
+        try:
+            await msg.in_progress()
+            delivered = _consumer_seq(msg)
+            info = await self._bus.js.consumer_info(
+                self._bus.subjects.ticks_stream, self._bus.subjects.tick_consumer(self.spec.name)
+            )
+        except (nats.errors.Error, BusError, TimeoutError) as exc:
+            self._log.warning("cannot tell whether a held tick is still ours", error=str(exc))
+            return False
+        ours = delivered is not None and info.delivered.consumer_seq == delivered
+        if ours:
+            self._leases.renewed(msg.reply)
+        return ours
+
     def _drop(self, msg: Msg) -> None:
         """Forget ``msg`` without settling it: it is no longer surely ours."""
         self._release_window(msg)
@@ -516,12 +552,12 @@ class Actor:
         if msg.reply not in self._held:
             return  # settled already (a stop handed it back meanwhile)
         self._release_window(msg)
+        ours = await self._still_ours(msg)
         self._held.pop(msg.reply, None)
-        ours = self._leases.alive(msg.reply)
         self._leases.release(msg.reply)
         if not ours:
-            # Its lease lapsed (the process stalled, NATS was away): JetStream
-            # may have redelivered it, and an ack now could release another
+            # Its lease lapsed (the process stalled, NATS was away) and
+            # JetStream redelivered it: an ack now could release another
             # process's hold on it. Its redelivery settles it instead.
             self._log.warning("lease lapsed; message left to its redelivery", how=how.value)
             return
@@ -662,6 +698,13 @@ def _attempt_of(msg: Msg) -> int:
     except ValueError:
         pass
     return 1
+
+
+def _consumer_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.consumer)
+    except (ValueError, nats.errors.Error, AttributeError, IndexError):
+        return None
 
 
 def _pending_after(msg: Msg) -> int:

@@ -22,15 +22,17 @@ _TURN = 0.1
 # A lease is trusted while its last renewal is this fraction of ack_wait old:
 # the server's timer started when our in-progress ack reached it, a little later.
 _TRUST = 0.8
+BLOCK_HOLD_MAX = 60.0
+"""Seconds a blocked event loop keeps the messages of its runs in progress."""
 
 
 class _Lease:
     __slots__ = ("ack_wait", "next_due", "renewed", "until")
 
-    def __init__(self, ack_wait: float, now: float) -> None:
+    def __init__(self, ack_wait: float, since: float) -> None:
         self.ack_wait = ack_wait
-        self.renewed = now
-        self.next_due = now + ack_wait / 3
+        self.renewed = since
+        self.next_due = since + ack_wait / 3
         self.until: float | None = None
 
 
@@ -40,9 +42,12 @@ class LeaseKeeper:
 
     JetStream honours ``+WPI`` published to a message's reply subject from
     any connection. Each held message is renewed every third of its
-    ``ack_wait``: while it waits in a mailbox, as long as the event loop is
-    responsive (the watchdog's beat); while it runs, until the run's own
-    deadline (:meth:`bound`) whatever the loop does. A message whose lease
+    ``ack_wait``: while it waits in a mailbox or for its record, always;
+    while it runs, until the run's own deadline (:meth:`bound`), pushed back
+    by as long as the event loop is blocked (the watchdog's beat), since the
+    deadline cannot fire in a blocked loop and the frozen run must not run
+    elsewhere too. A loop blocked longer than :data:`BLOCK_HOLD_MAX` lets
+    every message go. A message whose lease
     lapsed may already be another process's: :meth:`alive` says so, and the
     actor then neither runs nor acks it.
 
@@ -62,8 +67,13 @@ class LeaseKeeper:
     # ------------------------------------------------------- from the loop
 
     def hold(self, reply: str, ack_wait: float) -> None:
-        """Keep the message with ack subject ``reply`` alive from now on."""
-        self._leases[reply] = _Lease(ack_wait, time.monotonic())
+        """Keep the message with ack subject ``reply`` alive from now on.
+
+        The server's timer started when it sent the message, which may have
+        waited in the socket while the loop was blocked (a blocked loop reads
+        nothing): the lease counts from when the loop may have gone deaf.
+        """
+        self._leases[reply] = _Lease(ack_wait, self._watchdog.deaf_since())
 
     def bound(self, reply: str, seconds: float | None) -> None:
         """Keep it alive for ``seconds`` from now whatever the loop does
@@ -82,6 +92,14 @@ class LeaseKeeper:
         if lease is None:
             return False
         return time.monotonic() - lease.renewed < lease.ack_wait * _TRUST
+
+    def renewed(self, reply: str) -> None:
+        """An in-progress ack for the message was just sent from the loop."""
+        lease = self._leases.get(reply)
+        if lease is not None:
+            now = time.monotonic()
+            lease.renewed = now
+            lease.next_due = now + lease.ack_wait / 3
 
     @property
     def held(self) -> int:
@@ -153,12 +171,20 @@ class LeaseKeeper:
 
     async def _renew(self, nc: Client) -> None:
         now = time.monotonic()
-        loop_alive = self._watchdog.lag < self._loop_stale
+        lag = self._watchdog.lag
+        loop_alive = lag < self._loop_stale
+        # A blocked loop hands nothing away: a run's timeout counts the time
+        # its loop turned (its deadline cannot fire in a blocked loop, and a
+        # run frozen mid-way must not run elsewhere beside it), and a message
+        # waiting in a mailbox runs, or is coalesced, once the loop turns
+        # again. A loop blocked past BLOCK_HOLD_MAX is taken for hung, and
+        # its messages are let go to other processes.
+        frozen = 0.0 if loop_alive else lag
         renewed = False
         for reply, lease in list(self._leases.items()):
             if now < lease.next_due:
                 continue
-            keep = loop_alive if lease.until is None else now < lease.until
+            keep = frozen < BLOCK_HOLD_MAX and (lease.until is None or now < lease.until + frozen)
             if not keep or not nc.is_connected:
                 continue
             try:

@@ -16,6 +16,8 @@ BEAT_EVERY = 0.1
 """How often the loop marks itself alive."""
 DEFAULT_THRESHOLD = 1.0
 """Lag past which the loop counts as blocked."""
+STALL_AFTERMATH = 0.2
+"""How long after a stall what the socket buffered during it is still being read."""
 
 
 class LoopWatchdog:
@@ -49,6 +51,7 @@ class LoopWatchdog:
         self.last_beat = time.monotonic()
         self._owners: dict[asyncio.Task[Any], str] = {}
         self._blocked: tuple[float, str] | None = None
+        self._stall: tuple[float, float] | None = None
 
     def name_task(self, task: asyncio.Task[Any], worker: str) -> None:
         """Say that ``task`` runs ``worker``'s code, so a block in it names the worker."""
@@ -65,8 +68,23 @@ class LoopWatchdog:
     async def run(self) -> None:
         """Beat until cancelled; run it as a task in the watched loop."""
         while True:
-            self.last_beat = time.monotonic()
+            now = time.monotonic()
+            if now - self.last_beat > self.threshold:
+                self._stall = (self.last_beat, now)
+            self.last_beat = now
             await asyncio.sleep(BEAT_EVERY)
+
+    def deaf_since(self) -> float:
+        """Since when the loop may not have read its sockets: a message it
+        takes now may have been sent that long ago. The last beat, or the
+        start of a stall that ended just now (the beat may run before the
+        callbacks of what the socket buffered during the stall, which all
+        come within a turn or two)."""
+        now = time.monotonic()
+        since = min(now, self.last_beat)
+        if self._stall is not None and now - self._stall[1] < STALL_AFTERMATH:
+            since = min(since, self._stall[0])
+        return since
 
     def check(self, now: float | None = None) -> None:
         """Look at the loop's last beat; call it from another thread, often."""

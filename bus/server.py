@@ -203,6 +203,11 @@ class EmbeddedServer:
         self._info: ServerInfo | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The running server's process id, if it runs."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def info(self) -> ServerInfo:
         """Where the running server listens.
 

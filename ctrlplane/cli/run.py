@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import threading
 from pathlib import Path
+from types import FrameType
 
 import click
+import structlog
 
 from ctrlplane.app import ControlPlane
 from ctrlplane.cli.common import config_option, data_dir_option, load, nats_option, run_async
@@ -45,12 +50,20 @@ async def _serve(config: Config) -> None:
     """Start, run until SIGINT or SIGTERM, stop; a signal during start-up stops it too."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    cp = ControlPlane(config)
+    backstop = _Backstop(cp, config.stop_grace.total_seconds() + 1.0)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # A plain signal handler, not loop.add_signal_handler: it runs in the
+        # main thread between bytecodes even while a worker blocks the loop
+        # (time.sleep is interrupted for it), so the backstop is armed at once.
+        backstop.arm()
+        loop.call_soon_threadsafe(stop.set)
+
     # Installed before anything starts and kept until everything stopped: a
     # signal at any moment asks for the same orderly stop, and a second one
     # during the (bounded) stop does not cut it short.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    cp = ControlPlane(config)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         starting = asyncio.ensure_future(cp.start())
         stopping = asyncio.ensure_future(stop.wait())
@@ -70,5 +83,46 @@ async def _serve(config: Config) -> None:
         try:
             await cp.stop()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            backstop.disarm()
+
+
+class _Backstop:
+    """Ends the process ``within`` seconds of the first signal, whatever it is doing.
+
+    The orderly stop runs in the event loop; a worker that blocks the loop
+    (``time.sleep`` in a run) would hold it past its grace. This timer thread
+    does not need the loop: when it fires, the embedded nats-server is told to
+    stop and the process exits with status 0 (the stop was asked for). SQLite
+    in WAL mode is safe against such an exit, and every message not yet acked
+    is redelivered to another process.
+    """
+
+    def __init__(self, cp: ControlPlane, within: float) -> None:
+        self._cp = cp
+        self._within = within
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self._within - 0.1, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        """The orderly stop finished in time."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        structlog.get_logger("ctrlplane").error(
+            "stop took too long (is a worker blocking the event loop?); exiting now",
+            after=self._within,
+        )
+        server = self._cp.server
+        pid = server.pid if server is not None else None
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        os._exit(0)

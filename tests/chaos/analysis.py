@@ -16,9 +16,12 @@ recovery times after a broker restart.
 A run whose process was killed within :data:`RERUN_EXCUSE_S` after it
 logged its end may not have reached the runtime's books: the runtime saw a
 process die mid-run, and running it again is allowed (DESIGN: "a run whose
-process dies mid-run is run again"). Such reruns are counted apart
-(``reruns_after_kill``), never as duplicates; scenarios that kill at a
-known point after the run's record (the ack proxy) pass ``excuse_s=0``.
+process dies mid-run is run again"). So is a run whose process was killed
+before the run's own row was written: its message is acked only after that
+row commits, so it is delivered again (events are at least once). Such reruns
+are counted apart (``reruns_after_kill``), never as duplicates; scenarios
+that kill at a known point after the run's record (the ack proxy) pass
+``excuse_s=0``, and their victim's row exists, so nothing excuses a rerun.
 """
 
 from __future__ import annotations
@@ -150,21 +153,46 @@ def _first_after(events: Sequence[tuple[int, float]], pid: int, t: float) -> flo
     return min(times) if times else None
 
 
+def _kill_of(kills: Sequence[tuple[int, float]], pid: int) -> float | None:
+    """When ``pid`` was SIGKILLed, if it was. A kill is noted just before the
+    signal is sent, and a process may log a few more lines while it lands,
+    so every line of a killed process counts as before its kill."""
+    times = [at for p, at in kills if p == pid]
+    return min(times) if times else None
+
+
 def killed_soon_after(run: Run, kills: Sequence[tuple[int, float]], excuse_s: float) -> bool:
-    """Whether ``run``'s process was SIGKILLed within ``excuse_s`` of its end."""
+    """Whether ``run``'s process was SIGKILLed within ``excuse_s`` of its end
+    (or while it ran)."""
     if run.end is None:
         return False
-    kill = _first_after(kills, run.pid, run.end)
+    kill = _kill_of(kills, run.pid)
     return kill is not None and kill - run.end <= excuse_s
 
 
+def unrecorded_when_killed(
+    run: Run, kills: Sequence[tuple[int, float]], recorded: set[str]
+) -> bool:
+    """Whether ``run``'s process was SIGKILLed after its end before its own
+    ``worker_runs`` row was written: a message is acked only after its row
+    commits, so such a message was never acked and is delivered again."""
+    if run.end is None or run.run_id in recorded:
+        return False
+    return _kill_of(kills, run.pid) is not None
+
+
 def duplicates(
-    runs: Sequence[Run], kills: Sequence[tuple[int, float]], excuse_s: float = RERUN_EXCUSE_S
+    runs: Sequence[Run],
+    kills: Sequence[tuple[int, float]],
+    excuse_s: float = RERUN_EXCUSE_S,
+    recorded: set[str] | None = None,
 ) -> tuple[dict[str, list[Run]], dict[str, list[Run]]]:
     """Refs completed more than once: ``(duplicates, reruns_after_kill)``.
 
     A second completion is excused (a rerun after kill) when every earlier
-    completion of the ref was killed within ``excuse_s`` of its end.
+    completion of the ref was killed within ``excuse_s`` of its end, or was
+    killed before its own row was written (``recorded``: the run ids that
+    have a row).
     """
     done: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
@@ -177,7 +205,11 @@ def duplicates(
             continue
         completed.sort(key=lambda r: r.start)
         earlier = completed[:-1]
-        if all(killed_soon_after(r, kills, excuse_s) for r in earlier):
+        if all(
+            killed_soon_after(r, kills, excuse_s)
+            or (recorded is not None and unrecorded_when_killed(r, kills, recorded))
+            for r in earlier
+        ):
             reruns[ref] = completed
         else:
             dups[ref] = completed
@@ -406,7 +438,7 @@ def analyse(
     workers); event workers may run concurrently in several processes.
     """
     names = [s.worker for s in schedules]
-    dups, reruns = duplicates(log.runs, log.kills, excuse_s)
+    dups, reruns = duplicates(log.runs, log.kills, excuse_s, {r.id for r in rows})
     over = overlaps(log, names if overlap_workers is None else overlap_workers)
     lost, coalesced, down, expected = classify_slots(schedules, log, rows, t0, t1)
     missing = missing_rows(log, rows)

@@ -95,6 +95,21 @@ def test_a_rerun_after_a_kill_right_after_the_end_is_excused_but_not_later() -> 
     assert list(dups) == ["w/1"]
 
 
+def test_a_rerun_after_a_kill_before_the_record_is_excused_but_not_after() -> None:
+    first = _run(1, pid=1, start=1.3, end=1.5)
+    again = _run(1, pid=2, start=4.0, end=4.2, attempt=2)
+    # Killed a second after the end, its row never written: never acked.
+    dups, reruns = duplicates([first, again], kills=[(1, 2.5)], recorded={again.run_id})
+    assert (list(dups), list(reruns)) == ([], ["w/1"])
+    # Its row was written: the ack followed, a second run is a duplicate.
+    recorded = {first.run_id, again.run_id}
+    dups, reruns = duplicates([first, again], kills=[(1, 2.5)], recorded=recorded)
+    assert (list(dups), list(reruns)) == (["w/1"], [])
+    # Not killed at all: a duplicate, row or none.
+    dups, _ = duplicates([first, again], kills=[], recorded={again.run_id})
+    assert list(dups) == ["w/1"]
+
+
 def test_an_unfinished_run_is_no_duplicate() -> None:
     dups, reruns = duplicates(
         [_run(1, 1, 1.3, None), _run(1, 2, 4.0, 4.2, attempt=2)], kills=[(1, 2.0)]
