@@ -8,6 +8,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+STALL = 0.5
+"""A watcher turn this much late means the loop was blocked, not busy."""
+
 
 class DeadlineExceeded(TimeoutError):
     """An await under :meth:`Deadlines.within` ran past its timeout."""
@@ -24,7 +27,9 @@ class Deadlines:
     thousands of messages, or a sweep of thousands of checks, would pay that
     each time. Here each await only registers its deadline, and one task
     (:meth:`watch`, run it beside) cancels whatever is late, to within
-    ``resolution``.
+    ``resolution``. Time during which the loop was blocked (a watcher turn
+    more than :data:`STALL` late) is not counted: an await frozen by someone
+    else's blocking code is not late for it.
     """
 
     def __init__(self, resolution: float) -> None:
@@ -35,9 +40,18 @@ class Deadlines:
 
     async def watch(self) -> None:
         """Cancel late awaits until cancelled."""
+        last = self._time()
         while True:
             await asyncio.sleep(self._resolution)
-            self.cancel_late(self._time())
+            now = self._time()
+            stalled = now - last - self._resolution
+            last = now
+            if stalled > STALL:
+                # The loop was blocked (a run that blocks it, say): no await
+                # could make progress meanwhile, so no deadline counts it.
+                for task in list(self._deadlines):
+                    self._deadlines[task] += stalled
+            self.cancel_late(now)
 
     def cancel_late(self, now: float) -> None:
         """Cancel every await whose deadline is past at ``now`` (loop time)."""

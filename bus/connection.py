@@ -48,6 +48,16 @@ _RETRYABLE = (
 )
 
 MSG_ID = "Nats-Msg-Id"
+
+
+def event_msg_id(event: Event) -> str:
+    """The de-duplication key of a published event: ``event/<source>/<id>``.
+
+    ``(source, id)`` identifies an event, so two sources may use one id; a
+    retried publish of the same event within the stream's duplicate window
+    (2 minutes) is stored once.
+    """
+    return f"event/{event.source}/{event.id}"
 REASON_HEADER = "Ctrlplane-Reason"
 
 
@@ -319,7 +329,7 @@ class Bus:
         if not is_valid_event_type(event.type):
             raise InvalidEventError(event.type)
         ack = await self._publish(
-            self.subjects.event(event.type), encode(event), {MSG_ID: f"event/{event.id}"}
+            self.subjects.event(event.type), encode(event), {MSG_ID: event_msg_id(event)}
         )
         return int(ack.seq)
 
@@ -343,7 +353,7 @@ class Bus:
         if self._batches is None:
             raise NotConnectedError("publish")
         messages = [
-            (self.subjects.event(e.type), encode(e), {MSG_ID: f"event/{e.id}"}) for e in events
+            (self.subjects.event(e.type), encode(e), {MSG_ID: event_msg_id(e)}) for e in events
         ]
         missed = await self._batches.publish(messages, window=in_flight)
         if not missed:

@@ -238,3 +238,22 @@ async def test_start_is_all_or_nothing(
     finally:
         await scheduler.stop()
         await bus.close()
+
+
+async def test_skipped_and_dead_letter_counts_survive_a_restart(bus: Bus, store: Store) -> None:
+    first = Scheduler(bus, runs=store.runs, process="first")
+    first.register(OnJob())
+    await first.start()
+    # Undecodable: dead-lettered at once, and recorded so.
+    await bus.js.publish(bus.subjects.event("job.bad"), b"{not json")
+    await wait_for(lambda: first.workers()[0].dead_letter_count == 1)
+    await first.stop()
+    again = Scheduler(bus, runs=store.runs, process="again")
+    again.register(OnJob())
+    await again.start()
+    try:
+        (info,) = again.workers()
+        assert info.dead_letter_count == 1
+        assert info.skipped_count == 0
+    finally:
+        await again.stop()

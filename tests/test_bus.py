@@ -231,3 +231,12 @@ async def test_events_that_never_land_raise_publish_error(bus: Bus) -> None:
     bus.publish_timeout = timedelta(milliseconds=300)
     with pytest.raises(PublishError):
         await bus.publish_events([Event(type="x.y", source="test") for _ in range(5)])
+
+
+async def test_one_id_from_two_sources_is_two_events(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    a = await bus.publish_event(Event(type="job.done", source="svc-a", id="same"))
+    b = await bus.publish_event(Event(type="job.done", source="svc-b", id="same"))
+    again = await bus.publish_event(Event(type="job.done", source="svc-a", id="same"))
+    assert a != b
+    assert again == a  # a retry of one event is stored once

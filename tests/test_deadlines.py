@@ -112,3 +112,18 @@ async def test_a_cancel_beside_a_swallowed_deadline_is_not_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_time_the_loop_was_blocked_does_not_count(deadlines: Deadlines) -> None:
+    async def bystander() -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    async def blocker() -> None:
+        await asyncio.sleep(0.05)
+        time.sleep(0.8)  # noqa: ASYNC251 - someone else blocks the loop
+
+    blocking = asyncio.create_task(blocker())
+    # 0.5 s of its own: not late, though 0.85 s of wall time pass meanwhile.
+    assert await deadlines.within(0.5, bystander()) == "done"
+    await blocking
