@@ -46,6 +46,17 @@ WORKER_FAILED = "worker.failed"
 LEDGER_PATIENCE = timedelta(minutes=1)
 
 
+def resolution_for(timeout: timedelta) -> float:
+    """How late a run's timeout may fire: a tenth of it, within 10 ms and 1 s,
+    rounded down to one of a few steps so actors with like timeouts share
+    one watcher (a thousand actors, one wake-up per turn)."""
+    wanted = min(1.0, max(0.01, timeout.total_seconds() / 10))
+    return max(step for step in _RESOLUTIONS if step <= wanted)
+
+
+_RESOLUTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 class _Source(Enum):
     TICK = "tick"
     EVENT = "event"
@@ -97,6 +108,7 @@ class Actor:
         leases: LeaseKeeper,
         ledger: SlotLedger | None = None,
         watchdog: LoopWatchdog | None = None,
+        deadlines: Deadlines | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
@@ -124,10 +136,12 @@ class Actor:
         self._ready: list[tuple[Msg, Settle, float | None]] = []
         self._settling: asyncio.Task[None] | None = None
         self._stopping = False
-        # Run timeouts: one watcher per actor instead of a timer per run,
-        # late by a tenth of the timeout at most (and at most 1 s).
+        # Run timeouts: one watcher (shared by the scheduler's actors of like
+        # timeouts) instead of a timer per run, late by a tenth of the timeout
+        # at most (and at most 1 s).
         self._timeout_s = spec.timeout.total_seconds()
-        self._deadlines = Deadlines(min(1.0, max(0.01, self._timeout_s / 10)))
+        self._own_deadlines = deadlines is None
+        self._deadlines = deadlines or Deadlines(resolution_for(spec.timeout))
         self._watcher: asyncio.Task[None] | None = None
         # What WorkerInfo reports.
         self.running = 0
@@ -179,7 +193,8 @@ class Actor:
                 max_deliver=spec.max_attempts + 3,
             )
             await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
-        self._watcher = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
+        if self._own_deadlines:
+            self._watcher = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
         if self._feeds:
             for i in range(spec.concurrency):
                 self._runners.append(self._spawn(f"runner-{spec.name}-{i}", self._runner))
@@ -274,15 +289,15 @@ class Actor:
                     ),
                 )
                 return
+            if self._is_stale(tick) and _pending_after(msg) > 0:
+                # A newer tick is waiting behind this stale one: coalesce into it.
+                await self._skip(msg, tick, attempt, None)
+                return
             if await self._slot_completed(tick):
                 # Its run ended and was recorded; only the ack was lost (a
                 # crash, a reconnect; a broker killed before it wrote the
                 # consumer's state even delivers it again as attempt 1).
                 await self._skip(msg, tick, attempt, "slot already completed")
-                return
-            if self._is_stale(tick) and _pending_after(msg) > 0:
-                # A newer tick is waiting behind this stale one: coalesce into it.
-                await self._skip(msg, tick, attempt, None)
                 return
             if not await self._still_ours(msg):
                 # The ledger look-up outlasted the lease (NATS was away, a

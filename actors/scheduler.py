@@ -11,7 +11,14 @@ from datetime import timedelta
 
 import structlog
 
-from ctrlplane.actors.actor import CANCEL_WAIT, Actor
+from ctrlplane.actors.actor import (
+    CANCEL_WAIT,
+    MIN_ACK_WAIT,
+    Actor,
+    ack_wait_for,
+    resolution_for,
+)
+from ctrlplane.actors.deadlines import Deadlines
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import WorkerInfo
 from ctrlplane.actors.leases import LeaseKeeper
@@ -28,6 +35,7 @@ log = structlog.get_logger("ctrlplane.scheduler")
 DEFAULT_GRACE = timedelta(seconds=10)
 # Time left after the grace period and CANCEL_WAIT for handing messages back.
 _FINISH_WAIT = 0.3
+_STARTING_AT_ONCE = 32
 
 
 def process_id() -> str:
@@ -76,6 +84,9 @@ class Scheduler:
         self._watchdog: LoopWatchdog | None = None
         self._beat: asyncio.Task[None] | None = None
         self._leases: LeaseKeeper | None = None
+        self._deadlines: dict[float, Deadlines] = {}
+        self._ledger: SlotLedger | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._state = "new"
 
     def use(self, bus: Bus, runs: RunStore | None = None) -> None:
@@ -133,7 +144,13 @@ class Scheduler:
         longest = max((s.interval for s in self.specs()), default=timedelta(0))
         window = longest + timedelta(minutes=1)
         await bus.ensure_streams(duplicate_window=window, events_max_age=self._events_max_age)
-        ledger = SlotLedger(bus, ttl=max(window, timedelta(minutes=2)) + timedelta(minutes=1))
+        longest_ack_wait = max((ack_wait_for(s) for s in self.specs()), default=MIN_ACK_WAIT)
+        ledger = self._ledger = SlotLedger(
+            bus,
+            ttl=max(window, timedelta(minutes=2)) + timedelta(minutes=1),
+            # A tick whose ack a restarted broker lost comes back within ack_wait.
+            suspect_for=2 * longest_ack_wait,
+        )
         await ledger.open()
         watchdog = LoopWatchdog(asyncio.get_running_loop(), self._note_block)
         self._watchdog = watchdog
@@ -145,6 +162,13 @@ class Scheduler:
             await self._runs.counts(Outcome.SKIPPED, Outcome.DEAD_LETTERED) if self._runs else {}
         )
         for spec, worker in self._workers.values():
+            resolution = resolution_for(spec.timeout)
+            deadlines = self._deadlines.get(resolution)
+            if deadlines is None:
+                deadlines = self._deadlines[resolution] = Deadlines(resolution)
+                self._watchers.append(
+                    asyncio.create_task(deadlines.watch(), name=f"deadlines-{resolution:g}s")
+                )
             actor = Actor(
                 spec,
                 worker,
@@ -154,16 +178,24 @@ class Scheduler:
                 leases=leases,
                 ledger=ledger,
                 watchdog=watchdog,
+                deadlines=deadlines,
                 clock=self._clock,
             )
             actor.skipped_count = counts.get((spec.name, Outcome.SKIPPED), 0)
             actor.dead_letter_count = counts.get((spec.name, Outcome.DEAD_LETTERED), 0)
             self._actors[spec.name] = actor
         # All or nothing: one actor that cannot start cancels the others'
-        # starts, and whatever did start is stopped by the caller.
+        # starts, and whatever did start is stopped by the caller. A few at a
+        # time: a thousand consumer creations at once time out on the server.
+        starting = asyncio.Semaphore(_STARTING_AT_ONCE)
+
+        async def start(actor: Actor) -> None:
+            async with starting:
+                await actor.start()
+
         async with asyncio.TaskGroup() as group:
             for actor in self._actors.values():
-                group.create_task(actor.start(), name=f"start-{actor.spec.name}")
+                group.create_task(start(actor), name=f"start-{actor.spec.name}")
         self._ticker = Ticker(bus, self.specs(), process=self.process, clock=self._clock)
         self._ticker.start()
 
@@ -207,9 +239,12 @@ class Scheduler:
         finishing = [asyncio.create_task(a.finish()) for a in actors]
         if finishing:
             await asyncio.wait(finishing, timeout=_FINISH_WAIT)
-        if self._beat is not None:
-            self._beat.cancel()
-            await asyncio.gather(self._beat, return_exceptions=True)
+        tasks = [t for t in (self._beat, *self._watchers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ledger is not None:
+            self._ledger.close()
         if self._leases is not None:
             # The thread ends by itself within a turn (it is a daemon): stop()
             # only tells it to, so stopping stays within grace + 1 s.

@@ -58,6 +58,8 @@ def event_msg_id(event: Event) -> str:
     (2 minutes) is stored once.
     """
     return f"event/{event.source}/{event.id}"
+
+
 REASON_HEADER = "Ctrlplane-Reason"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import nats.errors
@@ -15,6 +16,10 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import BusError, NotConnectedError
 
 log = structlog.get_logger("ctrlplane.bus")
+
+SUSPECT_FOR = timedelta(minutes=1)
+"""How long after a (re)connect every tick is looked up (by default; the
+scheduler passes twice its longest ack_wait)."""
 
 # Errors after which a ledger write is worth trying again: the server is away
 # or slow, not refusing the write.
@@ -51,10 +56,30 @@ class SlotLedger:
     duplicate window: older slots can never be delivered again.
     """
 
-    def __init__(self, bus: Bus, *, ttl: timedelta) -> None:
+    def __init__(self, bus: Bus, *, ttl: timedelta, suspect_for: timedelta = SUSPECT_FOR) -> None:
         self._bus = bus
         self._ttl = ttl
         self._kv: KeyValue | None = None
+        self._suspect_for = suspect_for.total_seconds()
+        self._suspect_until = 0.0
+
+    def _suspect(self) -> None:
+        self._suspect_until = time.monotonic() + self._suspect_for
+
+    async def _reconnected(self) -> None:
+        self._suspect()
+
+    def suspect(self) -> bool:
+        """Whether a first delivery may be a tick already run: for a while
+        after this process connected or reconnected. A broker that restarts
+        (all its clients reconnect) may have lost the acks it had not yet
+        written, and deliver such ticks again as attempt 1; at any other time
+        only a redelivery (attempt 2 and up) can be."""
+        return time.monotonic() < self._suspect_until
+
+    def close(self) -> None:
+        """Stop watching reconnects."""
+        self._bus.off_reconnect(self._reconnected)
 
     async def open(self) -> None:
         """Create the bucket, or bind to it (widening its TTL if it is shorter)."""
@@ -66,11 +91,15 @@ class SlotLedger:
             kv = await self._create(bucket)
         else:
             info = await js.stream_info(f"KV_{bucket}")
-            if (info.config.max_age or 0) < self._ttl.total_seconds():
-                config = info.config
-                config.max_age = self._ttl.total_seconds()
+            config = info.config
+            if (config.max_age or 0) < self._ttl.total_seconds() or not config.allow_direct:
+                config.max_age = max(config.max_age or 0, self._ttl.total_seconds())
+                config.allow_direct = True
                 await js.update_stream(config)
+                kv = await js.key_value(bucket)
         self._kv = kv
+        self._suspect()
+        self._bus.on_reconnect(self._reconnected)
 
     async def _create(self, bucket: str) -> KeyValue:
         config = KeyValueConfig(
@@ -78,6 +107,9 @@ class SlotLedger:
             history=1,
             ttl=self._ttl.total_seconds(),
             storage=StorageType.FILE,
+            # Reads served by the stream itself, not queued behind every other
+            # JetStream API request: one look-up per tick.
+            direct=True,
         )
         try:
             return await self._bus.js.create_key_value(config)

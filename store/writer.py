@@ -25,6 +25,8 @@ _MAX_PARAMS = 32000 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _MAX_ROWS_PER_STATEMENT = 500
 
 Row = Sequence[Any]
+SOON = 0.02
+"""Least gap between two flushes asked for by flush_soon(), so they batch."""
 OnCommit = Callable[[bool], None]
 """Told whether a row was written (True) or dropped unwritten (False)."""
 
@@ -70,6 +72,7 @@ class BatchWriter:
         self._waiting: dict[int, OnCommit] = {}
         self._count = 0
         self._wake = asyncio.Event()
+        self._soon = False
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -96,8 +99,14 @@ class BatchWriter:
             self._wake.set()
 
     def flush_soon(self) -> None:
-        """Write what is queued at the next turn of the loop, not at the interval's end."""
-        self._wake.set()
+        """Write what is queued within :data:`SOON` seconds, not at the interval's end.
+
+        Many callers asking at once share one transaction: after a flush
+        asked for this way the writer waits :data:`SOON` before the next.
+        """
+        if not self._soon:
+            self._soon = True
+            self._wake.set()
 
     def _drop_oldest(self, n: int) -> None:
         for rows in self._pending.values():
@@ -225,10 +234,13 @@ class BatchWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
+            urgent, self._soon = self._soon, False
             try:
                 await self.flush()
             except Exception as exc:  # keep the rows; try again next round
                 log.warning("batch write failed; will retry", error=str(exc), pending=self._count)
+            if urgent:
+                await asyncio.sleep(SOON)
 
     async def close(self) -> None:
         """Stop the background task and write what is left."""
