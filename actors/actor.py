@@ -266,7 +266,11 @@ class Actor:
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
-        if not await self._still_ours(msg):
+        if (
+            source is _Source.TICK
+            and not self._leases.alive(msg.reply)
+            and not await self._still_ours(msg)
+        ):
             # It waited past its lease (the loop was blocked) and JetStream
             # has handed it to another process, which runs it.
             self._log.warning("lease lapsed before the run; left to its redelivery")
@@ -299,7 +303,7 @@ class Actor:
                 # consumer's state even delivers it again as attempt 1).
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
-            if not await self._still_ours(msg):
+            if not self._leases.alive(msg.reply) and not await self._still_ours(msg):
                 # The ledger look-up outlasted the lease (NATS was away, a
                 # broker restart): it may already run elsewhere.
                 self._log.warning("lease lapsed before the run; left to its redelivery")
@@ -364,8 +368,11 @@ class Actor:
             tick=tick,
             event=event,
         )
-        if msg is not None:
+        if tick is not None:
             # Kept alive from outside the loop for the run's timeout at most.
+            # (An event's lease is not bounded: a copy run twice is allowed,
+            # and its deadline cancels a stuck run as soon as the loop turns.)
+            assert msg is not None
             self._leases.bound(msg.reply, self._timeout_s)
         self.running += 1
         self.last_run = started
@@ -399,7 +406,8 @@ class Actor:
             retry_delay=retry_delay,
         )
         if msg is not None:
-            self._leases.bound(msg.reply, None)
+            if tick is not None:
+                self._leases.bound(msg.reply, None)
             self._release_window(msg)
         if tick is not None and decision.how is Settle.ACK and self._ledger is not None:
             # The slot is done: say so before the ack, so a redelivery after
@@ -567,7 +575,11 @@ class Actor:
         if msg.reply not in self._held:
             return  # settled already (a stop handed it back meanwhile)
         self._release_window(msg)
-        ours = await self._still_ours(msg)
+        ours = (
+            not msg.subject.startswith(self._tick_prefix)  # events: at least once
+            or self._leases.alive(msg.reply)
+            or await self._still_ours(msg)
+        )
         self._held.pop(msg.reply, None)
         self._leases.release(msg.reply)
         if not ours:

@@ -173,6 +173,10 @@ async def _is(value: Any, expected: int) -> bool:
     return bool(await value == expected)
 
 
+async def _has_len(value: Any, expected: int) -> bool:
+    return len(await value) == expected
+
+
 async def test_retry_from_a_periodic_worker_waits_its_delay(
     scheduler: Scheduler, store: Store
 ) -> None:
@@ -184,8 +188,13 @@ async def test_retry_from_a_periodic_worker_waits_its_delay(
     assert (slot2, attempt1, attempt2) == (slot1, 1, 2)
     # A load can only make the redelivery later, never earlier.
     assert t2 - t1 >= 1.4
-    outcomes = [r.outcome for r in await store.runs.list(worker=worker.name)]
-    assert outcomes == [Outcome.OK, Outcome.RETRY]
+
+    async def outcomes() -> list[Outcome]:
+        return [r.outcome for r in await store.runs.list(worker=worker.name)]
+
+    # The second run's record follows its end (and its slot's completion).
+    await wait_for(lambda: _has_len(outcomes(), 2))
+    assert await outcomes() == [Outcome.OK, Outcome.RETRY]
 
 
 async def test_a_worker_that_blocks_the_loop_is_named_and_counted(
