@@ -280,24 +280,13 @@ class Actor:
             try:
                 tick = decode_tick(msg.data, msg.subject)
             except DecodeError as exc:
-                await self._conclude(
-                    msg,
-                    Decision(how=Settle.DEAD_LETTER, reason=exc.reason),
-                    _Row(
-                        Trigger.TICK,
-                        None,
-                        attempt,
-                        self._clock(),
-                        Outcome.DEAD_LETTERED,
-                        exc.reason,
-                    ),
-                )
+                await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
                 return
             if self._is_stale(tick) and _pending_after(msg) > 0:
                 # A newer tick is waiting behind this stale one: coalesce into it.
                 await self._skip(msg, tick, attempt, None)
                 return
-            if await self._slot_completed(tick):
+            if await self._slot_completed(tick, attempt):
                 # Its run ended and was recorded; only the ack was lost (a
                 # crash, a reconnect; a broker killed before it wrote the
                 # consumer's state even delivers it again as attempt 1).
@@ -314,23 +303,22 @@ class Actor:
             try:
                 event = decode_event_msg(msg)
             except DecodeError as exc:
-                await self._conclude(
-                    msg,
-                    Decision(how=Settle.DEAD_LETTER, reason=exc.reason),
-                    _Row(
-                        Trigger.EVENT,
-                        None,
-                        attempt,
-                        self._clock(),
-                        Outcome.DEAD_LETTERED,
-                        exc.reason,
-                    ),
-                )
+                await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
                 return
             await self._run(Trigger.EVENT, msg, attempt, event=event)
 
-    async def _slot_completed(self, tick: Tick) -> bool:
-        return self._ledger is not None and await self._ledger.completed(self.spec.name, tick.slot)
+    async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
+        """Dead-letter a message that cannot be decoded, and record that."""
+        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
+        await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
+
+    async def _slot_completed(self, tick: Tick, attempt: int) -> bool:
+        # A first delivery is looked up only while a broker restart may have
+        # lost acks: one round trip per tick saved the rest of the time.
+        ledger = self._ledger
+        if ledger is None or (attempt == 1 and not ledger.suspect()):
+            return False
+        return await ledger.completed(self.spec.name, tick.slot)
 
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()

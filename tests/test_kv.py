@@ -1,0 +1,45 @@
+"""SlotLedger: completed slots in a key-value bucket, against a real nats-server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ctrlplane.bus import Bus
+from ctrlplane.bus.kv import SlotLedger
+
+
+async def test_a_completed_slot_is_known_and_a_second_write_is_no_error(bus: Bus) -> None:
+    ledger = SlotLedger(bus, ttl=timedelta(minutes=5))
+    await ledger.open()
+    assert not await ledger.completed("gc", 7)
+    await ledger.complete("gc", 7, "run-1", within=timedelta(seconds=5))
+    await ledger.complete("gc", 7, "run-1", within=timedelta(seconds=5))  # a retry
+    assert await ledger.completed("gc", 7)
+    assert not await ledger.completed("gc", 8)
+    assert not await ledger.completed("reconciler", 7)
+    ledger.close()
+
+
+async def test_first_deliveries_are_suspect_only_just_after_a_connect(bus: Bus) -> None:
+    ledger = SlotLedger(bus, ttl=timedelta(minutes=5), suspect_for=timedelta(0))
+    await ledger.open()
+    assert not ledger.suspect()
+    watchful = SlotLedger(bus, ttl=timedelta(minutes=5), suspect_for=timedelta(minutes=1))
+    await watchful.open()
+    assert watchful.suspect()
+    ledger.close()
+    watchful.close()
+
+
+async def test_a_second_process_binds_to_the_bucket_and_widens_its_ttl(bus: Bus) -> None:
+    short = SlotLedger(bus, ttl=timedelta(minutes=3))
+    await short.open()
+    await short.complete("gc", 1, "run-1", within=timedelta(seconds=5))
+    longer = SlotLedger(bus, ttl=timedelta(minutes=10))
+    await longer.open()
+    info = await bus.js.stream_info(f"KV_{bus.subjects.slots_bucket}")
+    assert info.config.max_age == timedelta(minutes=10).total_seconds()
+    assert info.config.allow_direct
+    assert await longer.completed("gc", 1)
+    short.close()
+    longer.close()
