@@ -29,7 +29,7 @@ from ctrlplane.bus.codec import dead_letter, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
-from ctrlplane.bus.kv import LedgerError, SlotLedger
+from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
 from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
 from ctrlplane.store.writer import OnCommit
@@ -286,10 +286,14 @@ class Actor:
                 # A newer tick is waiting behind this stale one: coalesce into it.
                 await self._skip(msg, tick, attempt, None)
                 return
-            if await self._slot_completed(tick, attempt):
-                # Its run ended and was recorded; only the ack was lost (a
-                # crash, a reconnect; a broker killed before it wrote the
-                # consumer's state even delivers it again as attempt 1).
+            done = await self._slot_completed(tick, attempt)
+            if done is not None:
+                # Its run ended; only the ack was lost (a crash, a reconnect;
+                # a broker killed before it wrote the consumer's state even
+                # delivers it again as attempt 1). Its record may have died
+                # with its process before the batch committed: write it again
+                # from the ledger (same run id, so never twice).
+                self._recover(tick, done)
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
             if not self._leases.alive(msg.reply) and not await self._still_ours(msg):
@@ -312,13 +316,29 @@ class Actor:
         row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
         await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
 
-    async def _slot_completed(self, tick: Tick, attempt: int) -> bool:
+    async def _slot_completed(self, tick: Tick, attempt: int) -> SlotCompletion | None:
         # A first delivery is looked up only while a broker restart may have
         # lost acks: one round trip per tick saved the rest of the time.
         ledger = self._ledger
         if ledger is None or (attempt == 1 and not ledger.suspect()):
-            return False
+            return None
         return await ledger.completed(self.spec.name, tick.slot)
+
+    def _recover(self, tick: Tick, done: SlotCompletion) -> None:
+        if self._runs is None or not done.run_id:
+            return
+        self._runs.record_row(
+            done.run_id,
+            self.spec.name,
+            done.process,
+            Trigger.TICK,
+            tick.msg_id,
+            done.attempt,
+            done.started,
+            done.finished,
+            Outcome(done.outcome),
+            done.error,
+        )
 
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
@@ -401,8 +421,17 @@ class Actor:
             # The slot is done: say so before the ack, so a redelivery after
             # a lost ack (a crash, a reconnect) is skipped, not run again.
             try:
+                done = SlotCompletion(
+                    run_id=run_id,
+                    process=self._process,
+                    attempt=attempt,
+                    started=started,
+                    finished=self._clock(),
+                    outcome=outcome.value,
+                    error=error,
+                )
                 await self._ledger.complete(
-                    spec.name, tick.slot, run_id, within=max(LEDGER_PATIENCE, spec.interval)
+                    spec.name, tick.slot, done, within=max(LEDGER_PATIENCE, spec.interval)
                 )
             except LedgerError as exc:
                 self._log.error("slot completion not recorded", error=str(exc))

@@ -6,6 +6,7 @@ import asyncio
 import time
 from datetime import timedelta
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
@@ -34,6 +35,27 @@ _TRANSIENT = (
     nats.errors.StaleConnectionError,
     TimeoutError,
 )
+
+
+class SlotCompletion(msgspec.Struct, frozen=True, kw_only=True):
+    """The run that completed a slot, as the ledger keeps it.
+
+    Enough to write the run's record again: a process killed after the
+    ledger write and before its batch of run records committed loses its
+    row, and whoever skips the slot's redelivered tick writes it instead.
+    """
+
+    run_id: str
+    process: str
+    attempt: int
+    started: float
+    """Epoch seconds."""
+    finished: float
+    outcome: str = "ok"
+    error: str | None = None
+
+
+_decode = msgspec.json.Decoder(SlotCompletion).decode
 
 
 class LedgerError(BusError):
@@ -123,23 +145,30 @@ class SlotLedger:
             raise NotConnectedError("use the slot ledger before open()")
         return self._kv
 
-    async def completed(self, worker: str, slot: int) -> bool:
-        """Whether ``worker``'s ``slot`` has run to completion somewhere.
+    async def completed(self, worker: str, slot: int) -> SlotCompletion | None:
+        """The run that completed ``worker``'s ``slot`` somewhere, if one did.
 
-        A server that cannot be asked answers "no": at worst a redelivered
+        A server that cannot be asked answers "none": at worst a redelivered
         tick runs again, which is what at-least-once already allows.
         """
         try:
-            await self._bucket.get(_key(worker, slot))
+            entry = await self._bucket.get(_key(worker, slot))
         except nats.js.errors.KeyNotFoundError:
-            return False
+            return None
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             log.warning("slot ledger not readable", worker=worker, slot=slot, error=str(exc))
-            return False
-        return True
+            return None
+        try:
+            return _decode(entry.value or b"")
+        except (msgspec.DecodeError, RecursionError, ValueError) as exc:
+            # Still a completed slot, whatever else the entry fails to say.
+            log.warning("slot ledger entry unreadable", worker=worker, slot=slot, error=str(exc))
+            return SlotCompletion(run_id="", process="", attempt=0, started=0, finished=0)
 
-    async def complete(self, worker: str, slot: int, run_id: str, *, within: timedelta) -> None:
-        """Record that ``worker``'s ``slot`` ran to completion (as run ``run_id``).
+    async def complete(
+        self, worker: str, slot: int, run: SlotCompletion, *, within: timedelta
+    ) -> None:
+        """Record that ``worker``'s ``slot`` ran to completion, as ``run``.
 
         Retries while NATS is away, for at most ``within``; an entry that
         already exists counts as written.
@@ -148,12 +177,13 @@ class SlotLedger:
             LedgerError: the write did not land within ``within``.
         """
         key = _key(worker, slot)
+        value = msgspec.json.encode(run)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within.total_seconds()
         delay = 0.05
         while True:
             try:
-                await self._bucket.create(key, run_id.encode())
+                await self._bucket.create(key, value)
                 return
             except nats.js.errors.KeyWrongLastSequenceError:
                 return  # already recorded (a retry of ours whose answer was lost)

@@ -20,7 +20,7 @@ from ctrlplane.actors.actor import ack_wait_for
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
 from ctrlplane.bus import Bus, Event, Tick
-from ctrlplane.bus.kv import SlotLedger
+from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
@@ -115,7 +115,12 @@ async def test_a_redelivered_tick_of_a_completed_slot_is_skipped(
     (held,) = await sub.fetch(1, timeout=5)
     ledger = SlotLedger(bus, ttl=timedelta(days=1, minutes=5))
     await ledger.open()
-    await ledger.complete(worker.name, slot, "run-elsewhere", within=timedelta(seconds=5))
+    # Its own record died with it (the batch had not committed): the ledger
+    # entry is enough to write it again.
+    elsewhere = SlotCompletion(
+        run_id="run-elsewhere", process="dead:1", attempt=1, started=100.0, finished=101.0
+    )
+    await ledger.complete(worker.name, slot, elsewhere, within=timedelta(seconds=5))
     await held.nak()
     await sub.unsubscribe()
 
@@ -123,11 +128,18 @@ async def test_a_redelivered_tick_of_a_completed_slot_is_skipped(
     await scheduler.start()
     await wait_for(lambda: scheduler.workers()[0].skipped_count == 1)
     assert worker.runs == []
-    (run,) = await store.runs.list(worker=worker.name)
-    assert run.outcome is Outcome.SKIPPED
-    assert run.error == "slot already completed"
-    assert run.attempt == 2
-    assert run.trigger_ref == tick.msg_id
+    await wait_for(lambda: _has_len(store.runs.list(worker=worker.name), 2))
+    skip, recovered = await store.runs.list(worker=worker.name)
+    assert skip.outcome is Outcome.SKIPPED
+    assert skip.error == "slot already completed"
+    assert skip.attempt == 2
+    assert skip.trigger_ref == tick.msg_id
+    assert (recovered.id, recovered.process, recovered.outcome) == (
+        "run-elsewhere",
+        "dead:1",
+        Outcome.OK,
+    )
+    assert recovered.trigger_ref == tick.msg_id and recovered.started.timestamp() == 100.0
 
 
 async def test_a_run_marks_its_slot_completed(bus: Bus, scheduler: Scheduler) -> None:
@@ -138,8 +150,8 @@ async def test_a_run_marks_its_slot_completed(bus: Bus, scheduler: Scheduler) ->
     ledger = SlotLedger(bus, ttl=timedelta(days=1))
     await ledger.open()
     slot = worker.runs[0][0]
-    await wait_for(lambda: ledger.completed(worker.name, slot))
-    assert not await ledger.completed(worker.name, slot + 1)
+    await wait_for(lambda: _is_done(ledger.completed(worker.name, slot)))
+    assert await ledger.completed(worker.name, slot + 1) is None
 
 
 async def test_an_event_is_acked_only_once_its_run_is_recorded(bus: Bus, tmp_path: Path) -> None:
@@ -171,6 +183,10 @@ async def test_an_event_is_acked_only_once_its_run_is_recorded(bus: Bus, tmp_pat
 
 async def _is(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+async def _is_done(value: Any) -> bool:
+    return await value is not None
 
 
 async def _has_len(value: Any, expected: int) -> bool:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ctrlplane.bus import Bus
-from ctrlplane.bus.kv import SlotLedger
+from ctrlplane.bus.kv import SlotCompletion, SlotLedger
+
+RUN = SlotCompletion(run_id="run-1", process="host:1", attempt=1, started=10.0, finished=11.5)
 
 
 async def test_a_completed_slot_is_known_and_a_second_write_is_no_error(bus: Bus) -> None:
     ledger = SlotLedger(bus, ttl=timedelta(minutes=5))
     await ledger.open()
-    assert not await ledger.completed("gc", 7)
-    await ledger.complete("gc", 7, "run-1", within=timedelta(seconds=5))
-    await ledger.complete("gc", 7, "run-1", within=timedelta(seconds=5))  # a retry
-    assert await ledger.completed("gc", 7)
-    assert not await ledger.completed("gc", 8)
-    assert not await ledger.completed("reconciler", 7)
+    assert await ledger.completed("gc", 7) is None
+    await ledger.complete("gc", 7, RUN, within=timedelta(seconds=5))
+    await ledger.complete("gc", 7, RUN, within=timedelta(seconds=5))  # a retry
+    assert await ledger.completed("gc", 7) == RUN
+    assert await ledger.completed("gc", 8) is None
+    assert await ledger.completed("reconciler", 7) is None
     ledger.close()
 
 
@@ -34,12 +36,12 @@ async def test_first_deliveries_are_suspect_only_just_after_a_connect(bus: Bus) 
 async def test_a_second_process_binds_to_the_bucket_and_widens_its_ttl(bus: Bus) -> None:
     short = SlotLedger(bus, ttl=timedelta(minutes=3))
     await short.open()
-    await short.complete("gc", 1, "run-1", within=timedelta(seconds=5))
+    await short.complete("gc", 1, RUN, within=timedelta(seconds=5))
     longer = SlotLedger(bus, ttl=timedelta(minutes=10))
     await longer.open()
     info = await bus.js.stream_info(f"KV_{bus.subjects.slots_bucket}")
     assert info.config.max_age == timedelta(minutes=10).total_seconds()
     assert info.config.allow_direct
-    assert await longer.completed("gc", 1)
+    assert await longer.completed("gc", 1) == RUN
     short.close()
     longer.close()
