@@ -282,11 +282,12 @@ class Actor:
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
                 return
-            if self._is_stale(tick) and _pending_after(msg) > 0:
+            stale = self._is_stale(tick) and _pending_after(msg) > 0
+            done = await self._slot_completed(tick, attempt)
+            if stale and done is None:
                 # A newer tick is waiting behind this stale one: coalesce into it.
                 await self._skip(msg, tick, attempt, None)
                 return
-            done = await self._slot_completed(tick, attempt)
             if done is not None:
                 # Its run ended; only the ack was lost (a crash, a reconnect;
                 # a broker killed before it wrote the consumer's state even

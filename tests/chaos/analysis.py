@@ -320,11 +320,15 @@ def missing_rows(log: RunLog, rows: Sequence[Row]) -> list[Run]:
 
     A run of a process that was SIGKILLed may lose its own row (the batch was
     not written), but then its message was not acknowledged either, so the
-    ref must have an ``ok`` row from its rerun. A run of a process that was
+    ref must have an ``ok`` row from its rerun, or from the process that
+    skipped its redelivery and wrote the record the ledger kept; only a run
+    killed within :data:`RERUN_EXCUSE_S` of its end, whose slot was then
+    coalesced, may leave none. A run of a process that was
     not killed must have its own row (same run id, or same ref and attempt).
     """
     ids = {r.id for r in rows}
     ok_refs = {r.trigger_ref for r in rows if r.outcome == "ok"}
+    skipped_refs = {r.trigger_ref for r in rows if r.outcome == "skipped"}
     ok_attempts = {(r.trigger_ref, r.attempt) for r in rows if r.outcome == "ok"}
     killed = {pid for pid, _ in log.kills}
     missing = []
@@ -332,7 +336,11 @@ def missing_rows(log: RunLog, rows: Sequence[Row]) -> list[Run]:
         if run.end is None or run.run_id in ids:
             continue
         if run.pid in killed:
-            if run.ref not in ok_refs:
+            # Killed within moments of its end, the run may not have reached
+            # the runtime's books (its slot's completion not yet written):
+            # its redelivered tick, stale by then, is coalesced instead.
+            unseen = run.ref in skipped_refs and killed_soon_after(run, log.kills, RERUN_EXCUSE_S)
+            if run.ref not in ok_refs and not unseen:
                 missing.append(run)
         elif (run.ref, run.attempt) not in ok_attempts:
             missing.append(run)

@@ -174,6 +174,17 @@ def test_missing_rows() -> None:
     assert missing_rows(log, [other_id, _row(rerun)]) == []
 
 
+def test_a_run_killed_at_its_end_may_leave_only_a_coalesced_slot() -> None:
+    at_end = _run(2, pid=2, start=2.0, end=2.2)
+    skipped = Row(id="s", worker="w", trigger_ref="w/2", attempt=2, outcome="skipped")
+    # Killed 50 ms after its end: its completion may never have been written.
+    assert missing_rows(_log([at_end], kills=[(2, 2.25)]), [skipped]) == []
+    # Killed a second later: it had been recorded in the ledger; a row is owed.
+    assert missing_rows(_log([at_end], kills=[(2, 3.2)]), [skipped]) == [at_end]
+    # Nothing at all for the slot: missing either way.
+    assert missing_rows(_log([at_end], kills=[(2, 2.25)]), []) == [at_end]
+
+
 def test_analyse_reports_handover_and_recovery() -> None:
 
     runs = [_run(k, 1 if k < 13 else 2, k + 0.3, k + 0.5) for k in range(10, 17) if k != 13]
