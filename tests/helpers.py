@@ -8,8 +8,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import msgspec
+import nats
 from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+from ctrlplane.bus.messages import Event
+from ctrlplane.bus.server import ServerInfo
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 
 
@@ -77,3 +83,15 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+async def subscribe_events(nats_server: ServerInfo, subject: str) -> tuple[Client, list[Event]]:
+    """A plain nats-py client collecting events, as another service would subscribe."""
+    nc = await nats.connect(nats_server.client_url)
+    seen: list[Event] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(msgspec.json.decode(msg.data, type=Event))
+
+    await nc.subscribe(subject, cb=collect)
+    return nc, seen

@@ -31,9 +31,8 @@ from ctrlplane.inventory import InstanceDecl
 from ctrlplane.store import Store, Trigger
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError, jitter, renewal_time
-from tests.helpers import wait_for
+from tests.helpers import subscribe_events, wait_for
 from tests.processes import env_for, run_cli
-from tests.test_reconciler import _subscribe
 
 PEBBLE = Path("/usr/bin/pebble")
 CHALLTESTSRV = Path("/usr/bin/pebble-challtestsrv")
@@ -350,7 +349,7 @@ async def test_short_lived_certificates_are_renewed_before_expiry_and_swapped_at
             )
         ],
     )
-    nc, seen = await _subscribe(nats_server, subjects.event("cert.*"))
+    nc, seen = await subscribe_events(nats_server, subjects.event("cert.*"))
     host = cfg.data_dir / "certs" / HOST
     stop = threading.Event()
     reads = _Reads()

@@ -13,11 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
@@ -30,7 +27,7 @@ from ctrlplane.store import Store, Trigger
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 from ctrlplane.workers.reconciler import ReconcileError, Reconciler
-from tests.helpers import make_instance, wait_for
+from tests.helpers import make_instance, subscribe_events, wait_for
 
 
 def free_port() -> int:
@@ -50,18 +47,6 @@ def web(name: str, port: int) -> InstanceDecl:
     )
 
 
-async def _subscribe(nats_server: ServerInfo, subject: str) -> tuple[Client, list[Event]]:
-    """A plain nats-py client, as another service would subscribe."""
-    nc = await nats.connect(nats_server.client_url)
-    seen: list[Event] = []
-
-    async def collect(msg: Msg) -> None:
-        seen.append(msgspec.json.decode(msg.data, type=Event))
-
-    await nc.subscribe(subject, cb=collect)
-    return nc, seen
-
-
 def _runs(cp: ControlPlane, worker: str) -> int:
     return next(w.run_count for w in cp.scheduler.workers() if w.name == worker)
 
@@ -79,7 +64,7 @@ async def test_killed_instance_is_drift_and_the_remediator_brings_it_back(
     cfg = msgspec.structs.replace(
         config, instances=[web("web", free_port())], reconcile_interval=timedelta(seconds=1)
     )
-    nc, seen = await _subscribe(nats_server, subjects.event("instance.*"))
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.*"))
     cp = ControlPlane(cfg, load_plugins=False)
     await cp.start()
     try:
@@ -132,7 +117,7 @@ async def test_a_crash_loop_backs_off_and_gives_up(
         },
         Config,
     )
-    nc, seen = await _subscribe(nats_server, subjects.event("instance.>"))
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     async with ControlPlane(cfg, load_plugins=False) as cp:
         await wait_for(lambda: any(e.type == "instance.failed" for e in seen), within=20)
         restarts = [e for e in seen if e.type == "instance.restarted"]

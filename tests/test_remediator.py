@@ -7,9 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import msgspec
-import nats
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.bus import Event
@@ -18,7 +15,7 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.inventory import InstanceDecl
 from ctrlplane.store.instances import InstanceState
 from ctrlplane.workers.remediator import GAVE_UP
-from tests.helpers import wait_for
+from tests.helpers import subscribe_events, wait_for
 
 RECONCILE = timedelta(milliseconds=200)
 
@@ -41,17 +38,6 @@ def fast_config(config: Config, decls: list[InstanceDecl]) -> Config:
         },
         Config,
     )
-
-
-async def _subscribe(nats_server: ServerInfo, subject: str) -> tuple[Client, list[Event]]:
-    nc = await nats.connect(nats_server.client_url)
-    seen: list[Event] = []
-
-    async def collect(msg: Msg) -> None:
-        seen.append(msgspec.json.decode(msg.data, type=Event))
-
-    await nc.subscribe(subject, cb=collect)
-    return nc, seen
 
 
 def _count(seen: list[Event], type_: str, name: str) -> int:
@@ -89,7 +75,7 @@ async def test_an_instance_given_up_on_stays_failed_quietly_and_apply_removes_it
     vanishing.chmod(0o700)
     decls = [decl("quitter", ["true"]), decl("vanishing", [str(vanishing)])]
     cfg = fast_config(config, decls)
-    nc, seen = await _subscribe(nats_server, subjects.event("instance.>"))
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     async with ControlPlane(cfg, load_plugins=False) as cp:
         assert cp.inventory is not None
 
@@ -121,7 +107,7 @@ async def test_an_instance_that_never_started_stays_failed_quietly(
     config: Config, nats_server: ServerInfo, subjects: Subjects
 ) -> None:
     cfg = fast_config(config, [decl("ghost", ["/nonexistent/ctrlplane-test-no-such-binary"])])
-    nc, seen = await _subscribe(nats_server, subjects.event("instance.>"))
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     async with ControlPlane(cfg, load_plugins=False) as cp:
         assert cp.inventory is not None
         # Its deployment failed, and apply said so: nothing to bring back.
