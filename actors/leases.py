@@ -101,10 +101,6 @@ class LeaseKeeper:
             lease.renewed = now
             lease.next_due = now + lease.ack_wait / 3
 
-    @property
-    def held(self) -> int:
-        return len(self._leases)
-
     # ------------------------------------------------------------- thread
 
     def start(self, servers: Sequence[str], token: str | None, *, name: str) -> None:
