@@ -266,11 +266,7 @@ class Actor:
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
-        if (
-            source is _Source.TICK
-            and not self._leases.alive(msg.reply)
-            and not await self._still_ours(msg)
-        ):
+        if not self._surely_ours(msg) and not await self._tick_still_ours(msg):
             # It waited past its lease (the loop was blocked) and JetStream
             # has handed it to another process, which runs it.
             self._log.warning("lease lapsed before the run; left to its redelivery")
@@ -297,7 +293,7 @@ class Actor:
                 self._recover(tick, done)
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
-            if not self._leases.alive(msg.reply) and not await self._still_ours(msg):
+            if not self._surely_ours(msg) and not await self._tick_still_ours(msg):
                 # The ledger look-up outlasted the lease (NATS was away, a
                 # broker restart): it may already run elsewhere.
                 self._log.warning("lease lapsed before the run; left to its redelivery")
@@ -542,19 +538,17 @@ class Actor:
             held[1].settled()
             self._held[msg.reply] = (msg, None)
 
-    async def _still_ours(self, msg: Msg) -> bool:
-        """Whether JetStream still holds ``msg`` for this process.
+    def _surely_ours(self, msg: Msg) -> bool:
+        """Whether JetStream surely still holds ``msg`` for this process: its
+        lease is fresh, or it is an event (events are at least once, and a
+        copy run twice is allowed, so an event in doubt is treated as ours)."""
+        return not msg.subject.startswith(self._tick_prefix) or self._leases.alive(msg.reply)
 
-        Surely so while its lease is fresh. In doubt (it may have waited in
-        the socket while the loop was blocked), an event is treated as ours:
-        events are at least once, and a copy run twice is allowed. A tick is
-        asked about: renewed, then kept only if its consumer (one tick out
-        at a time) has delivered nothing since, not even a redelivery of it.
-        """
-        if self._leases.alive(msg.reply):
-            return True
-        if not msg.subject.startswith(self._tick_prefix):
-            return True
+    async def _tick_still_ours(self, msg: Msg) -> bool:
+        """Ask about a tick whose lease is in doubt (it may have waited in the
+        socket while the loop was blocked, or NATS was away): renewed, then
+        kept only if its consumer (one tick out at a time) has delivered
+        nothing since, not even a redelivery of it."""
         try:
             await msg.in_progress()
             delivered = _consumer_seq(msg)
@@ -592,14 +586,8 @@ class Actor:
     async def _settle(self, msg: Msg, how: Settle, delay: float | None = None) -> None:
         if msg.reply not in self._held:
             return  # settled already (a stop handed it back meanwhile)
-        self._release_window(msg)
-        ours = (
-            not msg.subject.startswith(self._tick_prefix)  # events: at least once
-            or self._leases.alive(msg.reply)
-            or await self._still_ours(msg)
-        )
-        self._held.pop(msg.reply, None)
-        self._leases.release(msg.reply)
+        ours = self._surely_ours(msg) or await self._tick_still_ours(msg)
+        self._drop(msg)
         if not ours:
             # Its lease lapsed (the process stalled, NATS was away) and
             # JetStream redelivered it: an ack now could release another
