@@ -36,7 +36,7 @@ log = structlog.get_logger("ctrlplane.bus")
 # Errors after which a JetStream publish is worth trying again: the server is
 # away (reconnecting) or slow, or the stream is missing (another process may
 # be creating it, or will recreate it), not refusing the message.
-_RETRYABLE = (
+RETRYABLE = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
@@ -314,7 +314,7 @@ class Bus:
             attempt += 1
             try:
                 return await self.js.publish(subject, payload, timeout=2.0, headers=headers)
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 now = asyncio.get_running_loop().time()
                 if now + delay > deadline:
                     raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc

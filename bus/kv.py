@@ -13,7 +13,7 @@ import structlog
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.connection import RETRYABLE, Bus
 from ctrlplane.bus.errors import BusError, NotConnectedError
 
 log = structlog.get_logger("ctrlplane.bus")
@@ -22,19 +22,9 @@ SUSPECT_FOR = timedelta(minutes=1)
 """How long after a (re)connect every tick is looked up (by default; the
 scheduler passes twice its longest ack_wait)."""
 
-# Errors after which a ledger write is worth trying again: the server is away
-# or slow, not refusing the write.
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    TimeoutError,
-)
+# The publish retry's errors, and a JetStream that is up but not ready yet
+# (a key-value write is answered by the stream, after a broker restart too).
+_TRANSIENT = (*RETRYABLE, nats.js.errors.ServiceUnavailableError)
 
 
 class SlotCompletion(msgspec.Struct, frozen=True, kw_only=True):
