@@ -89,7 +89,8 @@ async def list_workers(
                 break
             wait = min(left, settle.total_seconds()) if out else left
             try:
-                msg = await asyncio.wait_for(replies.get(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    msg = await replies.get()
             except TimeoutError:
                 break
             try:

@@ -163,7 +163,8 @@ class LeaseKeeper:
                 await self._renew(nc)
         finally:
             with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await asyncio.wait_for(nc.close(), timeout=1)
+                async with asyncio.timeout(1):
+                    await nc.close()
 
     async def _renew(self, nc: Client) -> None:
         now = time.monotonic()

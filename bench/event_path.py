@@ -143,7 +143,8 @@ async def publish_backlog(
     for payload, msg_id in backlog:
         # publish_async holds at most 4,000 unacknowledged publishes (a semaphore).
         futures.append(await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}))
-    acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=120)
+    async with asyncio.timeout(120):
+        acks = await asyncio.gather(*futures)
     stored = sum(1 for ack in acks if not ack.duplicate)
     if stored != len(backlog):
         raise RuntimeError(f"published {len(backlog)} events but the stream kept {stored}")
@@ -233,7 +234,8 @@ async def run_ours(
         start = time.perf_counter()
         await scheduler.start()
         try:
-            await asyncio.wait_for(worker.done.wait(), timeout=limit_s)
+            async with asyncio.timeout(limit_s):
+                await worker.done.wait()
             await store.flush()
             await bus.nc.flush()
             end = time.perf_counter()

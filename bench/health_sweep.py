@@ -236,7 +236,8 @@ async def start_target() -> tuple[asyncio.subprocess.Process, int]:
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=SERVER_READY_S)
+        async with asyncio.timeout(SERVER_READY_S):
+            line = await proc.stdout.readline()
         if not line.startswith(b"PORT "):
             raise RuntimeError(f"target server did not start: {line!r}")
         return proc, int(line.split()[1])
@@ -249,12 +250,14 @@ async def stop_target(proc: asyncio.subprocess.Process) -> None:
     if proc.stdin is not None:
         proc.stdin.close()
     try:
-        await asyncio.wait_for(proc.wait(), timeout=5)
+        async with asyncio.timeout(5):
+            await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), timeout=5)
+            async with asyncio.timeout(5):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -513,14 +516,11 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
                     ours: tuple[OursSweep, OursSweep] | None = None
                     for path in order:
                         if path == "ours":
-                            ours = await asyncio.wait_for(
-                                run_ours(info, url, args, tmp, target.pid), timeout=limit_s
-                            )
+                            async with asyncio.timeout(limit_s):
+                                ours = await run_ours(info, url, args, tmp, target.pid)
                         else:
-                            raw = await asyncio.wait_for(
-                                run_raw(url, args.checks, args.concurrency, target.pid),
-                                timeout=limit_s,
-                            )
+                            async with asyncio.timeout(limit_s):
+                                raw = await run_raw(url, args.checks, args.concurrency, target.pid)
                     assert raw is not None and ours is not None
                     first, second = ours
                     ratio_first = first.checks_per_s / raw.req_per_s

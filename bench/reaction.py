@@ -219,7 +219,8 @@ async def parent(args: argparse.Namespace) -> dict[str, Any]:
             proc.stdin.write(b"STOP\n")
             await proc.stdin.drain()
             started: dict[str, float] = json.loads(await _expect(proc, "DONE", 60))
-            await asyncio.wait_for(proc.wait(), timeout=10)
+            async with asyncio.timeout(10):
+                await proc.wait()
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -151,7 +151,8 @@ async def child(args: argparse.Namespace, out: IO[str]) -> int:
             until = float(line.split()[1])
             # Stop at ``until``, or at once if the parent goes away (stdin closes).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stdin.read(), timeout=max(0.0, until - time.time()))
+                async with asyncio.timeout(max(0.0, until - time.time())):
+                    await stdin.read()
     finally:
         await scheduler.stop(grace=timedelta(seconds=5))
         infos = scheduler.workers()
@@ -183,7 +184,8 @@ async def _expect(proc: asyncio.subprocess.Process, word: str, limit_s: float) -
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RuntimeError(f"child {proc.pid} did not say {word} within {limit_s:g}s")
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=remaining)).decode()
+        async with asyncio.timeout(remaining):
+            line = (await proc.stdout.readline()).decode()
         if not line:
             raise RuntimeError(f"child {proc.pid} exited before saying {word}")
         if line.startswith(word):
@@ -198,7 +200,8 @@ async def _reap(procs: list[asyncio.subprocess.Process]) -> None:
                 proc.terminate()
     for proc in procs:
         try:
-            await asyncio.wait_for(proc.wait(), timeout=5)
+            async with asyncio.timeout(5):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -252,7 +255,8 @@ async def drive(args: argparse.Namespace, tmp: Path) -> tuple[float, float, list
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.close()
-            code = await asyncio.wait_for(proc.wait(), timeout=10)
+            async with asyncio.timeout(10):
+                code = await proc.wait()
             if code != 0:
                 raise RuntimeError(f"child {proc.pid} exited with status {code}")
         return t0, t1, [json.loads(d) for d in done]

@@ -200,7 +200,8 @@ class Bus:
                 # Bounded: a start-up that is being cancelled must not hang here.
                 with contextlib.suppress(Exception):
                     await asyncio.wait({attempt}, timeout=1)
-                    await asyncio.wait_for(nc.close(), timeout=1)
+                    async with asyncio.timeout(1):
+                        await nc.close()
         if not connected:
             error = last_error
             if error is None and attempt.done() and not attempt.cancelled():
@@ -404,7 +405,8 @@ class Bus:
         if nc is None or nc.is_closed:
             return
         try:
-            await asyncio.wait_for(nc.drain(), timeout=5)
+            async with asyncio.timeout(5):
+                await nc.drain()
         except (TimeoutError, nats.errors.Error):
             await nc.close()
 

@@ -59,7 +59,8 @@ class _Batch:
             self.low_water = level
             self.waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.waiter, stall)
+                async with asyncio.timeout(stall):
+                    await self.waiter
             except TimeoutError:
                 if self.progress == before:
                     return False

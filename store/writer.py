@@ -231,8 +231,12 @@ class BatchWriter:
 
     async def _loop(self) -> None:
         while True:
+            # Not asyncio.wait_for: on 3.11 it swallows a cancel (close())
+            # that lands in the loop iteration the event is set in, and this
+            # loop would then run on forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
             urgent, self._soon = self._soon, False
             try:

@@ -220,7 +220,8 @@ async def test_a_worker_that_blocks_the_loop_is_named_and_counted(
     scheduler.register(blocker)
     scheduler.register(Counter("bystander"))
     await scheduler.start()
-    await asyncio.wait_for(blocker.done.wait(), 20)
+    async with asyncio.timeout(20):
+        await blocker.done.wait()
     await wait_for(lambda: scheduler.workers()[0].blocked_count == 1)
     info, bystander = scheduler.workers()
     assert info.blocked_seconds >= 1.0
@@ -258,7 +259,8 @@ async def test_start_is_all_or_nothing(
     try:
         with pytest.raises(RuntimeError, match="refused by the test"):
             await scheduler.start()
-        await asyncio.wait_for(bus.slow_cancelled.wait(), 5)
+        async with asyncio.timeout(5):
+            await bus.slow_cancelled.wait()
         assert not scheduler.running
     finally:
         await scheduler.stop()

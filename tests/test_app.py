@@ -242,7 +242,8 @@ async def test_cancelled_while_connecting_leaves_nothing(tmp_path: Path) -> None
     await wait_for(lambda: (cfg.data_dir / "ctrlplane.lock").exists())
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(starting, timeout=5)
+        async with asyncio.timeout(5):
+            await starting
     assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
     # The lock went with it.
     second = ControlPlane(cfg, load_plugins=False)

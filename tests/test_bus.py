@@ -154,7 +154,8 @@ async def test_publish_waits_out_a_broker_restart_and_loses_nothing(tmp_path: Pa
         assert not during.done()
         server = EmbeddedServer(tmp_path / "nats", port=port)
         await server.start()
-        await asyncio.wait_for(during, 20)
+        async with asyncio.timeout(20):
+            await during
         sub = await bus.js.pull_subscribe(
             bus.subjects.all_events, stream=bus.subjects.events_stream
         )
@@ -222,7 +223,8 @@ async def test_events_published_before_their_stream_exists_land_once(bus: Bus) -
     await asyncio.sleep(0.3)
     assert not publishing.done()
     await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
-    await asyncio.wait_for(publishing, 20)
+    async with asyncio.timeout(20):
+        await publishing
     info = await bus.js.stream_info(bus.subjects.events_stream)
     assert info.state.messages == 300
 

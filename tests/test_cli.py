@@ -334,7 +334,8 @@ async def test_print_events_follows_through_either_timeout(
 ) -> None:
     fetcher = _QuietThenOne()
     follow = asyncio.create_task(print_events(fetcher, follow=True, as_json=True))
-    await asyncio.wait_for(fetcher.drained.wait(), timeout=10)
+    async with asyncio.timeout(10):
+        await fetcher.drained.wait()
     follow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follow

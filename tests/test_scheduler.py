@@ -313,7 +313,8 @@ async def test_stop_returns_within_grace_even_if_a_run_ignores_cancellation(
     worker = Sleeper(seconds=3, timeout=60, stubborn=True)
     scheduler.register(worker)
     await scheduler.start()
-    await asyncio.wait_for(worker.started.wait(), 10)
+    async with asyncio.timeout(10):
+        await worker.started.wait()
     began = time.monotonic()
     await scheduler.stop(grace=timedelta(seconds=0.5))
     elapsed = time.monotonic() - began
@@ -327,7 +328,8 @@ async def test_stop_hands_an_unfinished_tick_to_another_process_at_once(
     slow = Sleeper(seconds=30, timeout=60)
     first.register(slow)
     await first.start()
-    await asyncio.wait_for(slow.started.wait(), 10)
+    async with asyncio.timeout(10):
+        await slow.started.wait()
     tick = slow.runs[0].tick
     await first.stop(grace=timedelta(seconds=0.2))
 
@@ -340,7 +342,8 @@ async def test_stop_hands_an_unfinished_tick_to_another_process_at_once(
     await second.start()
     try:
         # Well inside the 30 s ack_wait: the tick was handed back, not timed out.
-        await asyncio.wait_for(fast.started.wait(), 5)
+        async with asyncio.timeout(5):
+            await fast.started.wait()
     finally:
         await second.stop()
         await other.close()
@@ -375,7 +378,8 @@ async def test_stale_ticks_coalesce_into_one_run(
     worker = Gate()
     scheduler.register(worker)
     await scheduler.start()
-    await asyncio.wait_for(worker.entered.wait(), 10)
+    async with asyncio.timeout(10):
+        await worker.entered.wait()
     current = worker.ticks[0]
     # An outage left five old slots queued behind the running one.
     for back in range(5, 0, -1):

@@ -66,7 +66,8 @@ async def test_on_commit_is_called_after_the_row_is_on_disk(store: Store) -> Non
         done.set()
 
     store.writer.add(_INSERT, ("a",), committed)
-    await asyncio.wait_for(done.wait(), 10)
+    async with asyncio.timeout(10):
+        await done.wait()
     assert seen == [(True, ["a"])]
 
 
@@ -80,7 +81,8 @@ async def test_a_cancel_during_begin_leaves_the_connection_usable(store: Store) 
             await db.execute(_INSERT, ("never",))
 
     task = asyncio.create_task(write())
-    await asyncio.wait_for(began.wait(), 10)
+    async with asyncio.timeout(10):
+        await began.wait()
     task.cancel()
     # The BEGIN is still waiting on the lock in aiosqlite's thread; let it go.
     holder.execute("ROLLBACK")
@@ -130,7 +132,8 @@ async def test_a_batch_waits_out_another_process_holding_the_lock(store: Store) 
     )
     try:
         assert holder.stdout is not None and holder.stdin is not None
-        line = await asyncio.wait_for(holder.stdout.readline(), 30)
+        async with asyncio.timeout(30):
+            line = await holder.stdout.readline()
         assert line.strip() == b"locked"
         outcomes: list[bool] = []
         store.writer.add(_INSERT, ("waited",), outcomes.append)
@@ -140,7 +143,8 @@ async def test_a_batch_waits_out_another_process_holding_the_lock(store: Store) 
         assert not store.db.in_transaction
         holder.stdin.write(b"go\n")
         await holder.stdin.drain()
-        assert await asyncio.wait_for(holder.wait(), 30) == 0
+        async with asyncio.timeout(30):
+            assert await holder.wait() == 0
     finally:
         if holder.returncode is None:
             holder.kill()
@@ -167,5 +171,28 @@ async def test_dropped_rows_tell_their_callbacks(tmp_path: Path) -> None:
                 await writer.flush()
         assert outcomes == [("a", False)]
         assert writer.dropped == 1
+    finally:
+        await db.close()
+
+
+async def test_close_in_the_iteration_that_wakes_the_writer_stops_it(tmp_path: Path) -> None:
+    # asyncio.wait_for (3.11) swallowed a cancel that landed as the awaited
+    # event was set: close() then waited forever on a writer that ran on.
+    db = await aiosqlite.connect(tmp_path / "race.db")
+    try:
+        await db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        writer = BatchWriter(db, interval=timedelta(seconds=30))
+        writer.start()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the writer is now waiting to be woken
+        committed: list[bool] = []
+        writer.add(_INSERT, ("last",), committed.append)
+        writer.flush_soon()
+        closing = asyncio.ensure_future(writer.close())
+        async with asyncio.timeout(10):
+            await asyncio.shield(closing)
+        assert committed == [True]
+        async with db.execute("SELECT body FROM notes") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == ["last"]
     finally:
         await db.close()

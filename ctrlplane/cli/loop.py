@@ -110,7 +110,8 @@ class Loop:
 
 async def _bounded(aw: Coroutine[Any, Any, None], within: float) -> bool:
     try:
-        await asyncio.wait_for(aw, timeout=max(within, 0.01))
+        async with asyncio.timeout(max(within, 0.01)):
+            await aw
     except TimeoutError:
         return False
     return True
