@@ -6,32 +6,34 @@ import re
 
 from msgspec import Struct
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_TOKEN_RE = re.compile(r"^[a-z0-9_-]+$")
-_EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# Used with fullmatch only: "$" would let a trailing newline through, and a
+# name with a newline becomes a folder, a subject and a log line.
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_TOKEN_RE = re.compile(r"[a-z0-9_-]+")
+_EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 # An event pattern may use NATS wildcards: "*" for one token, ">" for the rest.
-_PATTERN_TOKEN_RE = re.compile(r"^([A-Za-z0-9_-]+|\*|>)$")
+_PATTERN_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+|\*|>")
 
 
 def is_valid_prefix(prefix: str) -> bool:
     """Whether ``prefix`` can start NATS subjects (dot-separated, no wildcards)."""
-    return bool(_PREFIX_RE.match(prefix))
+    return bool(_PREFIX_RE.fullmatch(prefix))
 
 
 def is_valid_token(token: str) -> bool:
     """Whether ``token`` is a valid worker name: lowercase letters, digits, ``-``, ``_``."""
-    return bool(_TOKEN_RE.match(token))
+    return bool(_TOKEN_RE.fullmatch(token))
 
 
 def is_valid_event_type(event_type: str) -> bool:
     """Whether ``event_type`` is a concrete event type such as ``health.failed``."""
-    return bool(_EVENT_TYPE_RE.match(event_type))
+    return bool(_EVENT_TYPE_RE.fullmatch(event_type))
 
 
 def is_valid_event_pattern(pattern: str) -> bool:
     """Whether ``pattern`` is an event type that may use NATS wildcards."""
     tokens = pattern.split(".")
-    if not all(_PATTERN_TOKEN_RE.match(t) for t in tokens):
+    if not all(_PATTERN_TOKEN_RE.fullmatch(t) for t in tokens):
         return False
     return ">" not in tokens[:-1]
 

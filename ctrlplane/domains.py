@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 
@@ -11,13 +10,11 @@ from msgspec import Struct
 from ctrlplane.bus.messages import Event
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events import DomainChange, data_of
+from ctrlplane.hostnames import hostname_problem
 from ctrlplane.store.certs import Domain, DomainSync
 from ctrlplane.store.db import Store
 from ctrlplane.types import Router
 
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
 ISSUERS = ("local", "acme")
 
 Publish = Callable[[Event], Awaitable[int]]
@@ -76,8 +73,9 @@ def domain_problems(
     seen: dict[str, int] = {}
     for i, d in enumerate(decls):
         at = f"domains[{i}]"
-        if not _HOSTNAME_RE.match(d.hostname):
-            problems.append((f"{at}.hostname", f"{d.hostname!r} is not a lowercase DNS name"))
+        problem = hostname_problem(d.hostname)
+        if problem is not None:
+            problems.append((f"{at}.hostname", problem))
         if d.hostname in seen:
             first = f"domains[{seen[d.hostname]}]"
             problems.append((f"{at}.hostname", f"{d.hostname!r} is already declared as {first}"))

@@ -196,7 +196,7 @@ async def test_acme_issuance_and_renewal_against_pebble(
     key_before = account_key.read_bytes()
     first = await store.certificates.current(HOST)
     assert first is not None and first.issuer == "acme"
-    current = tmp_path / "certs" / HOST / "current"
+    current = tmp_path / "certs" / "domains" / HOST / "current"
     leaf = x509.load_pem_x509_certificate((current / "cert.pem").read_bytes())
     chain = x509.load_pem_x509_certificates((current / "chain.pem").read_bytes())
     leaf.verify_directly_issued_by(chain[0])

@@ -114,7 +114,7 @@ async def test_local_ca_issues_from_one_private_ca_and_the_router_installs_it(
     cert = await router.provision_cert(_domain(cert_lifetime=timedelta(hours=2)))
 
     assert (ca.directory / "ca.key").stat().st_mode & 0o777 == 0o600
-    host = tmp_path / "certs" / HOST
+    host = tmp_path / "certs" / "domains" / HOST
     current = host / "current"
     assert current.is_symlink() and os.readlink(current) == cert.serial
     for name in ("cert.pem", "chain.pem", "fullchain.pem", "key.pem"):
@@ -171,7 +171,7 @@ async def test_router_routes_table(tmp_path: Path) -> None:
     await router.remove_route("api.example.test")
     await router.remove_domain(HOST)
     assert await router.routes() == []
-    assert not (tmp_path / "certs" / HOST).exists()
+    assert not (tmp_path / "certs" / "domains" / HOST).exists()
     with pytest.raises(IssueError, match="set acme_directory"):
         await router.provision_cert(_domain(issuer="acme"))
 
@@ -277,7 +277,7 @@ async def test_a_failing_issuer_backs_off_and_recovers(tmp_path: Path, store: St
     assert second is not None and second.serial != first.serial
     assert published[0].data["previous_serial"] == first.serial
     assert (await store.domains.get(HOST)).failures == 0
-    assert os.readlink(tmp_path / "certs" / HOST / "current") == second.serial
+    assert os.readlink(tmp_path / "certs" / "domains" / HOST / "current") == second.serial
 
 
 async def test_auto_renew_off_only_warns(tmp_path: Path, store: Store) -> None:
@@ -350,7 +350,7 @@ async def test_short_lived_certificates_are_renewed_before_expiry_and_swapped_at
         ],
     )
     nc, seen = await subscribe_events(nats_server, subjects.event("cert.*"))
-    host = cfg.data_dir / "certs" / HOST
+    host = cfg.data_dir / "certs" / "domains" / HOST
     stop = threading.Event()
     reads = _Reads()
     reader: threading.Thread | None = None
@@ -468,7 +468,7 @@ async def test_cli_apply_domains_and_list_certs(
         out = await cli("apply", "-f", str(file), "--json")
         assert json.loads(out)["domains"]["removed"] == ["api.example.test"]
         assert [c["hostname"] for c in json.loads(await cli("certs", "--json"))] == [HOST]
-        assert not (cfg.data_dir / "certs" / "api.example.test").exists()
+        assert not (cfg.data_dir / "certs" / "domains" / "api.example.test").exists()
 
         file.write_text(file.read_text().replace('instance = "web"', 'instance = "nope"'))
         result = await asyncio.to_thread(run_cli, ["apply", "-f", str(file)], env)

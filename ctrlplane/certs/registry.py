@@ -8,7 +8,7 @@ from ctrlplane.certs.acme import AcmeIssuer
 from ctrlplane.certs.http01 import Http01Responder
 from ctrlplane.certs.issuer import CertError, Issuer
 from ctrlplane.certs.local_ca import LocalCA
-from ctrlplane.certs.router import CERTS_DIR, FileRouter
+from ctrlplane.certs.router import ACME_DIR, CA_DIR, CERTS_DIR, FileRouter
 from ctrlplane.config import Config
 from ctrlplane.plugins import entry_point_objects
 from ctrlplane.types import Router
@@ -52,12 +52,14 @@ def builtin_issuers(config: Config) -> dict[str, Issuer]:
     ``<data_dir>/certs/acme/webroot`` for a reverse proxy that holds port 80.
     """
     certs = config.data_dir / CERTS_DIR
-    issuers: dict[str, Issuer] = {"local": LocalCA(certs / "ca")}
+    issuers: dict[str, Issuer] = {"local": LocalCA(certs / CA_DIR)}
     if config.acme_directory is not None:
         issuers["acme"] = AcmeIssuer(
             config.acme_directory,
-            account_key=certs / "acme" / "account.key",
-            responder=Http01Responder(HTTP01_HOST, HTTP01_PORT, webroot=certs / "acme" / "webroot"),
+            account_key=certs / ACME_DIR / "account.key",
+            responder=Http01Responder(
+                HTTP01_HOST, HTTP01_PORT, webroot=certs / ACME_DIR / "webroot"
+            ),
             email=config.acme_email,
             ca_bundle=config.acme_ca_bundle,
         )
