@@ -38,6 +38,7 @@ from ctrlplane.checks import (
 from ctrlplane.checks.command import OUTPUT_LIMIT
 from ctrlplane.checks.grpc import MISSING_EXTRA
 from ctrlplane.checks.tcp import parse_host_port
+from ctrlplane.checks.text import MESSAGE_LIMIT, REASON_LIMIT, bounded
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 from ctrlplane.types import Checker, Probe
@@ -154,6 +155,46 @@ async def test_http_fails_on_503_and_quotes_the_body(
 ) -> None:
     probe = await http_checker.check(spec("http", target=f"{http_app.url}/unavailable"), INSTANCE)
     assert probe == Probe(outcome=Outcome.FAIL, message="503 Service Unavailable: database down")
+
+
+async def test_http_a_huge_reason_phrase_is_cut_with_a_marker(http_checker: HttpChecker) -> None:
+    reason = "x" * 60_000 + "y" * 25
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 503 {reason}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        probe = await http_checker.check(spec("http", target=f"http://127.0.0.1:{port}/"), INSTANCE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert probe.outcome is Outcome.FAIL
+    assert len(probe.message) <= len("503 ") + REASON_LIMIT
+    assert probe.message.startswith("503 xxx")
+    assert probe.message.endswith(" more characters]")
+    kept = probe.message.index("...") - len("503 ")
+    assert probe.message.endswith(f"... [{len(reason) - kept:,} more characters]")
+
+
+def test_bounded_keeps_short_text_and_cuts_long_text_within_the_limit() -> None:
+    assert bounded("200 OK") == "200 OK"
+    assert bounded("x" * MESSAGE_LIMIT) == "x" * MESSAGE_LIMIT
+    for size in (MESSAGE_LIMIT + 1, 10_000, 60_025, 1_000_000):
+        cut = bounded("x" * size)
+        assert len(cut) <= MESSAGE_LIMIT and cut.endswith(" more characters]")
+        kept = cut.index("...")
+        assert f"[{size - kept:,} more characters]" in cut
+
+
+async def test_command_output_that_is_long_is_stored_bounded() -> None:
+    code = "import sys; sys.stdout.write('z' * 100_000); sys.exit(1)"
+    probe = await CommandChecker().check(spec("command", command=[PY, "-c", code]), INSTANCE)
+    assert probe.outcome is Outcome.FAIL and len(probe.message) <= MESSAGE_LIMIT
 
 
 async def test_http_expected_status_is_an_inclusive_range(

@@ -340,3 +340,45 @@ async def test_print_events_follows_through_either_timeout(
     with pytest.raises(asyncio.CancelledError):
         await follow
     assert capsys.readouterr().out == '{"id":"late"}\n'
+
+
+class _Once:
+    """One fetch with the given payloads, then no more."""
+
+    def __init__(self, *payloads: bytes) -> None:
+        self.payloads = payloads
+        self.drained = asyncio.Event()
+
+    async def fetch(self, batch: int, timeout: float | None) -> list[Msg]:  # noqa: ASYNC109
+        if not self.payloads:
+            self.drained.set()
+            await asyncio.Event().wait()
+        msgs = [
+            Msg(_client=None, subject="p.events.test.x", data=p)  # type: ignore[arg-type]
+            for p in self.payloads
+        ]
+        self.payloads = ()
+        return msgs
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_print_events_shows_escape_sequences_instead_of_sending_them(
+    capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    event = (
+        '{"specversion":"1.0","id":"e1","type":"test.x","source":"\\u001b[2J\\u009b31m",'
+        '"time":"2026-01-01T00:00:00Z","data":{"m":"\\u001b]0;title\\u0007"}}'
+    )
+    undecodable = b'{"id": "\x1b[31m\xc2\x9b\x07'
+    fetcher = _Once(event.encode(), undecodable)
+    follow = asyncio.create_task(print_events(fetcher, follow=True, as_json=as_json))
+    async with asyncio.timeout(10):
+        await fetcher.drained.wait()
+    follow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follow
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out
+    assert len(out.splitlines()) == 2
+    if not as_json:
+        assert "\\x1b[2J\\x9b31m" in out

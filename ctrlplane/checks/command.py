@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 
+from ctrlplane.checks.text import bounded
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -19,7 +20,7 @@ _DRAIN_GRACE = 0.5
 
 
 def _unknown(reason: str) -> Probe:
-    return Probe(outcome=Outcome.UNKNOWN, message=f"command check: {reason}")
+    return Probe(outcome=Outcome.UNKNOWN, message=bounded(f"command check: {reason}"))
 
 
 def _kill_group(pgid: int) -> None:
@@ -58,7 +59,7 @@ def _describe(code: int, tail: bytearray) -> str:
     text = tail[-OUTPUT_LIMIT:].decode("utf-8", "replace").strip()
     if len(tail) > OUTPUT_LIMIT:
         text = "..." + text
-    return f"{head}: {text}" if text else head
+    return bounded(f"{head}: {text}" if text else head)
 
 
 class CommandChecker:

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from ctrlplane.checks.tcp import parse_host_port
+from ctrlplane.checks.text import bounded
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -30,11 +31,11 @@ def _modules() -> tuple[Any, Any, Any] | None:
 
 
 def _fail(head: str, details: str = "") -> Probe:
-    return Probe(outcome=Outcome.FAIL, message=f"{head}: {details}" if details else head)
+    return Probe(outcome=Outcome.FAIL, message=bounded(f"{head}: {details}" if details else head))
 
 
 def _unknown(reason: str) -> Probe:
-    return Probe(outcome=Outcome.UNKNOWN, message=f"grpc check: {reason}")
+    return Probe(outcome=Outcome.UNKNOWN, message=bounded(f"grpc check: {reason}"))
 
 
 class GrpcChecker:

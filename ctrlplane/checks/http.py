@@ -10,6 +10,7 @@ from yarl import URL
 
 from ctrlplane.checks.http_client import Disconnected, HttpClient, ProtocolError, Request, prepare
 from ctrlplane.checks.tcp import describe_os_error
+from ctrlplane.checks.text import REASON_LIMIT, bounded
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -20,7 +21,7 @@ USER_AGENT = "ctrlplane-health-check"
 
 
 def _unknown(reason: str) -> Probe:
-    return Probe(outcome=Outcome.UNKNOWN, message=f"http check: {reason}")
+    return Probe(outcome=Outcome.UNKNOWN, message=bounded(f"http check: {reason}"))
 
 
 def _request(spec: CheckSpec) -> Request | str:
@@ -104,17 +105,19 @@ class HttpChecker:
         except TimeoutError:
             return Probe(outcome=Outcome.FAIL, message=f"timed out after {seconds:g}s")
         except ssl.SSLError as exc:  # before OSError, of which it is one
-            return Probe(outcome=Outcome.FAIL, message=f"TLS error: {exc}")
+            return Probe(outcome=Outcome.FAIL, message=bounded(f"TLS error: {exc}"))
         except (Disconnected, ProtocolError) as exc:
-            return Probe(outcome=Outcome.FAIL, message=str(exc))
+            return Probe(outcome=Outcome.FAIL, message=bounded(str(exc)))
         except OSError as exc:
             return Probe(outcome=Outcome.FAIL, message=describe_os_error(exc))
-        status = f"{response.status} {response.reason}".rstrip()
+        status = f"{response.status} {bounded(response.reason, REASON_LIMIT)}".rstrip()
         low, high = spec.expected_status
         if low <= response.status <= high:
             return Probe(outcome=Outcome.PASS, message=status)
         snippet = _snippet(response.body)
-        return Probe(outcome=Outcome.FAIL, message=f"{status}: {snippet}" if snippet else status)
+        return Probe(
+            outcome=Outcome.FAIL, message=bounded(f"{status}: {snippet}" if snippet else status)
+        )
 
     async def close(self) -> None:
         """Close the pool's connections."""

@@ -30,6 +30,7 @@ import httptools
 from msgspec import Struct
 from yarl import URL
 
+from ctrlplane.checks.text import REASON_LIMIT, bounded
 from ctrlplane.errors import CtrlplaneError
 
 # Methods RFC 9110 calls idempotent: safe to send again when a reused
@@ -273,7 +274,7 @@ class _Connection(asyncio.Protocol):
         waiter.set_result(
             Response(
                 status=parser.get_status_code(),
-                reason=self._reason.decode("latin-1"),
+                reason=bounded(self._reason.decode("latin-1"), REASON_LIMIT),
                 body=self._body[0] if len(self._body) == 1 else b"".join(self._body),
                 truncated=self._size > self._limit,
             )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 
+from ctrlplane.checks.text import bounded
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -66,13 +67,15 @@ class TcpChecker:
         try:
             host, port = parse_host_port(spec.target)
         except ValueError as exc:
-            return Probe(outcome=Outcome.UNKNOWN, message=f"tcp check {exc}")
+            return Probe(outcome=Outcome.UNKNOWN, message=bounded(f"tcp check {exc}"))
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             return Probe(outcome=Outcome.FAIL, message=describe_os_error(exc))
         except ValueError as exc:  # a host name IDNA cannot encode, say
-            return Probe(outcome=Outcome.UNKNOWN, message=f"tcp check: bad host {host!r}: {exc}")
+            return Probe(
+                outcome=Outcome.UNKNOWN, message=bounded(f"tcp check: bad host {host!r}: {exc}")
+            )
         writer.close()
         # A reset while closing says nothing about whether the port is open.
         with contextlib.suppress(OSError):

@@ -9,7 +9,15 @@ import click
 import msgspec
 
 from ctrlplane.api import CertsReply
-from ctrlplane.cli.common import ago, ask, connection_options, json_option, load, print_table
+from ctrlplane.cli.common import (
+    ago,
+    ask,
+    connection_options,
+    echo_json,
+    json_option,
+    load,
+    print_table,
+)
 from ctrlplane.durations import format_duration
 
 
@@ -32,7 +40,7 @@ def certs(
 
     reply = ask(config, "certs", {}, CertsReply)
     if as_json:
-        click.echo(msgspec.json.encode(reply.certs).decode())
+        echo_json(msgspec.json.encode(reply.certs).decode())
         return
     print_table(
         ["HOSTNAME", "INSTANCE", "ISSUER", "SERIAL", "NOT AFTER", "LEFT", "RENEWS", "ERROR"],

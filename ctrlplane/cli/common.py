@@ -19,6 +19,7 @@ from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import read_server_info
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.cli.loop import Loop
+from ctrlplane.cli.terminal import visible, visible_json
 from ctrlplane.config import Config, load_config
 from ctrlplane.durations import format_duration
 from ctrlplane.errors import ConfigError, CtrlplaneError
@@ -34,9 +35,19 @@ EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
+def echo(line: str = "", *, err: bool = False) -> None:
+    """Print one line that may hold data from outside, control characters made visible."""
+    click.echo(visible(line), err=err)
+
+
+def echo_json(text: str) -> None:
+    """Print JSON that may hold data from outside, control characters as JSON escapes."""
+    click.echo(visible_json(text))
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     """Print ``ctrlplane: message`` to stderr and exit with ``code``."""
-    click.echo(f"ctrlplane: {message}", err=True)
+    echo(f"ctrlplane: {message}", err=True)
     sys.exit(code)
 
 
@@ -101,7 +112,7 @@ def run_async(coro: Coroutine[Any, Any, T], *, exit_if_abandoned: bool = False) 
         raise
     clean = loop.close()
     if message is not None:
-        click.echo(f"ctrlplane: {message}", err=True)
+        echo(f"ctrlplane: {message}", err=True)
     if not clean and exit_if_abandoned:
         _exit_now(code)
     if message is not None:
@@ -176,7 +187,8 @@ def ago(when: datetime | None) -> str:
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
-    """Columns padded to their widest cell."""
+    """Columns padded to their widest cell, control characters in cells made visible."""
+    rows = [[visible(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())

@@ -9,7 +9,15 @@ import click
 import msgspec
 
 from ctrlplane.api import DeploymentsReply, DeploymentsRequest
-from ctrlplane.cli.common import ago, ask, connection_options, json_option, load, print_table
+from ctrlplane.cli.common import (
+    ago,
+    ask,
+    connection_options,
+    echo_json,
+    json_option,
+    load,
+    print_table,
+)
 from ctrlplane.durations import format_duration
 
 
@@ -39,7 +47,7 @@ def deployments(
     body = DeploymentsRequest(instance=instance, limit=limit)
     reply = ask(config, "deployments", body, DeploymentsReply)
     if as_json:
-        click.echo(msgspec.json.encode(reply.deployments).decode())
+        echo_json(msgspec.json.encode(reply.deployments).decode())
         return
     print_table(
         ["ID", "INSTANCE", "STATE", "SPEC", "PREVIOUS", "STARTED", "TOOK", "ERROR"],

@@ -17,7 +17,16 @@ from ctrlplane.bus.codec import decode_event
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
 from ctrlplane.bus.subjects import is_valid_event_pattern
-from ctrlplane.cli.common import EXIT_CONFIG, connection_options, fail, json_option, load, with_bus
+from ctrlplane.cli.common import (
+    EXIT_CONFIG,
+    connection_options,
+    echo,
+    echo_json,
+    fail,
+    json_option,
+    load,
+    with_bus,
+)
 from ctrlplane.durations import parse_duration
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events import event_schema
@@ -111,16 +120,16 @@ async def print_events(sub: _Fetcher, *, follow: bool, as_json: bool) -> None:
 def _print(subject: str, payload: bytes, as_json: bool) -> None:
     if as_json:
         # The payload as published: already JSON.
-        click.echo(payload.decode(errors="replace"))
+        echo_json(payload.decode(errors="replace"))
     else:
         try:
             ev = decode_event(payload, subject)
         except DecodeError as exc:
-            click.echo(f"{subject}: undecodable: {exc.reason}")
+            echo(f"{subject}: undecodable: {exc.reason}")
         else:
             data = json.dumps(ev.data, separators=(",", ":"), default=str)
             instance = ev.instance_id or "-"
-            click.echo(f"{ev.time.isoformat()}  {ev.type:<20} {instance:<16} {ev.source}  {data}")
+            echo(f"{ev.time.isoformat()}  {ev.type:<20} {instance:<16} {ev.source}  {data}")
     sys.stdout.flush()
 
 
@@ -132,4 +141,4 @@ def schema() -> None:
 @schema.command(name="events")
 def schema_events() -> None:
     """The JSON Schema of the event envelope and of each event type's data."""
-    click.echo(json.dumps(event_schema(), indent=2, sort_keys=True))
+    echo_json(json.dumps(event_schema(), indent=2, sort_keys=True))

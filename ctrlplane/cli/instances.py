@@ -13,6 +13,8 @@ from ctrlplane.cli.common import (
     ago,
     ask,
     connection_options,
+    echo,
+    echo_json,
     fail,
     json_option,
     load,
@@ -62,7 +64,7 @@ def apply(
         shown = msgspec.to_builtins(result)
         if reply.domains is not None:
             shown["domains"] = msgspec.to_builtins(reply.domains)
-        click.echo(msgspec.json.encode(shown).decode())
+        echo_json(msgspec.json.encode(shown).decode())
     else:
         for verb, names in (
             ("created", result.created),
@@ -71,7 +73,7 @@ def apply(
             ("unchanged", result.unchanged),
         ):
             for name in names:
-                click.echo(f"{name} {verb}")
+                echo(f"{name} {verb}")
         if reply.domains is not None:
             for verb, hostnames in (
                 ("created", reply.domains.created),
@@ -80,9 +82,9 @@ def apply(
                 ("unchanged", reply.domains.unchanged),
             ):
                 for hostname in hostnames:
-                    click.echo(f"domain {hostname} {verb}")
+                    echo(f"domain {hostname} {verb}")
         for error in result.errors:
-            click.echo(f"error: {error}", err=True)
+            echo(f"error: {error}", err=True)
     if result.errors:
         raise SystemExit(1)
 
@@ -98,7 +100,7 @@ def instances(
 
     reply = ask(config, "instances", {}, InstancesReply)
     if as_json:
-        click.echo(msgspec.json.encode(reply.instances).decode())
+        echo_json(msgspec.json.encode(reply.instances).decode())
         return
     print_table(
         ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "UPDATED", "ERROR"],
@@ -128,7 +130,7 @@ def health(
 
     reply = ask(config, "health", {}, HealthReply)
     if as_json:
-        click.echo(msgspec.json.encode(reply.checks).decode())
+        echo_json(msgspec.json.encode(reply.checks).decode())
         return
     print_table(
         ["INSTANCE", "CHECK", "TYPE", "STATUS", "LATENCY", "CHECKED", "CHANGED", "MESSAGE"],

@@ -14,6 +14,8 @@ from ctrlplane.cli.common import (
     ago,
     ask,
     connection_options,
+    echo,
+    echo_json,
     fail,
     json_option,
     load,
@@ -64,14 +66,14 @@ def telemetry(
             "snapshot": reply.snapshot,
             "metrics": reply.metrics,
         }
-        click.echo(msgspec.json.encode(shown).decode())
+        echo_json(msgspec.json.encode(shown).decode())
         return
-    click.echo(f"instance {reply.instance} ({reply.instance_id})")
-    click.echo(_snapshot(reply.snapshot))
+    echo(f"instance {reply.instance} ({reply.instance_id})")
+    echo(_snapshot(reply.snapshot))
     if not reply.metrics:
-        click.echo(f"no metrics in the last {since}")
+        echo(f"no metrics in the last {since}")
         return
-    click.echo()
+    echo()
     print_table(
         ["METRIC", "TYPE", "VALUE", "COLLECTED"],
         [[_series(m), m.type.value, _number(m.value), ago(m.time)] for m in reply.metrics],

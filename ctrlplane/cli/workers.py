@@ -13,6 +13,7 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.cli.common import (
     ago,
     connection_options,
+    echo_json,
     fail,
     json_option,
     load,
@@ -44,7 +45,7 @@ def workers(
     replies = with_bus(config, ask)
     infos = [w for r in replies for w in r.workers]
     if as_json:
-        click.echo(msgspec.json.encode(infos).decode())
+        echo_json(msgspec.json.encode(infos).decode())
         return
     if not replies:
         fail("no ctrlplane process answered on this NATS")

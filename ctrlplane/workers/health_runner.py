@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.bus.messages import Event
+from ctrlplane.checks.text import bounded
 from ctrlplane.events import HealthChange, data_of
 from ctrlplane.health import advance, persisted_change, status_of
 from ctrlplane.store.db import Store
@@ -150,7 +151,8 @@ class HealthRunner:
             outcome=probe.outcome,
             status=status,
             latency=latency,
-            message=message,
+            # A plugin checker's message is bounded like the built-ins' are.
+            message=bounded(message),
         )
 
 
