@@ -37,6 +37,43 @@ log = structlog.get_logger("ctrlplane.api")
 
 QUEUE = "ctrlplane-api"
 R = TypeVar("R", bound="Reply")
+T = TypeVar("T")
+
+MAX_LIMIT = 10_000
+"""The most records one request may ask for."""
+MAX_SINCE = timedelta(days=36_500)
+"""The longest look-back a request may ask for."""
+
+
+class BadRequestError(CtrlplaneError):
+    """A control request that cannot be decoded or asks for something out of range.
+
+    Attributes:
+        subject: Where the request was sent.
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"bad request on {subject}: {reason}")
+
+    def __reduce__(self) -> tuple[type[BadRequestError], tuple[str, str]]:
+        return type(self), (self.subject, self.reason)
+
+
+def decode_request(payload: bytes, type_: type[T], subject: str) -> T:
+    """Decode a control request; every failure (deep nesting included) is a bad request.
+
+    Raises:
+        BadRequestError: the payload is not a valid ``type_``.
+    """
+    try:
+        return decode(payload, type_, subject)
+    except DecodeError as exc:
+        raise BadRequestError(subject, exc.reason) from None
+    except Exception as exc:  # untrusted input: RecursionError, OverflowError, ...
+        raise BadRequestError(subject, f"{type(exc).__name__}: {exc}") from None
 
 
 class ApplyRequest(Struct, frozen=True, kw_only=True):
@@ -120,10 +157,17 @@ class HealthReply(Reply, frozen=True, kw_only=True):
 
 
 class DeploymentsRequest(Struct, frozen=True, kw_only=True):
-    """``instance``: one instance's (name or id), or all; the newest ``limit``."""
+    """``instance``: one instance's (name or id), or all; the newest ``limit``
+    (at most :data:`MAX_LIMIT`)."""
 
     instance: str | None = None
     limit: int = 100
+
+    def __post_init__(self) -> None:
+        # A ValueError here is a decode failure (msgspec's ValidationError): the
+        # store would otherwise fail on an integer SQLite cannot hold.
+        if self.limit > MAX_LIMIT:
+            raise ValueError(f"limit must be at most {MAX_LIMIT}, got {self.limit}")
 
 
 class DeploymentsReply(Reply, frozen=True, kw_only=True):
@@ -135,6 +179,10 @@ class TelemetryRequest(Struct, frozen=True, kw_only=True):
 
     instance: str
     since: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if not timedelta(0) <= self.since <= MAX_SINCE:
+            raise ValueError(f"since must be between 0s and {MAX_SINCE.days}d")
 
 
 class TelemetryReply(Reply, frozen=True, kw_only=True):
@@ -207,7 +255,7 @@ class DomainApi:
         return on_request
 
     async def _apply(self, payload: bytes) -> ApplyReply:
-        request = decode(payload, ApplyRequest, self._bus.subjects.api("apply"))
+        request = decode_request(payload, ApplyRequest, self._bus.subjects.api("apply"))
         if request.domains is None:
             return ApplyReply(result=await self._inventory.apply(request.instances))
         # Checked before any instance is touched: a bad domain applies nothing.
@@ -284,14 +332,14 @@ class DomainApi:
         return HealthReply(checks=checks)
 
     async def _deployments(self, payload: bytes) -> DeploymentsReply:
-        request = decode(payload, DeploymentsRequest, self._bus.subjects.api("deployments"))
+        request = decode_request(payload, DeploymentsRequest, self._bus.subjects.api("deployments"))
         found = await self._store.deployments.list(
             instance=request.instance, limit=max(1, request.limit)
         )
         return DeploymentsReply(deployments=found)
 
     async def _telemetry(self, payload: bytes) -> TelemetryReply:
-        request = decode(payload, TelemetryRequest, self._bus.subjects.api("telemetry"))
+        request = decode_request(payload, TelemetryRequest, self._bus.subjects.api("telemetry"))
         instance = await self._store.instances.find(request.instance)
         if instance is None:
             raise CtrlplaneError(f"no instance {request.instance!r}")
@@ -323,7 +371,10 @@ async def request(bus: Bus, name: str, body: object, reply_type: type[R], *, wit
         raise CtrlplaneError(
             f"no ctrlplane process answered on {subject}: is `ctrlplane run` running?"
         ) from None
-    reply = msgspec.json.decode(msg.data, type=reply_type)
+    try:
+        reply = msgspec.json.decode(msg.data, type=reply_type)
+    except Exception as exc:  # whoever answered is untrusted too
+        raise CtrlplaneError(f"undecodable answer on {bus.subjects.api(name)}: {exc}") from None
     if reply.error:
         raise CtrlplaneError(reply.error)
     return reply
