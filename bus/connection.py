@@ -411,8 +411,9 @@ class Bus:
             await nc.close()
 
 
-# The user part of a URL's authority: a token or a password.
-_USERINFO_RE = re.compile(r"//[^/@]*@")
+# The user part of a URL's authority: a token or a password. Up to the last
+# "@" of each comma-separated URL, as a password may hold "/" or "@" unescaped.
+_USERINFO_RE = re.compile(r"//[^,]*@")
 
 
 def _redact_url(url: str) -> str:

@@ -13,6 +13,7 @@ import difflib
 import keyword
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -46,6 +47,13 @@ OVERRIDES_SOURCE = "overrides"
 """The ``source`` of a :class:`ConfigError` about a value passed in ``overrides``."""
 
 _NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config file larger than this (1 MiB) is refused rather than read."""
+
+MAX_DURATION = timedelta(days=36_500)
+"""The longest duration a setting may have (100 years): longer ones overflow
+NATS's nanosecond limits and the date arithmetic of retention."""
 
 # Durations that may be zero; every other duration field must be positive, so
 # a new interval is protected from a busy loop without anyone remembering to.
@@ -204,6 +212,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     raise ConfigError(name, f"must not be negative, got {format_duration(value)}")
             elif value <= timedelta(0):
                 raise ConfigError(name, f"must be greater than zero, got {format_duration(value)}")
+            if value > MAX_DURATION:
+                longest = format_duration(MAX_DURATION)
+                raise ConfigError(name, f"must be at most {longest}, got {format_duration(value)}")
         for field_path, reason in decl_problems(self.instances or []):
             raise ConfigError(field_path, reason)
         if self.health_concurrency < 1:
@@ -396,7 +407,9 @@ def _describe_value(value: object) -> object:
 
 # The user part of a URL's authority; a regex rather than urlsplit so that
 # even a URL too broken to parse is redacted before it reaches a log or error.
-_USERINFO_RE = re.compile(r"//([^/@]*)@")
+# Up to the last "@" of each comma-separated URL: a password may hold "/" or
+# "@" unescaped, and showing a host as *** is better than showing a password.
+_USERINFO_RE = re.compile(r"//([^,]*)@")
 
 
 def redact_nats_url(urls: str) -> str:
@@ -416,16 +429,43 @@ def _home(environ: Mapping[str, str]) -> Path:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    data = _read_bounded(path)
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        reason = f"not UTF-8 text (an invalid byte on line {line})"
+        raise ConfigError("config", reason, str(path)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message already says "(at line N, column M)".
+        raise ConfigError("config", f"invalid TOML: {exc}", str(path)) from None
+    except RecursionError:
+        raise ConfigError("config", "invalid TOML: nested too deeply", str(path)) from None
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, if it is a regular file of at most ``MAX_CONFIG_BYTES``."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError("config", "file not found", str(path)) from None
     except OSError as exc:
         raise ConfigError("config", f"cannot read file: {exc.strerror}", str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        # The message already says "(at line N, column M)".
-        raise ConfigError("config", f"invalid TOML: {exc}", str(path)) from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                # /dev/zero or a pipe would be read for ever.
+                raise ConfigError("config", "not a regular file", str(path))
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read file: {exc.strerror}", str(path)) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        reason = f"larger than {MAX_CONFIG_BYTES // 1024} KiB; is this the config file?"
+        raise ConfigError("config", reason, str(path))
+    return data
 
 
 def _check_known(name: str, source: str) -> None:
@@ -441,7 +481,22 @@ def _from_env(text: str, info: mi.Type) -> object:
         return None
     if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
         return [item.strip() for item in text.split(",") if item.strip()]
+    if isinstance(_unwrap_optional(info), mi.IntType):
+        # The environment holds only text; an integer field reads it as a number
+        # (what is not one is left as text for the type check to name).
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
     return text
+
+
+def _unwrap_optional(info: mi.Type) -> mi.Type:
+    if isinstance(info, mi.UnionType):
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(others) == 1:
+            return others[0]
+    return info
 
 
 def _is_optional(info: mi.Type) -> bool:
@@ -457,6 +512,8 @@ def _convert(name: str, raw: _Raw, home: Path) -> object:
     value = _normalise_durations(raw.value, _FIELDS[name].type, name, raw.source)
     try:
         return msgspec.convert(value, _PYTHON_TYPES[name], dec_hook=_path_hook(home))
+    except RecursionError:
+        raise ConfigError(name, "nested too deeply", raw.source) from None
     except msgspec.ValidationError as exc:
         # msgspec says "Expected `str`, got `int` - at `$[1]`"; the path is
         # relative to this field, so graft it on to name the exact element.
@@ -480,9 +537,13 @@ def _normalise_durations(value: object, info: mi.Type, where: str, source: str) 
                 source,
             )
         try:
-            return parse_duration(value)
+            parsed = parse_duration(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(where, str(exc), source) from None
+        if parsed > MAX_DURATION:
+            reason = f"must be at most {format_duration(MAX_DURATION)}, got {value!r}"
+            raise ConfigError(where, reason, source)
+        return parsed
     if isinstance(info, mi.UnionType):
         if value is None:
             return value
@@ -542,8 +603,10 @@ def _nats_url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
-    except ValueError as exc:
-        return f"{shown} is not a URL ({exc})"
+    except ValueError:
+        # urlsplit's message quotes the "port", which for a password holding
+        # "/" is the start of the password.
+        return f"{shown} is not a URL (its port, or a user part holding '/', cannot be read)"
     if parts.scheme not in _NATS_SCHEMES:
         return f"{shown} has scheme {parts.scheme or 'none'!r}"
     if not parts.hostname:

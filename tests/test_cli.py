@@ -382,3 +382,28 @@ async def test_print_events_shows_escape_sequences_instead_of_sending_them(
     assert len(out.splitlines()) == 2
     if not as_json:
         assert "\\x1b[2J\\x9b31m" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "variables", "says"),
+    [
+        (None, {"CTRLPLANE_CONFIG": "/dev/zero"}, "config: not a regular file"),
+        (b"\xff = 1\n", {}, "config: not UTF-8 text"),
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", {}, "nested too deeply"),
+        (b'events_max_age = "1000000d"\n', {}, "events_max_age: must be at most 36500d"),
+        (b"", {"CTRLPLANE_HEALTH_CONCURRENCY": "0"}, "health_concurrency: must be at least 1"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes | None, variables: dict[str, str], says: str
+) -> None:
+    env = {**env_for(), **variables}
+    if content is not None:
+        path = tmp_path / "ctrlplane.toml"
+        path.write_bytes(content)
+        env["CTRLPLANE_CONFIG"] = str(path)
+    for args in (["workers"], ["run", "--data-dir", str(tmp_path / "d")]):
+        result = run_cli(args, env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and says in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("ctrlplane: config: ")

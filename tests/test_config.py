@@ -529,6 +529,20 @@ def test_nats_url_credentials_stay_out_of_errors(env: dict[str, str]) -> None:
     assert "admin:***@host" in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["nats://user:s3/cr3t@host:4222", "nats://a:4,tls://u:s3/cr3t@b:4"])
+def test_a_password_holding_a_slash_stays_out_of_errors(url: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env, overrides={"nats_url": url})
+    assert "s3" not in str(caught.value) and "cr3t" not in str(caught.value)
+    assert ":***@" in str(caught.value)
+
+
+def test_a_token_holding_a_slash_is_redacted_whole(env: dict[str, str]) -> None:
+    # urlsplit reads "s3" as the host here; the redaction must not.
+    config = load_config(env=env, overrides={"nats_url": "nats://s3/cr3t@h:1"})
+    assert describe(config)["nats_url"] == "nats://***@h:1"
+
+
 # --- the Config value -----------------------------------------------------------------
 
 
@@ -615,6 +629,7 @@ def test_describe_round_trips_through_overrides(env: dict[str, str]) -> None:
         ("nats://s3cr3t-token@host:4222", "nats://***@host:4222"),
         ("nats://a:4222,tls://u:p@b:4443", "nats://a:4222,tls://u:***@b:4443"),
         ("nats://host:4222", "nats://host:4222"),
+        ("nats://user:p@ss@host:4222", "nats://user:***@host:4222"),
     ],
 )
 def test_describe_redacts_nats_credentials(url: str, shown: str, env: dict[str, str]) -> None:
@@ -657,3 +672,74 @@ def test_check_names_suggests_the_closest_check_type() -> None:
     with pytest.raises(ConfigError) as info:
         check_names(config, workers=[], check_types=["grpc"])
     assert info.value.reason == 'unknown check type "htp"; known: grpc'
+
+
+# --- input that must end in one line, never a traceback -------------------------------
+
+
+def test_integer_env_vars_are_read_as_numbers(env: dict[str, str]) -> None:
+    loaded = load_config(
+        env={**env, "CTRLPLANE_HEALTH_CONCURRENCY": "10", "CTRLPLANE_GC_BATCH_SIZE": " 500 "}
+    )
+    assert (loaded.health_concurrency, loaded.gc_batch_size) == (10, 500)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**env, "CTRLPLANE_HEALTH_CONCURRENCY": "ten"})
+    assert info.value.field == "health_concurrency"
+    assert info.value.source == "CTRLPLANE_HEALTH_CONCURRENCY"
+    assert "int" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'health_interval = "30s"\n\xff = 1\n', "not UTF-8 text (an invalid byte on line 2)"),
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "invalid TOML: nested too deeply"),
+        (b"# " + b"x" * (1024 * 1024) + b"\n", "larger than 1024 KiB"),
+    ],
+)
+def test_a_file_that_is_not_a_small_utf8_toml_file_is_one_config_error(
+    tmp_path: Path, env: dict[str, str], content: bytes, reason: str
+) -> None:
+    path = tmp_path / "ctrlplane.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert (info.value.field, info.value.source) == ("config", str(path))
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "dir"])
+def test_a_config_path_that_is_no_regular_file_is_refused_at_once(
+    tmp_path: Path, env: dict[str, str], special: str
+) -> None:
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)  # reading it would wait for a writer for ever
+    elif special == "dir":
+        path = tmp_path
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert info.value.field == "config"
+    assert "not a regular file" in info.value.reason or "cannot read" in info.value.reason
+
+
+@pytest.mark.parametrize("value", ["1000000d", "36501d", "9999999999"])
+def test_a_duration_longer_than_a_century_is_refused(
+    tmp_path: Path, env: dict[str, str], value: str
+) -> None:
+    path = write(tmp_path, f'events_max_age = "{value}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env)
+    assert info.value.field == "events_max_age"
+    assert info.value.reason.startswith("must be at most 36500d")
+    with pytest.raises(ConfigError, match="events_max_age: must be at most 36500d"):
+        load_config(env={**env, "CTRLPLANE_EVENTS_MAX_AGE": value})
+    path = write(tmp_path, f'[remediation]\nwindow = "{value}"\n')
+    with pytest.raises(ConfigError, match=r"remediation\.window: must be at most"):
+        load_config(path, env=env)
+    assert load_config(env={**env, "CTRLPLANE_EVENTS_MAX_AGE": "36500d"}).events_max_age == (
+        timedelta(days=36_500)
+    )
+    with pytest.raises(ConfigError, match="events_max_age: must be at most"):
+        Config(events_max_age=timedelta(days=36_501))
