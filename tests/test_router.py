@@ -12,9 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
+from ctrlplane.actors import RunContext
+from ctrlplane.bus import Event
 from ctrlplane.certs import FileRouter, HostnameError, LocalCA
-from ctrlplane.store.certs import Domain
+from ctrlplane.store import Store, Trigger
+from ctrlplane.store.certs import Certificate, Domain
+from ctrlplane.workers.cert_renewer import CertRenewer
 
 HOST = "app.example.test"
 
@@ -140,3 +145,45 @@ async def test_routes_json_never_names_a_deleted_file_while_domains_come_and_go(
         done.set()
         watcher.join(timeout=10)
     assert not missing, f"routes.json named deleted files: {missing[:3]}"
+
+
+class _RemovedWhileIssuing(FileRouter):
+    """A router whose domain is removed, as ``apply`` removes it, while a certificate is issued."""
+
+    def __init__(self, data_dir: Path, store: Store) -> None:
+        super().__init__(data_dir, {"local": LocalCA(data_dir / "certs" / "ca")})
+        self.store = store
+
+    async def provision_cert(self, domain: Domain) -> Certificate:
+        cert = await super().provision_cert(domain)
+        await self.store.domains.sync([])
+        await self.remove_domain(domain.hostname)
+        return cert
+
+
+async def test_a_renewal_racing_a_removal_leaves_the_domain_unrouted(
+    tmp_path: Path, store: Store
+) -> None:
+    router = _RemovedWhileIssuing(tmp_path, store)
+    await store.domains.sync([_domain()])
+    renewer = CertRenewer(store, router, interval=timedelta(hours=1))
+    published: list[Event] = []
+
+    async def publish(event: Event) -> int:
+        published.append(event)
+        return len(published)
+
+    ctx = RunContext(
+        worker="cert_renewer",
+        run_id="r1",
+        trigger=Trigger.TICK,
+        attempt=1,
+        publish=publish,
+        log=structlog.get_logger(),
+    )
+    await renewer.run(ctx)
+
+    assert await router.routes() == []
+    assert not (tmp_path / "certs" / "domains" / HOST).exists()
+    assert published == []
+    assert await store.certificates.current(HOST) is None

@@ -11,7 +11,7 @@ from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
 from ctrlplane.errors import PartialFailure
 from ctrlplane.events import CertExpiring, CertIssued, CertRenewalFailed, data_of
-from ctrlplane.store.certs import Certificate, Domain
+from ctrlplane.store.certs import Certificate, Domain, DomainNotFoundError
 from ctrlplane.store.db import Store
 from ctrlplane.types import Router
 
@@ -120,7 +120,8 @@ class CertRenewer:
         current = await self._store.certificates.current(domain.hostname)
         if current is not None:
             # Idempotent: keeps the routes table whole if it was lost or edited.
-            await self._router.add_domain(domain)
+            if not await self._route(domain):
+                return None
             if now < renewal_time(current, domain):
                 return None
             if not domain.auto_renew:
@@ -140,10 +141,11 @@ class CertRenewer:
                 error = f"timed out after {self._issue_timeout.total_seconds():g}s"
             await self._failed(ctx, domain, current, now, error)
             return error
+        if not await self._route(domain):
+            return None
         await self._store.certificates.add(cert)
         if domain.failures or domain.next_attempt is not None:
             await self._store.domains.record_success(domain.hostname)
-        await self._router.add_domain(domain)
         kind = "cert.provisioned" if current is None else "cert.renewed"
         ctx.log.info(kind, hostname=domain.hostname, serial=cert.serial, not_after=cert.not_after)
         data = CertIssued(
@@ -157,6 +159,21 @@ class CertRenewer:
         )
         await self._emit(ctx, kind, domain, data_of(data))
         return None
+
+    async def _route(self, domain: Domain) -> bool:
+        """Route ``domain``, unless it was removed meanwhile; whether it is routed.
+
+        ``apply`` removes a domain from the store, then from the router. Routing
+        first and reading the store after means one of the two sees the other,
+        so a renewal that races a removal never leaves the removed domain routed.
+        """
+        await self._router.add_domain(domain)
+        try:
+            await self._store.domains.get(domain.hostname)
+        except DomainNotFoundError:
+            await self._router.remove_domain(domain.hostname)
+            return False
+        return True
 
     async def _failed(
         self,
