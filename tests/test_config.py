@@ -743,3 +743,20 @@ def test_a_duration_longer_than_a_century_is_refused(
     )
     with pytest.raises(ConfigError, match="events_max_age: must be at most"):
         Config(events_max_age=timedelta(days=36_501))
+
+
+@pytest.mark.parametrize(
+    ("hostname", "says"),
+    [("ca", "single-label"), ("acme", "single-label"), ("app.example.test\n", "not a lowercase")],
+)
+def test_a_domain_hostname_that_could_name_no_certificate_is_refused(
+    tmp_path: Path, env: dict[str, str], hostname: str, says: str
+) -> None:
+    text = (
+        '[[instances]]\nname = "web"\ncommand = ["true"]\n'
+        f'[[domains]]\nhostname = {json.dumps(hostname)}\ninstance = "web"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    assert info.value.field == "domains[0].hostname"
+    assert says in info.value.reason
