@@ -407,3 +407,18 @@ def test_bad_config_is_one_line_and_exit_2(
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and says in result.stderr, (args, result.stderr)
         assert result.stderr.startswith("ctrlplane: config: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["deployments", "--limit", "20000"], "--limit"),
+        (["telemetry", "web", "--since", "40000d"], "--since: must be at most 36500d"),
+    ],
+)
+def test_out_of_range_request_options_are_refused_before_sending(
+    args: list[str], says: str
+) -> None:
+    result = run_cli([*args, "--nats-url", "nats://127.0.0.1:1"], env_for())
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import DeploymentsReply, DeploymentsRequest
+from ctrlplane.api import MAX_LIMIT, DeploymentsReply, DeploymentsRequest
 from ctrlplane.cli.common import (
     ago,
     ask,
@@ -30,7 +30,7 @@ def _took(started: datetime, finished: datetime | None) -> str:
 
 @click.command()
 @click.option("--instance", help="Only this instance's (name or id).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
 @connection_options
 @json_option
 def deployments(

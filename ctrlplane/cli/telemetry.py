@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from ctrlplane.api import TelemetryReply, TelemetryRequest
+from ctrlplane.api import MAX_SINCE, TelemetryReply, TelemetryRequest
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     ago,
@@ -21,7 +21,7 @@ from ctrlplane.cli.common import (
     load,
     print_table,
 )
-from ctrlplane.durations import parse_duration
+from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
 DEFAULT_SINCE = "10m"
@@ -55,6 +55,8 @@ def telemetry(
         fail(f"--since: {exc}", EXIT_CONFIG)
     if window <= timedelta(0):
         fail(f"--since: must be greater than zero, got {since!r}", EXIT_CONFIG)
+    if window > MAX_SINCE:
+        fail(f"--since: must be at most {format_duration(MAX_SINCE)}, got {since!r}", EXIT_CONFIG)
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     body = TelemetryRequest(instance=instance, since=window)
