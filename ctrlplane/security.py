@@ -118,7 +118,7 @@ def permissions(
         )
     if role is Role.PUBLISHER:
         if event_types is None:
-            allowed = (s.all_events,)
+            allowed: tuple[str, ...] = (s.all_events,)
         else:
             for t in event_types:
                 if not is_valid_event_pattern(t):
