@@ -168,7 +168,7 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
-        providers = load_providers(cfg.data_dir)
+        providers = load_providers(cfg.data_dir, executables=cfg.process_executables)
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.
         source = f"ctrlplane:{self.scheduler.process}"
@@ -178,6 +178,7 @@ class ControlPlane:
             self.bus.publish_event,
             source=source,
             stop_grace=cfg.stop_grace,
+            process_executables=cfg.process_executables,
         )
         for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
             if worker.name not in cfg.disabled_workers:
@@ -186,7 +187,9 @@ class ControlPlane:
         await self.scheduler.start()
         self._control = ControlApi(self.bus, self.scheduler)
         await self._control.start()
-        self._api = DomainApi(self.bus, self.store, self.inventory, router=self.router)
+        self._api = DomainApi(
+            self.bus, self.store, self.inventory, router=self.router, allow_apply=cfg.api_apply
+        )
         await self._api.start()
         if cfg.instances is not None:
             # After the scheduler: the workers' consumers exist, so the
