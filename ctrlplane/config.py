@@ -469,8 +469,13 @@ def _check_known(name: str, source: str) -> None:
 
 def _from_env(text: str, info: mi.Type) -> object:
     """Turn an environment variable's text into the shape a TOML value would have."""
-    if _is_optional(info) and not text.strip():
-        return None
+    if _is_optional(info):
+        if not text.strip():
+            return None
+        assert isinstance(info, mi.UnionType)
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(others) == 1:
+            info = others[0]
     if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
         return [item.strip() for item in text.split(",") if item.strip()]
     if isinstance(info, mi.BoolType):
