@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ctrlplane.bus.errors import ServerError
+from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.bus.server import read_server_info
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.cli.common import EXIT_CONFIG, config_option, data_dir_option, fail, load
@@ -60,11 +61,18 @@ def credentials(role: str, config_path: Path | None, data_dir: Path | None) -> N
     help="An event type (wildcards allowed) the publisher may publish; repeat. "
     "Default: the config's publisher_event_types, else all.",
 )
+@click.option(
+    "--conf-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the block into this file (mode 0600) instead of printing it, "
+    "for a nats-server config to include.",
+)
 def nats_config(
     config_path: Path | None,
     prefix: str | None,
     out_dir: Path | None,
     event_types: tuple[str, ...],
+    conf_out: Path | None,
 ) -> None:
     """Print the nats-server `authorization` block for an external NATS.
 
@@ -86,7 +94,14 @@ def nats_config(
                 write_credentials(out_dir, Role(role), password)
         except (OSError, ValueError) as exc:
             fail(f"cannot write credentials into {out_dir}: {exc}")
-    click.echo(block, nl=False)
+    if conf_out is None:
+        click.echo(block, nl=False)
+        return
+    try:
+        private_dir(conf_out.parent)
+        write_private(conf_out, block.encode())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot write {conf_out}: {exc}")
 
 
 def _secret(out_dir: Path | None, role: Role) -> str:
