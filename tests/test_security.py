@@ -26,10 +26,11 @@ from ctrlplane.api import ApplyReply, ApplyRequest, InstancesReply, request
 from ctrlplane.bus import Event
 from ctrlplane.bus.codec import encode
 from ctrlplane.bus.connection import Bus
-from ctrlplane.bus.server import find_binary
+from ctrlplane.bus.server import EmbeddedServer, find_binary
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.inventory import InstanceDecl
+from ctrlplane.providers.process import executable_problem
 from ctrlplane.security import (
     MUTATING_ENDPOINTS,
     READ_ENDPOINTS,
@@ -37,6 +38,7 @@ from ctrlplane.security import (
     Role,
     SecurityError,
     authorization_block,
+    embedded_authorization,
     permissions,
     read_credentials,
     with_credentials,
@@ -336,6 +338,52 @@ async def test_admin_applies_and_the_service_runs_it(plane: Plane, tmp_path: Pat
         assert reply.result is not None and reply.result.removed == ["evil"]
     finally:
         await bus.close()
+
+
+async def test_secrets_stay_out_of_argv_and_the_server_log(plane: Plane) -> None:
+    server = plane.cp.server
+    assert server is not None and server.pid is not None
+    cmdline = await asyncio.to_thread(Path(f"/proc/{server.pid}/cmdline").read_bytes)
+    log = await asyncio.to_thread((plane.data_dir / "nats/nats-server.log").read_text)
+    for secret in server.info.secrets.values():
+        assert secret.encode() not in cmdline
+        assert secret not in log
+        assert secret not in repr(server.info)
+
+
+async def test_deleting_a_credentials_file_rotates_that_password(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = EmbeddedServer(
+        data, roles=ROLES, authorization=embedded_authorization(Subjects("rot"))
+    )
+    first = await server.start()
+    await server.stop()
+    (data / "nats/credentials/observer").unlink()
+    second = await server.start()
+    try:
+        assert second.secrets["observer"] != first.secrets["observer"]
+        assert second.secrets["admin"] == first.secrets["admin"]
+        old = second.url.replace("nats://", f"nats://observer:{first.secrets['observer']}@")
+        nc = Client()
+        try:
+            with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+                await nc.connect(old, allow_reconnect=False, error_cb=_ignore)
+        finally:
+            await nc.close()
+        fresh = await nats.connect(second.role_url("observer"), allow_reconnect=False)
+        await fresh.close()
+    finally:
+        await server.stop()
+
+
+def test_executable_allow_list_follows_path_and_links() -> None:
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    assert executable_problem(["sleep", "1"], [sleep]) is None
+    assert executable_problem(["sleep", "1"], []) is None
+    assert executable_problem(["sh", "-c", "x"], [sleep]) is not None
+    assert "relative path" in (executable_problem(["./sleep"], [sleep]) or "")
+    assert "not allowed" in (executable_problem(["no-such-binary-here"], [sleep]) or "")
 
 
 async def test_a_wrong_password_is_refused(plane: Plane) -> None:
