@@ -114,6 +114,11 @@ async def test_cli_applies_as_admin_and_reads_as_observer(tmp_path: Path) -> Non
         )
         assert listed.returncode == 0, listed.stderr
         assert '"nap"' in listed.stdout
+        workers = await asyncio.to_thread(
+            run_cli, ["workers", "--json", "--data-dir", str(data)], env
+        )
+        assert workers.returncode == 0, workers.stderr
+        assert '"reconciler"' in workers.stdout
         declared.write_text("instances = []\n")
         removed = await asyncio.to_thread(
             run_cli, ["apply", "-f", str(declared), "--data-dir", str(data)], env
