@@ -14,8 +14,10 @@ control plane's :class:`~ctrlplane.bus.subjects.Subjects`:
 * ``publisher``: publishes events under ``<prefix>.events.>`` (or only the
   event types it was given), nothing else.
 
-Everything here but :func:`load_or_create_secret` and :func:`write_credentials`
-is pure.
+Everything here but :func:`read_credentials`, :func:`write_credentials` and
+:func:`nats_url` (which read or write files) is pure. The embedded server keeps
+one password per role in ``<data_dir>/nats/credentials/<role>``
+(:mod:`ctrlplane.bus.server`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ctrlplane.bus.private import load_or_create_token, private_dir, write_private
+from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.bus.subjects import Subjects, is_valid_event_pattern
 from ctrlplane.errors import ConfigError, CtrlplaneError
 
@@ -45,9 +47,7 @@ __all__ = [
     "Role",
     "SecurityError",
     "authorization_block",
-    "credentials_dir",
     "embedded_authorization",
-    "load_or_create_secret",
     "nats_url",
     "permissions",
     "read_credentials",
@@ -219,25 +219,6 @@ def _string(value: str) -> str:
 
 def _strings(values: Iterable[str]) -> str:
     return "[" + ", ".join(_string(v) for v in values) + "]"
-
-
-def credentials_dir(nats_dir: Path) -> Path:
-    """Where the embedded server of ``nats_dir`` keeps one secret per role."""
-    return nats_dir / "credentials"
-
-
-def load_or_create_secret(directory: Path, role: Role) -> str:
-    """The secret of ``role`` stored in ``directory``; a random one is stored first.
-
-    The file holds the password alone, mode 0600; delete it (and restart) to
-    rotate the secret.
-
-    Raises:
-        OSError: the file system refused.
-        ValueError: the file holds something that is not a usable secret.
-    """
-    private_dir(directory)
-    return load_or_create_token(directory / role.value)
 
 
 def write_credentials(directory: Path, role: Role, secret: str) -> Path:
