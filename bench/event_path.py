@@ -216,7 +216,7 @@ async def run_ours(
     n = len(backlog)
     subjects = Subjects(prefix)
     bus = Bus(subjects, name="bench-ours")
-    await bus.connect(server.url, token=server.token)
+    await bus.connect(server.client_url)
     store = await Store(db_path).open()
     try:
         # Create the streams and the durable consumer (DeliverPolicy.NEW) before
@@ -272,7 +272,7 @@ async def run_raw(
     n = len(backlog)
     stream = f"{prefix.upper()}_EVENTS"
     durable = f"events-{WORKER_NAME}"
-    nc = await nats.connect(server.url, token=server.token, name="bench-raw")
+    nc = await nats.connect(server.client_url, name="bench-raw")
     js = nc.jetstream()
     try:
         await js.add_stream(
@@ -343,7 +343,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         server = EmbeddedServer(Path(tmp) / "data")
         info = await server.start()
         try:
-            publisher_nc = await nats.connect(info.url, token=info.token, name="bench-publisher")
+            publisher_nc = await nats.connect(info.client_url, name="bench-publisher")
             try:
                 publisher = publisher_nc.jetstream()
                 for r in range(args.rounds):

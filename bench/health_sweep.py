@@ -343,7 +343,7 @@ async def run_ours(
     bus = Bus(Subjects(f"hs{uuid.uuid4().hex[:8]}"), name="bench-health-sweep")
     checker = HttpChecker(max_connections=c)
     try:
-        await bus.connect(info.url, token=info.token)
+        await bus.connect(info.client_url)
         await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
         await populate(store, n, args.per_instance, url)
         runner = HealthRunner(store, {"http": checker}, concurrency=c)

@@ -102,7 +102,7 @@ async def child(args: argparse.Namespace) -> int:
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     bus = Bus(Subjects(args.prefix), name="bench-reaction")
-    await bus.connect(info.url, token=info.token)
+    await bus.connect(info.client_url)
     store = await Store(Path(args.store)).open()
     scheduler = Scheduler(bus, runs=store.runs, process="bench-reaction")
     reactor = Reactor()

@@ -138,7 +138,7 @@ async def child(args: argparse.Namespace, out: IO[str]) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
 
     bus = Bus(Subjects(args.prefix), name=f"bench-{args.name}")
-    await bus.connect(info.url, token=info.token)
+    await bus.connect(info.client_url)
     store = await Store(args.store).open()
     scheduler = Scheduler(bus, runs=store.runs, process=args.name)
     for name in worker_names(args.workers):

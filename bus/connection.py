@@ -109,8 +109,9 @@ class Bus:
         return self._js
 
     def peer_options(self) -> tuple[list[str], str | None]:
-        """The servers and token this bus connected with, for a second
-        connection of the same identity (the lease keeper's thread)."""
+        """The servers (with any user and password in their URLs) and token
+        this bus connected with, for a second connection of the same identity
+        (the lease keeper's thread)."""
         nc = self.nc
         token = nc.options.get("token")
         return [uri.geturl() for uri in nc.servers], token if isinstance(token, str) else None

@@ -1,11 +1,13 @@
 """The embedded nats-server that ``ctrlplane run`` starts when it is given no NATS URL.
 
-One server belongs to one data directory. It listens on loopback only, admits only clients
-that present the random token kept in ``<data_dir>/nats/token`` (reused across restarts),
-keeps JetStream under ``<data_dir>/nats/jetstream`` and logs to
-``<data_dir>/nats/nats-server.log``. While it runs, ``<data_dir>/nats/server.json`` says
-where it listens, so that other commands can find it with :func:`read_server_info`, and
-``<data_dir>/nats/server.lock`` keeps a second server off the same JetStream store.
+One server belongs to one data directory. It listens on loopback only and admits only the
+users it was given: one per role, each with the random password kept in
+``<data_dir>/nats/credentials/<role>`` (reused across restarts) and the permissions the
+caller's authorization builder grants. It keeps JetStream under ``<data_dir>/nats/jetstream``
+and logs to ``<data_dir>/nats/nats-server.log``. While it runs,
+``<data_dir>/nats/server.json`` says where it listens, so that other commands can find it
+with :func:`read_server_info`, and ``<data_dir>/nats/server.lock`` keeps a second server off
+the same JetStream store.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 import signal
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +34,13 @@ import msgspec
 from ctrlplane.bus.errors import ServerError
 from ctrlplane.bus.private import load_or_create_token, private_dir, write_private
 
-__all__ = ["EmbeddedServer", "ServerInfo", "find_binary", "read_server_info"]
+__all__ = ["Authorization", "EmbeddedServer", "ServerInfo", "find_binary", "read_server_info"]
+
+Authorization = Callable[[Mapping[str, str]], str]
+"""Builds the nats-server ``authorization { users = [...] }`` block from role -> password."""
+
+SERVICE_ROLE = "service"
+"""The role :attr:`ServerInfo.client_url` connects as: the control plane's own."""
 
 _BINARY_NAME = "nats-server.exe" if os.name == "nt" else "nats-server"
 _LOG_TAIL_BYTES = 4000
@@ -42,37 +50,49 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a running embedded server listens and what a client must present.
+    """Where a running embedded server listens and what its users present.
 
     Attributes:
         url: ``nats://127.0.0.1:PORT``, without credentials, so it is safe to log.
-        token: The auth token every client must send.
+        secrets: Role (NATS user name) to password.
         pid: Process id of the nats-server.
         started: When the server became ready (UTC).
     """
 
     url: str
-    token: str
+    secrets: dict[str, str]
     pid: int
     started: datetime
 
     @property
     def client_url(self) -> str:
-        """``nats://TOKEN@127.0.0.1:PORT``: nats-py sends a lone URL user name as the token."""
-        scheme, rest = self.url.split("://", 1)
-        return f"{scheme}://{self.token}@{rest}"
+        """The URL of the ``service`` role (the control plane's own identity)."""
+        return self.role_url(SERVICE_ROLE)
 
-    # A ServerInfo ends up in logs; its token must not.
+    def role_url(self, role: str) -> str:
+        """``nats://ROLE:PASSWORD@127.0.0.1:PORT``: nats-py sends them as user and password.
+
+        Raises:
+            ServerError: the server has no such user.
+        """
+        secret = self.secrets.get(role)
+        if secret is None:
+            known = ", ".join(sorted(self.secrets)) or "none"
+            raise ServerError(f"the embedded server has no user {role!r} (users: {known})")
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://{role}:{secret}@{rest}"
+
+    # A ServerInfo ends up in logs; its secrets must not.
     def __repr__(self) -> str:
         return (
-            f"ServerInfo(url={self.url!r}, token='<hidden>', pid={self.pid}, "
+            f"ServerInfo(url={self.url!r}, secrets='<hidden>', pid={self.pid}, "
             f"started={self.started!r})"
         )
 
     def __rich_repr__(self) -> list[tuple[str, Any]]:
         return [
             ("url", self.url),
-            ("token", "<hidden>"),
+            ("secrets", "<hidden>"),
             ("pid", self.pid),
             ("started", self.started),
         ]
@@ -92,7 +112,7 @@ class _Files:
         # compares, is the same however the caller spelled the directory.
         self.data_dir = Path(data_dir).resolve()
         self.nats_dir = self.data_dir / "nats"
-        self.token = self.nats_dir / "token"
+        self.credentials = self.nats_dir / "credentials"
         self.config = self.nats_dir / "nats-server.conf"
         self.log = self.nats_dir / "nats-server.log"
         self.info = self.nats_dir / "server.json"
@@ -169,10 +189,15 @@ class EmbeddedServer:
     or call :meth:`start` and :meth:`stop` yourself.
 
     Args:
-        data_dir: Directory for the token, config, log, JetStream store and info file.
+        data_dir: Directory for the credentials, config, log, JetStream store and info file.
         host: Loopback address to listen on; anything else is refused.
         port: Client port; 0 lets nats-server pick a free one.
         binary: Path of the nats-server binary; found with :func:`find_binary` when None.
+        roles: The NATS users to create, one secret each.
+        authorization: Builds the ``authorization`` block (with each user's
+            permissions) from role -> secret. ``None`` gives every role every
+            permission: for tools and tests that start a server of their own;
+            ``ctrlplane run`` passes :func:`ctrlplane.security.authorization_block`.
 
     Raises:
         ServerError: ``host`` is not a loopback address or ``port`` is out of range.
@@ -185,6 +210,8 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         binary: str | None = None,
+        roles: Sequence[str] = (SERVICE_ROLE,),
+        authorization: Authorization | None = None,
     ) -> None:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -198,6 +225,8 @@ class EmbeddedServer:
         self._host = host
         self._port = port
         self._binary = binary
+        self._roles = tuple(roles)
+        self._authorization = authorization or _unrestricted
         self._process: asyncio.subprocess.Process | None = None
         self._lock_fd: int | None = None
         self._info: ServerInfo | None = None
@@ -290,7 +319,7 @@ class EmbeddedServer:
         if running is not None:
             # A server whose parent was killed still runs until its SIGTERM is handled.
             raise _already_running(self._files, running)
-        token = self._prepare_files()
+        secrets = self._prepare_files()
         await _check_version(binary, deadline)
         try:
             log_fd = os.open(self._files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -318,7 +347,7 @@ class EmbeddedServer:
         port = await self._wait_ready(self._process, deadline, limit, binary, log_offset)
         info = ServerInfo(
             url=_url(self._host, port),
-            token=token,
+            secrets=secrets,
             pid=self._process.pid,
             started=datetime.now(UTC),
         )
@@ -328,16 +357,19 @@ class EmbeddedServer:
             raise ServerError(f"cannot write {self._files.info}: {exc.strerror}") from exc
         return info
 
-    def _prepare_files(self) -> str:
-        """Write the token (the first time) and the config; return the token."""
+    def _prepare_files(self) -> dict[str, str]:
+        """Write the secrets (the first time) and the config; return the secrets."""
         try:
             return self._write_files()
         except (OSError, ValueError) as exc:
             raise ServerError(f"cannot write into {self._files.nats_dir}: {exc}") from exc
 
-    def _write_files(self) -> str:
+    def _write_files(self) -> dict[str, str]:
         files = self._files
-        token = load_or_create_token(files.token)
+        private_dir(files.credentials)
+        secrets = {role: load_or_create_token(files.credentials / role) for role in self._roles}
+        # Written by an older version, when every client shared one token.
+        (files.nats_dir / "token").unlink(missing_ok=True)
         # nats-server appends "jetstream" to store_dir, hence the store in nats/jetstream.
         # No http_port: monitoring stays off.
         config = "\n".join(
@@ -345,7 +377,7 @@ class EmbeddedServer:
                 "# Written by ctrlplane at every start of the embedded server; edits are lost.",
                 f"host: {_quote(self._host)}",
                 f"port: {self._port or -1}",
-                f"authorization {{ token: {_quote(token)} }}",
+                self._authorization(secrets),
                 f"jetstream {{ store_dir: {_quote(str(files.nats_dir))} }}",
                 f"ports_file_dir: {_quote(str(files.nats_dir))}",
                 "",
@@ -355,7 +387,7 @@ class EmbeddedServer:
         # A server killed earlier left its ports file; a recycled pid must not find it.
         for stale in files.nats_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
-        return token
+        return secrets
 
     async def _wait_ready(
         self,
@@ -553,6 +585,14 @@ async def _answers_info(host: str, port: int, deadline: float) -> bool:
     except (OSError, TimeoutError):
         return False
     return greeting.startswith(b"INFO ")
+
+
+def _unrestricted(secrets: Mapping[str, str]) -> str:
+    users = ", ".join(
+        f"{{ user: {_quote(role)}, password: {_quote(secret)} }}"
+        for role, secret in secrets.items()
+    )
+    return f"authorization {{ users = [ {users} ] }}"
 
 
 def _quote(value: str) -> str:

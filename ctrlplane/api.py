@@ -211,11 +211,23 @@ def check_view(instance: Instance, state: CheckState) -> CheckView:
 
 
 class DomainApi:
-    """Answers ``<prefix>.api.apply``, ``.instances``, ``.health`` and ``.deployments``."""
+    """Answers ``<prefix>.api.apply``, ``.instances``, ``.health`` and ``.deployments``.
+
+    Args:
+        allow_apply: Whether ``apply`` is served (``Config.api_apply``); when
+            False it is answered with an error and changes nothing.
+    """
 
     def __init__(
-        self, bus: Bus, store: Store, inventory: Inventory, *, router: Router | None = None
+        self,
+        bus: Bus,
+        store: Store,
+        inventory: Inventory,
+        *,
+        router: Router | None = None,
+        allow_apply: bool = True,
     ) -> None:
+        self._allow_apply = allow_apply
         self._bus = bus
         self._store = store
         self._inventory = inventory
@@ -255,6 +267,12 @@ class DomainApi:
         return on_request
 
     async def _apply(self, payload: bytes) -> ApplyReply:
+        if not self._allow_apply:
+            # Refused before decoding: nothing of the request is acted on.
+            raise CtrlplaneError(
+                "apply over NATS is turned off on this control plane (api_apply = false); "
+                "declare instances and domains in its config file"
+            )
         request = decode_request(payload, ApplyRequest, self._bus.subjects.api("apply"))
         if request.domains is None:
             return ApplyReply(result=await self._inventory.apply(request.instances))

@@ -28,6 +28,7 @@ from ctrlplane.errors import CtrlplaneError, DataDirInUseError
 from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers
+from ctrlplane.security import ROLES, embedded_authorization, nats_url
 from ctrlplane.store.db import Store
 from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
@@ -150,16 +151,24 @@ class ControlPlane:
             ],
             check_types=self._checkers,
         )
-        url, token = cfg.nats_url, None
+        url = nats_url(cfg)
         if url is None:
             binary = str(cfg.nats_server_binary) if cfg.nats_server_binary else None
-            self._server = EmbeddedServer(cfg.data_dir, binary=binary)
+            self._server = EmbeddedServer(
+                cfg.data_dir,
+                binary=binary,
+                roles=ROLES,
+                authorization=embedded_authorization(
+                    self.bus.subjects, publisher_event_types=cfg.publisher_event_types
+                ),
+            )
             info = await self._server.start()
-            url, token = info.url, info.token
+            # The service role: the lease keeper's connection (Bus.peer_options) reuses it.
+            url = info.client_url
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
-        await self.bus.connect(url, token=token, connect_timeout=cfg.connect_timeout)
+        await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
-        providers = load_providers(cfg.data_dir)
+        providers = load_providers(cfg.data_dir, executables=cfg.process_executables)
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.
         source = f"ctrlplane:{self.scheduler.process}"
@@ -169,6 +178,7 @@ class ControlPlane:
             self.bus.publish_event,
             source=source,
             stop_grace=cfg.stop_grace,
+            process_executables=cfg.process_executables,
         )
         for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
             if worker.name not in cfg.disabled_workers:
@@ -177,7 +187,9 @@ class ControlPlane:
         await self.scheduler.start()
         self._control = ControlApi(self.bus, self.scheduler)
         await self._control.start()
-        self._api = DomainApi(self.bus, self.store, self.inventory, router=self.router)
+        self._api = DomainApi(
+            self.bus, self.store, self.inventory, router=self.router, allow_apply=cfg.api_apply
+        )
         await self._api.start()
         if cfg.instances is not None:
             # After the scheduler: the workers' consumers exist, so the

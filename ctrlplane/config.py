@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
-from ctrlplane.bus.subjects import is_valid_prefix
+from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_prefix
 from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
@@ -165,6 +165,21 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         acme_email: The contact of the ACME account.
         acme_ca_bundle: A PEM bundle to trust for the ACME server (a test CA
             such as pebble's); ``None`` trusts the system store.
+        nats_credentials: A file holding the NATS user and password to
+            connect to ``nats_url`` with (``user:password``, or a URL with
+            them, as ``ctrlplane credentials`` and ``ctrlplane nats-config
+            --out-dir`` write), so that no secret is in argv or the
+            environment. Only with ``nats_url``.
+        publisher_event_types: The event types (NATS wildcards allowed) the
+            embedded server's ``publisher`` user may publish; ``None`` allows
+            every event type.
+        api_apply: Whether ``<prefix>.api.apply`` (``ctrlplane apply``) is
+            served; ``false`` refuses it, and declarations come only from
+            the config file.
+        process_executables: The executables the ``process`` provider may
+            run (absolute paths, or names looked up on ``PATH``); an
+            instance whose command runs anything else is refused on apply.
+            Empty allows every executable.
     """
 
     nats_url: str | None = None
@@ -195,6 +210,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     acme_directory: str | None = None
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None
+    nats_credentials: Path | None = None
+    publisher_event_types: list[str] | None = None
+    api_apply: bool = True
+    process_executables: list[str] = []
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:
@@ -233,6 +252,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             ("https://", "http://")
         ):
             raise ConfigError("acme_directory", "must be an http(s) URL")
+        if self.nats_credentials is not None and self.nats_url is None:
+            raise ConfigError(
+                "nats_credentials", "is used only with nats_url (the embedded server has its own)"
+            )
+        for index, pattern in enumerate(self.publisher_event_types or []):
+            if not is_valid_event_pattern(pattern):
+                raise ConfigError(
+                    f"publisher_event_types[{index}]",
+                    f"{pattern!r} is not an event type such as 'health.failed' or 'instance.*'",
+                )
+        for index, exe in enumerate(self.process_executables):
+            if not exe or "\0" in exe:
+                raise ConfigError(f"process_executables[{index}]", "must be a non-empty path")
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             _check_worker_spec(spec, f"workers[{index}]")
@@ -477,11 +509,19 @@ def _check_known(name: str, source: str) -> None:
 
 def _from_env(text: str, info: mi.Type) -> object:
     """Turn an environment variable's text into the shape a TOML value would have."""
-    if _is_optional(info) and not text.strip():
-        return None
+    if _is_optional(info):
+        if not text.strip():
+            return None
+        assert isinstance(info, mi.UnionType)
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(others) == 1:
+            info = others[0]
     if isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
         return [item.strip() for item in text.split(",") if item.strip()]
-    if isinstance(_unwrap_optional(info), mi.IntType):
+    if isinstance(info, mi.BoolType):
+        # Left as text when it is neither, so that the error names the value.
+        return _BOOLEANS.get(text.strip().lower(), text)
+    if isinstance(info, mi.IntType):
         # The environment holds only text; an integer field reads it as a number
         # (what is not one is left as text for the type check to name).
         try:
@@ -491,12 +531,7 @@ def _from_env(text: str, info: mi.Type) -> object:
     return text
 
 
-def _unwrap_optional(info: mi.Type) -> mi.Type:
-    if isinstance(info, mi.UnionType):
-        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
-        if len(others) == 1:
-            return others[0]
-    return info
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _is_optional(info: mi.Type) -> bool:

@@ -9,7 +9,7 @@ yet deployed is recorded as a deployment (see :mod:`ctrlplane.rollout`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from ctrlplane.bus.messages import Event
 from ctrlplane.bus.subjects import is_valid_token
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.lifecycle import check_transition
+from ctrlplane.providers.process import executable_problem
 from ctrlplane.rollout import Rollout
 from ctrlplane.store.db import Store
 from ctrlplane.store.deployments import Deployment
@@ -142,6 +143,9 @@ class Inventory:
         publish: How to publish lifecycle events.
         source: The ``source`` of those events.
         stop_grace: How long an instance gets to stop before it is killed.
+        process_executables: The allow-list of the ``process`` provider's
+            executables; an apply that declares anything else is refused
+            whole. Empty allows any.
     """
 
     def __init__(
@@ -152,7 +156,9 @@ class Inventory:
         *,
         source: str = "inventory",
         stop_grace: timedelta = timedelta(seconds=10),
+        process_executables: Sequence[str] = (),
     ) -> None:
+        self._executables = tuple(process_executables)
         self._store = store
         self.providers = providers
         self._publish = publish
@@ -200,6 +206,14 @@ class Inventory:
         for d in decls:
             if d.provider not in self.providers:
                 raise InventoryError(d.name, f"unknown provider {d.provider!r}")
+            # Before anything is applied: a refused command is never run.
+            refused = (
+                executable_problem(d.command, self._executables)
+                if d.provider == "process"
+                else None
+            )
+            if refused is not None:
+                raise InventoryError(d.name, refused)
         result = ApplyResult()
         existing = {i.name: i for i in await self._store.instances.all()}
         for d in decls:

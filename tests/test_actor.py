@@ -252,7 +252,7 @@ async def test_start_is_all_or_nothing(
     nats_server: ServerInfo, subjects: Subjects, store: Store
 ) -> None:
     bus = _Refusing(subjects)
-    await bus.connect(nats_server.url, token=nats_server.token)
+    await bus.connect(nats_server.client_url)
     scheduler = Scheduler(bus, runs=store.runs)
     scheduler.register(Counter("slow"))
     scheduler.register(Counter("refused"))

@@ -142,7 +142,7 @@ async def test_publish_waits_out_a_broker_restart_and_loses_nothing(tmp_path: Pa
     info = await server.start()
     port = int(info.url.rsplit(":", 1)[1])
     bus = Bus(Subjects("restart"), publish_timeout=timedelta(seconds=20))
-    await bus.connect(info.url, token=info.token)
+    await bus.connect(info.client_url)
     try:
         await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
         before = Event(type="t.before", source="test")

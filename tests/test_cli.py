@@ -245,7 +245,7 @@ async def test_one_process_per_data_dir_whatever_the_mode(
     tmp_path: Path, nats_server: ServerInfo
 ) -> None:
     data = tmp_path / "data"
-    env = env_for(CTRLPLANE_SUBJECT_PREFIX=f"t{uuid.uuid4().hex[:10]}")
+    env = env_for(CTRLPLANE_SUBJECT_PREFIX=f"t.t{uuid.uuid4().hex[:10]}")
     first_args = ["run", "--nats-url", nats_server.client_url, "--data-dir", str(data)]
     with started(first_args, env, tmp_path / "first.log") as first:
         await wait_for(lambda: _lock_holder(data) == first.pid, within=30)

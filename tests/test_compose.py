@@ -57,6 +57,8 @@ from ctrlplane.bus.server import find_binary
 from ctrlplane.cli import main
 from ctrlplane.config import ENV_PREFIX, Config, load_config
 from ctrlplane.durations import parse_duration
+from ctrlplane.security import read_credentials
+from tests.processes import env_for, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -217,10 +219,23 @@ def services() -> dict[str, dict[str, object]]:
 
 
 def ctrlplane_services() -> dict[str, dict[str, object]]:
-    """The services built from this project's Dockerfile."""
-    found = {name: svc for name, svc in services().items() if "build" in svc}
+    """The long-running services built from this project's Dockerfile."""
+    found = {
+        name: svc
+        for name, svc in services().items()
+        if "build" in svc and name not in one_shot_services()
+    }
     assert found, "compose.yaml has no service built from this project (no 'build:')"
     return found
+
+
+def one_shot_services() -> dict[str, dict[str, object]]:
+    """Services built from this project that run once and exit (``restart: "no"``)."""
+    return {
+        name: svc
+        for name, svc in services().items()
+        if "build" in svc and svc.get("restart") == "no"
+    }
 
 
 def environment(service: Mapping[str, object], where: str) -> dict[str, str | None]:
@@ -409,7 +424,7 @@ def service_env(service: Mapping[str, object], where: str) -> dict[str, str | No
 
 
 def parse_service(name: str, monkeypatch: pytest.MonkeyPatch) -> Parsed:
-    service = ctrlplane_services()[name]
+    service = {**ctrlplane_services(), **one_shot_services()}[name]
     where = f"services.{name}"
     return parse_ctrlplane(service_argv(service, where), service_env(service, where), monkeypatch)
 
@@ -635,6 +650,74 @@ def test_ctrlplane_commands_parse_with_the_cli(monkeypatch: pytest.MonkeyPatch) 
         parsed = parse_service(name, monkeypatch)
         assert parsed.name == RUN, f"services.{name} runs `ctrlplane {parsed.name}`, not run"
         assert_valid_log_format(parsed)
+
+
+def test_one_shot_services_only_write_nats_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in one_shot_services():
+        parsed = parse_service(name, monkeypatch)
+        assert parsed.name == "nats-config", f"services.{name} runs `ctrlplane {parsed.name}`"
+
+
+def _on_volume(path: str, service: Mapping[str, object], where: str) -> tuple[str, str]:
+    """The named volume ``path`` lies on in ``service``, and the path inside it."""
+    for target, source in mounts(service, where).items():
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            assert source in named_volumes(), f"{where}: {path} is not on a named volume"
+            return source, path[len(target) :].lstrip("/")
+    raise AssertionError(f"{where}: {path} is on no volume")
+
+
+def test_nats_requires_the_users_nats_config_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The nats service loads the block written by the one-shot service, and the
+    replicas read the ``service`` credentials it wrote beside it: checked by
+    running that very nats-config into a stand-in for the volume, and the
+    real nats-server on the result."""
+    shots = one_shot_services()
+    assert len(shots) == 1, "compose.yaml should write the NATS users in one one-shot service"
+    ((shot_name, shot),) = shots.items()
+    parsed = parse_service(shot_name, monkeypatch)
+    out_dir, conf_out = parsed.params["out_dir"], parsed.params["conf_out"]
+    assert isinstance(out_dir, Path) and isinstance(conf_out, Path)
+    where = f"services.{shot_name}"
+    conf_volume, conf_inside = _on_volume(conf_out.as_posix(), shot, where)
+    out_volume, out_inside = _on_volume(out_dir.as_posix(), shot, where)
+
+    replica = parse_service(next(iter(ctrlplane_services())), monkeypatch)
+    nats_name = nats_service_of(replica, "replica")
+    nats_service = services()[nats_name]
+    depends = _mapping(nats_service.get("depends_on"), f"services.{nats_name}.depends_on")
+    condition = _mapping(depends.get(shot_name), f"services.{nats_name}.depends_on.{shot_name}")
+    assert condition.get("condition") == "service_completed_successfully"
+    args = nats_arguments(nats_name)
+    conf = go_flag(args, "c", "config")
+    assert conf is not None, f"services.{nats_name} has no -c: it would admit anyone"
+    assert _on_volume(conf, nats_service, f"services.{nats_name}") == (conf_volume, conf_inside)
+
+    volume = tmp_path / conf_volume
+    argv = service_argv(shot, where)
+    argv = [a.replace(conf_out.as_posix(), str(volume / conf_inside)) for a in argv]
+    argv = [a.replace(out_dir.as_posix(), str(tmp_path / out_volume / out_inside)) for a in argv]
+    result = run_cli(argv, env_for())
+    assert result.returncode == 0, result.stderr
+    nats_argv = [a if a != conf else str(volume / conf_inside) for a in args]
+    checked = subprocess.run(
+        [find_binary(), *nats_argv, "-t"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert re.search(r"configuration file .* is valid", checked.stdout + checked.stderr), (
+        checked.stdout + checked.stderr
+    )
+
+    for name, service in ctrlplane_services().items():
+        credentials = parse_service(name, monkeypatch).config.nats_credentials
+        assert credentials is not None, f"services.{name} connects without credentials"
+        volume_name, inside = _on_volume(credentials.as_posix(), service, f"services.{name}")
+        assert (volume_name, inside) == (out_volume, f"{out_inside}/service"), name
+        user, password = read_credentials(tmp_path / volume_name / inside)
+        assert user == "service"
+        block = (volume / conf_inside).read_text()
+        assert f'password: "{password}"' in block
 
 
 def test_ctrlplane_environment_names_config_fields() -> None:

@@ -406,6 +406,9 @@ def test_error_reads_as_documented(tmp_path: Path, env: dict[str, str]) -> None:
         ("CTRLPLANE_SUBJECT_PREFIX", "a.>", "subject_prefix", "not a valid subject prefix"),
         ("CTRLPLANE_WORKERS", "a:B,bad", "workers[1]", "not a worker reference"),
         ("CTRLPLANE_DATA_DIR", "", "data_dir", "empty string"),
+        ("CTRLPLANE_API_APPLY", "perhaps", "api_apply", "expected `bool`"),
+        ("CTRLPLANE_NATS_CREDENTIALS", "/run/secrets/service", "nats_credentials", "nats_url"),
+        ("CTRLPLANE_PUBLISHER_EVENT_TYPES", "usage.*,a b", "publisher_event_types[1]", "event"),
     ],
 )
 def test_bad_env_value_names_field_and_variable(
@@ -420,6 +423,18 @@ def test_bad_env_value_names_field_and_variable(
     assert caught.value.source == var
     assert fragment in caught.value.reason
     assert str(caught.value).endswith(f"(from {var})")
+
+
+def test_security_settings_load_from_env(env: dict[str, str]) -> None:
+    env["CTRLPLANE_API_APPLY"] = "false"
+    env["CTRLPLANE_PROCESS_EXECUTABLES"] = "/usr/bin/python3, /bin/true"
+    env["CTRLPLANE_PUBLISHER_EVENT_TYPES"] = "usage.*"
+
+    config = load_config(env=env)
+
+    assert config.api_apply is False
+    assert config.process_executables == ["/usr/bin/python3", "/bin/true"]
+    assert config.publisher_event_types == ["usage.*"]
 
 
 def test_env_error_is_blamed_on_env_not_on_the_file(tmp_path: Path, env: dict[str, str]) -> None:
@@ -611,6 +626,10 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "acme_directory": None,
         "acme_email": None,
         "acme_ca_bundle": None,
+        "nats_credentials": None,
+        "publisher_event_types": None,
+        "api_apply": True,
+        "process_executables": [],
     }
 
 

@@ -97,7 +97,7 @@ async def test_survives_a_broker_restart(tmp_path: Path) -> None:
     info = await server.start()
     port = int(info.url.rsplit(":", 1)[1])
     bus = Bus(Subjects("feed"))
-    await bus.connect(info.url, token=info.token)
+    await bus.connect(info.client_url)
     got: list[Msg] = []
 
     def take(msg: Msg) -> None:

@@ -14,7 +14,8 @@ from ctrlplane.bus.publisher import BatchPublisher
 async def _stream(
     bus: Bus, max_msgs: int | None = None, discard: DiscardPolicy | None = None
 ) -> str:
-    name = f"{bus.subjects.prefix.upper()}_BATCH"
+    # Stream names hold no dots; the test prefixes do (t.<random>).
+    name = bus.subjects.events_stream.replace("_EVENTS", "_BATCH")
     subjects = [f"{bus.subjects.prefix}.batch.>"]
     await bus.js.add_stream(
         StreamConfig(name=name, subjects=subjects, max_msgs=max_msgs, discard=discard)

@@ -95,7 +95,7 @@ async def test_two_schedulers_share_each_slot(
     nats_server: ServerInfo, subjects: Subjects, bus: Bus, store: Store
 ) -> None:
     other_bus = Bus(subjects)
-    await other_bus.connect(nats_server.url, token=nats_server.token)
+    await other_bus.connect(nats_server.client_url)
     a, b = Recorder(interval=0.2), Recorder(interval=0.2)
     first = Scheduler(bus, runs=store.runs, process="p1")
     second = Scheduler(other_bus, runs=store.runs, process="p2")
@@ -334,7 +334,7 @@ async def test_stop_hands_an_unfinished_tick_to_another_process_at_once(
     await first.stop(grace=timedelta(seconds=0.2))
 
     other = Bus(subjects)
-    await other.connect(nats_server.url, token=nats_server.token)
+    await other.connect(nats_server.client_url)
     second = Scheduler(other, runs=store.runs, process="p2")
     fast = Sleeper(seconds=0, timeout=60)
     second.register(fast)

@@ -91,19 +91,30 @@ def test_find_binary_says_what_to_install_when_there_is_none(
     assert caught.value.binary == str(tmp_path / "nats-server")
 
 
-def test_client_url_puts_the_token_in_the_user_part() -> None:
-    info = ServerInfo(url="nats://127.0.0.1:4222", token="s3cret", pid=1, started=datetime.now(UTC))
-    assert info.client_url == "nats://s3cret@127.0.0.1:4222"
-    assert "s3cret" not in repr(info)
-    assert "s3cret" not in repr(list(info.__rich_repr__()))
+def test_client_url_is_the_service_role_with_its_password_in_the_user_part() -> None:
+    info = ServerInfo(
+        url="nats://127.0.0.1:4222",
+        secrets={"service": "s3cret", "observer": "l00k"},
+        pid=1,
+        started=datetime.now(UTC),
+    )
+    assert info.client_url == "nats://service:s3cret@127.0.0.1:4222"
+    assert info.role_url("observer") == "nats://observer:l00k@127.0.0.1:4222"
+    with pytest.raises(ServerError, match="no user 'admin'"):
+        info.role_url("admin")
+    for secret in ("s3cret", "l00k"):
+        assert secret not in repr(info)
+        assert secret not in repr(list(info.__rich_repr__()))
     assert msgspec.json.decode(msgspec.json.encode(info), type=ServerInfo) == info
 
 
-async def test_jetstream_round_trip_with_the_token(server: EmbeddedServer, tmp_path: Path) -> None:
+async def test_jetstream_round_trip_as_the_service_user(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
     info = server.info
     assert info.url == f"nats://127.0.0.1:{_port(info)}"
     assert _port(info) > 0
-    assert info.token not in info.url
+    assert info.secrets["service"] not in info.url
     nc = await nats.connect(info.client_url, allow_reconnect=False)
     try:
         js = nc.jetstream()
@@ -124,16 +135,15 @@ async def test_listens_on_loopback_without_monitoring(
     assert "http monitor" not in log.lower()
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token"])
-async def test_connecting_without_the_token_is_refused(
-    server: EmbeddedServer, token: str | None
+@pytest.mark.parametrize("userinfo", ["", "wrong-token@", "service:wrong-password@"])
+async def test_connecting_without_the_password_is_refused(
+    server: EmbeddedServer, userinfo: str
 ) -> None:
     nc = Client()
+    url = server.info.url.replace("nats://", f"nats://{userinfo}")
     try:
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-            await nc.connect(
-                server.info.url, token=token, allow_reconnect=False, error_cb=_ignore_error
-            )
+            await nc.connect(url, allow_reconnect=False, error_cb=_ignore_error)
     finally:
         # nats-py leaves the socket open after a refused connect until close().
         await nc.close()
@@ -147,10 +157,17 @@ async def test_files_are_private(tmp_path: Path) -> None:
         nats_dir = data_dir / "nats"
         assert _mode(data_dir) == 0o700
         assert _mode(nats_dir) == 0o700
-        for name in ("token", "nats-server.conf", "server.json", "nats-server.log"):
+        assert _mode(nats_dir / "credentials") == 0o700
+        for name in ("credentials/service", "nats-server.conf", "server.json", "nats-server.log"):
             assert _mode(nats_dir / name) == 0o600, name
-        assert (nats_dir / "token").read_text() == running.info.token
-        assert running.info.token in (nats_dir / "nats-server.conf").read_text()
+        secret = running.info.secrets["service"]
+        assert (nats_dir / "credentials/service").read_text() == secret
+        assert secret in (nats_dir / "nats-server.conf").read_text()
+        # Never on the command line, where `ps` shows it to every user.
+        pid = running.pid
+        assert pid is not None
+        cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
+        assert secret.encode() not in cmdline
 
 
 async def test_read_server_info_finds_a_running_server_and_none_after_stop(
@@ -177,7 +194,9 @@ async def test_read_server_info_ignores_a_file_whose_pid_is_not_the_server(
     info_file.parent.mkdir()
     # A dead pid, and a live pid that belongs to some other program (this test).
     for pid in (exited.pid, os.getpid()):
-        info = ServerInfo(url="nats://127.0.0.1:1", token="t", pid=pid, started=datetime.now(UTC))
+        info = ServerInfo(
+            url="nats://127.0.0.1:1", secrets={"service": "t"}, pid=pid, started=datetime.now(UTC)
+        )
         info_file.write_bytes(msgspec.json.encode(info))
         assert read_server_info(tmp_path) is None, pid
 
@@ -189,7 +208,7 @@ def test_read_server_info_rejects_a_corrupt_file(tmp_path: Path) -> None:
         read_server_info(tmp_path)
 
 
-async def test_restart_reuses_the_token_and_the_store(tmp_path: Path) -> None:
+async def test_restart_reuses_the_secrets_and_the_store(tmp_path: Path) -> None:
     running = EmbeddedServer(tmp_path / "data")
     first = await running.start()
     nc = await nats.connect(first.client_url, allow_reconnect=False)
@@ -202,7 +221,7 @@ async def test_restart_reuses_the_token_and_the_store(tmp_path: Path) -> None:
 
     second = await running.start()
     try:
-        assert second.token == first.token
+        assert second.secrets == first.secrets
         assert second.pid != first.pid
         nc = await nats.connect(second.client_url, allow_reconnect=False)
         try:

@@ -7,6 +7,7 @@ import logging
 import click
 
 from ctrlplane.cli.certs import certs
+from ctrlplane.cli.credentials import credentials, nats_config
 from ctrlplane.cli.deployments import deployments
 from ctrlplane.cli.events import events, schema
 from ctrlplane.cli.instances import apply, health, instances
@@ -38,5 +39,7 @@ for command in (
     certs,
     events,
     schema,
+    credentials,
+    nats_config,
 ):
     main.add_command(command)

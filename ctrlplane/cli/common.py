@@ -23,6 +23,7 @@ from ctrlplane.cli.terminal import visible, visible_json
 from ctrlplane.config import Config, load_config
 from ctrlplane.durations import format_duration
 from ctrlplane.errors import ConfigError, CtrlplaneError
+from ctrlplane.security import MUTATING_ENDPOINTS, Role, nats_url
 from ctrlplane.store.errors import StoreError
 
 T = TypeVar("T")
@@ -126,10 +127,15 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-async def connect(config: Config) -> Bus:
-    """Connect to the configured NATS, or find the embedded server via the data dir."""
+async def connect(config: Config, role: Role = Role.OBSERVER) -> Bus:
+    """Connect to the configured NATS, or find the embedded server via the data dir.
+
+    On the embedded server the command connects as ``role``: ``observer`` for
+    reading, ``admin`` for changing things. With ``nats_url`` it uses the
+    credentials configured for it.
+    """
     bus = Bus(Subjects(config.subject_prefix), name="ctrlplane-cli")
-    url, token = config.nats_url, None
+    url = nats_url(config)
     if url is None:
         info = read_server_info(config.data_dir)
         if info is None:
@@ -137,10 +143,10 @@ async def connect(config: Config) -> Bus:
                 f"no embedded nats-server is running for data dir {config.data_dir}: "
                 "start one with `ctrlplane run`, or pass --nats-url"
             )
-        url, token = info.url, info.token
+        url = info.role_url(role.value)
     # A client command says within seconds that NATS is not there.
     timeout = min(config.connect_timeout, CLIENT_CONNECT_TIMEOUT)
-    await bus.connect(url, token=token, connect_timeout=timeout)
+    await bus.connect(url, connect_timeout=timeout)
     return bus
 
 
@@ -148,11 +154,15 @@ CLIENT_CONNECT_TIMEOUT = timedelta(seconds=3)
 """The longest a client command (not ``run``) tries to reach NATS."""
 
 
-def with_bus(config: Config, action: Callable[[Bus], Coroutine[Any, Any, T]]) -> T:
-    """Connect, run ``action(bus)``, close; errors end the command with a message."""
+def with_bus(
+    config: Config,
+    action: Callable[[Bus], Coroutine[Any, Any, T]],
+    role: Role = Role.OBSERVER,
+) -> T:
+    """Connect as ``role``, run ``action(bus)``, close; errors end the command with a message."""
 
     async def go() -> T:
-        bus = await connect(config)
+        bus = await connect(config, role)
         try:
             return await action(bus)
         finally:
@@ -169,12 +179,16 @@ def ask(
     config: Config, name: str, body: object, reply_type: type[R], within: float = READ_WAIT
 ) -> R:
     """Send the control request ``<prefix>.api.<name>`` and return the answer;
-    no answer or an error answer ends the command with a message."""
+    no answer or an error answer ends the command with a message.
+
+    A mutating endpoint is asked as ``admin``, any other as ``observer``.
+    """
 
     async def send(bus: Bus) -> R:
         return await request(bus, name, body, reply_type, within=within)
 
-    return with_bus(config, send)
+    role = Role.ADMIN if name in MUTATING_ENDPOINTS else Role.OBSERVER
+    return with_bus(config, send, role)
 
 
 def ago(when: datetime | None) -> str:

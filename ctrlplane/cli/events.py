@@ -72,10 +72,13 @@ def events(
     async def read(bus: Bus) -> None:
         s = bus.subjects
         try:
-            sub = await bus.js.pull_subscribe(
-                s.event(pattern),
-                stream=s.events_stream,
-                config=ConsumerConfig(
+            # Created without a name (the server picks one) and then bound:
+            # the observer role may create only such consumers, never a named
+            # one that could rewrite a worker's.
+            consumer = await bus.js.add_consumer(
+                s.events_stream,
+                ConsumerConfig(
+                    filter_subject=s.event(pattern),
                     deliver_policy=DeliverPolicy.BY_START_TIME if start else DeliverPolicy.NEW,
                     opt_start_time=start,
                     ack_policy=AckPolicy.NONE,
@@ -83,6 +86,7 @@ def events(
                     inactive_threshold=30,
                 ),
             )
+            sub = await bus.js.pull_subscribe_bind(consumer.name, stream=s.events_stream)
         except nats.js.errors.NotFoundError:
             raise CtrlplaneError(
                 f"no event stream {s.events_stream} on this NATS: has `ctrlplane run` run here?"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,18 +141,48 @@ class _Child:
     stopped: bool = False
 
 
+def executable_problem(command: Sequence[str], allowed: Sequence[str]) -> str | None:
+    """Why ``command`` may not run under the allow-list ``allowed``, or None if it may.
+
+    An empty ``allowed`` allows everything. Names are looked up on ``PATH``
+    and symbolic links followed on both sides, so ``python3`` matches
+    ``/usr/bin/python3`` when that is what ``PATH`` finds.
+    """
+    if not allowed:
+        return None
+    if not command:
+        return "the command is empty"
+    executable = command[0]
+    if "/" in executable and not os.path.isabs(executable):
+        return f"executable {executable!r} is a relative path; use an absolute one"
+    found = _resolve(executable)
+    if found is None or found not in {_resolve(a) for a in allowed}:
+        return (
+            f"executable {executable!r} is not allowed (process_executables: {', '.join(allowed)})"
+        )
+    return None
+
+
+def _resolve(executable: str) -> str | None:
+    path = shutil.which(executable)
+    return None if path is None else os.path.realpath(path)
+
+
 class ProcessProvider:
-    """Runs instances as OS processes on this host.
+    """Runs instances as OS processes on this host, as the control plane's user.
 
     Args:
         data_dir: The control plane's data directory; each instance gets the
             folder ``instances/<name>/`` (mode 0700) for its output log and,
             unless its spec names one, as its working directory.
+        executables: The only executables it runs (``process_executables``);
+            empty runs any.
     """
 
     name = "process"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, executables: Sequence[str] = ()) -> None:
+        self._executables = tuple(executables)
         self._root = Path(data_dir) / "instances"
         # The processes started here, by handle: polling them reads their exit
         # code and reaps them, so none lingers as a zombie.
@@ -177,6 +208,10 @@ class ProcessProvider:
             return instance.handle
         if not spec.command:
             raise ProviderError(instance.name, "the command is empty")
+        # Checked at apply too; here for instances recorded before the allow-list.
+        refused = executable_problem(spec.command, self._executables)
+        if refused is not None:
+            raise ProviderError(instance.name, refused)
         folder = self._folder(instance)
         try:
             private_dir(self._root)

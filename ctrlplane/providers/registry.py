@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 
 from ctrlplane.plugins import entry_point_objects
@@ -17,18 +18,19 @@ ENTRY_POINT_GROUP = "ctrlplane.providers"
 _METHODS = ("start", "stop", "status", "pids")
 
 
-def load_providers(data_dir: Path) -> dict[str, Provider]:
+def load_providers(data_dir: Path, *, executables: Sequence[str] = ()) -> dict[str, Provider]:
     """Every provider, keyed by its ``name``: ``process`` and the entry points' ones.
 
     An entry point in the ``ctrlplane.providers`` group names a class or a
     factory, which is called with ``data_dir`` as its only argument, or a
-    provider instance, which is used as it is.
+    provider instance, which is used as it is. ``executables`` is the
+    ``process`` provider's allow-list (``process_executables``).
 
     Raises:
         ProviderLoadError: an entry point cannot be loaded, does not give a
             provider, or gives one whose name is already taken.
     """
-    builtin = ProcessProvider(data_dir)
+    builtin = ProcessProvider(data_dir, executables=executables)
     providers: dict[str, Provider] = {builtin.name: builtin}
     loaded = entry_point_objects(
         ENTRY_POINT_GROUP,

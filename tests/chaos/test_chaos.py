@@ -64,8 +64,8 @@ async def test_process_killed_between_run_and_ack(tmp_path: Path) -> None:
         await trap.start()
         try:
             victim = cluster.replica("victim")
-            token = cluster.nats.info.token
-            victim.start(f"nats://{token}@127.0.0.1:{trap.port}")
+            secret = cluster.nats.info.secrets["service"]
+            victim.start(f"nats://service:{secret}@127.0.0.1:{trap.port}")
             trap.victim = victim.pid
             # The victim is alone, so it takes the first tick; it dies when it acks it.
             await victim.wait_started()
