@@ -21,7 +21,7 @@ from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.leases import LeaseKeeper
-from ctrlplane.actors.settle import Decision, Settle, decide
+from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
@@ -259,10 +259,32 @@ class Actor:
                 await self._handle(source, msg)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A bug in handling, not in the worker: hand the message back.
-                self._log.exception("message handling failed; message handed back")
-                await self._settle(msg, Settle.NAK)
+            except Exception as exc:
+                # A bug in handling, or input that breaks it, not the worker:
+                # it would fail again at once, so back off, then give up.
+                await self._fault(source, msg, exc)
+
+    async def _fault(self, source: _Source, msg: Msg, exc: Exception) -> None:
+        """Settle a message whose handling raised outside the worker's run."""
+        attempt = _attempt_of(msg)
+        error = _describe(exc)
+        self.error_count += 1
+        self.last_error = f"handling failed: {error}"
+        decision = after_fault(attempt=attempt, max_attempts=self.spec.max_attempts, error=error)
+        self._log.error(
+            "message handling failed",
+            error=error,
+            attempt=attempt,
+            settle=decision.how.value,
+            delay=decision.delay,
+            exc_info=exc,
+        )
+        if decision.how is not Settle.DEAD_LETTER:
+            await self._settle(msg, decision.how, decision.delay)
+            return
+        trigger = Trigger.TICK if source is _Source.TICK else Trigger.EVENT
+        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
+        await self._conclude(msg, decision, row)
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
@@ -277,6 +299,10 @@ class Actor:
                 tick = decode_tick(msg.data, msg.subject)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
+                return
+            problem = self.spec.tick_problem(tick, self._clock())
+            if problem is not None:
+                await self._refuse(msg, Trigger.TICK, attempt, problem)
                 return
             stale = self._is_stale(tick) and _pending_after(msg) > 0
             done = await self._slot_completed(tick, attempt)
@@ -302,7 +328,7 @@ class Actor:
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event_msg(msg)
+                event = decode_event_msg(msg, max_size=self._bus.max_event_size)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
                 return
@@ -310,6 +336,7 @@ class Actor:
 
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
+        self.last_error = f"refused: {reason}"
         row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
         await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
 
@@ -493,8 +520,9 @@ class Actor:
             if await self._keep_dead_letter(msg, reason, row.attempt):
                 how = Settle.TERM
             else:
-                # Not kept: hand the message back rather than lose it.
-                how, delay = Settle.NAK, 1.0
+                # Not kept: hand the message back rather than lose it, later
+                # each time (NATS may be away for a while).
+                how, delay = Settle.NAK, nak_delay(row.attempt)
             self.dead_letter_count += 1
         if msg is None:
             self._record(row)
@@ -522,7 +550,9 @@ class Actor:
             reason=reason,
             payload=msg.data,
             attempts=attempt,
+            stream=_stream_of(msg),
             stream_seq=_stream_seq(msg),
+            max_bytes=self._bus.dead_letter_room,
         )
         try:
             await self._bus.publish_dead_letter(letter)
@@ -750,6 +780,13 @@ def _pending_after(msg: Msg) -> int:
 def _stream_seq(msg: Msg) -> int | None:
     try:
         return int(msg.metadata.sequence.stream)
+    except (ValueError, nats.errors.Error, AttributeError, IndexError):
+        return None
+
+
+def _stream_of(msg: Msg) -> str | None:
+    try:
+        return str(msg.metadata.stream)
     except (ValueError, nats.errors.Error, AttributeError, IndexError):
         return None
 
