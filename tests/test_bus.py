@@ -10,9 +10,11 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy
 
 from ctrlplane.bus import (
     Bus,
+    BusLimits,
     DecodeError,
     Event,
     InvalidEventError,
@@ -72,13 +74,14 @@ def _nested(depth: int) -> str:
 def test_a_deeply_nested_event_is_a_decode_error(field: str) -> None:
     deep = '{"x": ' + _nested(2000) + "}"
     payload = f'{{"type": "a.b", "source": "s", "{field}": {deep}}}'
-    with pytest.raises(DecodeError, match="RecursionError"):
+    # Refused from the raw bytes: msgspec never recurses into it.
+    with pytest.raises(DecodeError, match="levels deep"):
         decode_event(payload.encode(), "subj")
 
 
 def test_a_deeply_nested_tick_is_a_decode_error() -> None:
     payload = '{"worker": "gc", "extra": ' + _nested(2000) + ', "slot": 1}'
-    with pytest.raises(DecodeError, match="RecursionError"):
+    with pytest.raises(DecodeError, match="levels deep"):
         decode_tick(payload.encode(), "subj")
 
 
@@ -190,6 +193,32 @@ async def test_event_retention_follows_the_latest_setting(bus: Bus) -> None:
     await bus.ensure_streams(duplicate_window=window, events_max_age=timedelta(days=1))
     info = await bus.js.stream_info(bus.subjects.events_stream)
     assert info.config.max_age == timedelta(days=1).total_seconds()
+
+
+async def test_events_and_dead_letters_are_bounded_by_bytes_and_age(bus: Bus) -> None:
+    window = timedelta(minutes=2)
+    await bus.ensure_streams(duplicate_window=window)
+    s = bus.subjects
+    events = await bus.js.stream_info(s.events_stream)
+    dlq = await bus.js.stream_info(s.dlq_stream)
+    assert events.config.max_bytes == BusLimits().events_max_bytes
+    assert dlq.config.max_bytes == BusLimits().dlq_max_bytes
+    assert dlq.config.max_age == timedelta(days=30).total_seconds()
+    # The operator's latest setting wins, and past it the oldest go.
+    bus.limits = BusLimits(
+        events_max_bytes=2 * 1024**2, dlq_max_bytes=3 * 1024**2, dlq_max_age=timedelta(days=2)
+    )
+    await bus.ensure_streams(duplicate_window=window)
+    events = await bus.js.stream_info(s.events_stream)
+    dlq = await bus.js.stream_info(s.dlq_stream)
+    assert (events.config.max_bytes, dlq.config.max_bytes) == (2 * 1024**2, 3 * 1024**2)
+    assert dlq.config.max_age == timedelta(days=2).total_seconds()
+    assert events.config.discard == dlq.config.discard == DiscardPolicy.OLD
+    filler = Event(type="a.b", source="s", data={"s": "x" * 200_000})
+    for i in range(20):
+        await bus.publish_event(Event(type="a.b", source="s", id=str(i), data=filler.data))
+    events = await bus.js.stream_info(s.events_stream)
+    assert events.state.bytes <= 2 * 1024**2 and events.state.first_seq > 1
 
 
 async def test_using_the_bus_before_connect_says_what_to_do() -> None:
