@@ -128,6 +128,7 @@ class Actor:
         self._capacity = spec.prefetch
         self._ack_wait = ack_wait_for(spec).total_seconds()
         self._tick_prefix = bus.subjects.tick("")
+        self._max_event_size: int | None = None  # read from the bus at start
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
@@ -174,6 +175,7 @@ class Actor:
             )
             await self._feed(s.ticks_stream, tick_consumer, _Source.TICK, window=1)
         if spec.subscriptions:
+            self._max_event_size = self._bus.max_event_size
             filters = [s.event(p) for p in spec.subscriptions]
             event_consumer = ConsumerConfig(
                 durable_name=s.event_consumer(spec.name),
@@ -328,7 +330,7 @@ class Actor:
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event_msg(msg, max_size=self._bus.max_event_size)
+                event = decode_event_msg(msg, max_size=self._max_event_size)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
                 return

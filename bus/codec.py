@@ -155,7 +155,9 @@ def decode(payload: bytes, type_: type[T], subject: str = "") -> T:
 
 
 def _decode_inbound(payload: bytes, subject: str) -> _InboundEvent:
-    _check_depth(payload, subject)
+    # _check_depth's first test inlined: this is the hot path of every event.
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH:
+        _check_depth(payload, subject)
     try:
         return _event_decoder.decode(payload)
     except Exception as exc:  # RecursionError on deep nesting, not only msgspec's errors
