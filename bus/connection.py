@@ -321,6 +321,8 @@ class Bus:
             except nats.js.errors.BadRequestError:
                 # Another process created it between our look and our add.
                 info = await self.js.stream_info(config.name)
+            except nats.js.errors.ServerError as exc:
+                raise _no_room(config, exc) from exc
         current = info.config
         window = max(current.duplicate_window or 0, config.duplicate_window)
         if config.name == self.subjects.ticks_stream:
@@ -337,7 +339,10 @@ class Bus:
             updated.duplicate_window = window
             updated.max_age = max_age
             updated.max_bytes = max_bytes
-            await self.js.update_stream(updated)
+            try:
+                await self.js.update_stream(updated)
+            except nats.js.errors.ServerError as exc:
+                raise _no_room(config, exc) from exc
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Any:
         """Publish to JetStream, retrying while the connection is away.
@@ -467,6 +472,20 @@ _USERINFO_RE = re.compile(r"//[^/@]*@")
 
 def _redact_url(url: str) -> str:
     return _USERINFO_RE.sub("//***@", url)
+
+
+_NO_STORAGE = 10047  # JetStream: insufficient storage resources available
+
+
+def _no_room(config: StreamConfig, exc: nats.js.errors.ServerError) -> Exception:
+    """Say which setting to change when JetStream cannot reserve a stream's max_bytes."""
+    if exc.err_code != _NO_STORAGE:
+        return exc
+    return BusError(
+        f"bus: JetStream cannot reserve {config.max_bytes} bytes for stream {config.name}: "
+        "lower events_max_bytes / dlq_max_bytes, or give JetStream more storage "
+        "(max_file_store)"
+    )
 
 
 def _is_refusal(exc: Exception) -> bool:

@@ -8,7 +8,6 @@ from msgspec import Struct
 
 KiB = 1024
 MiB = 1024 * KiB
-GiB = 1024 * MiB
 
 
 class BusLimits(Struct, frozen=True, kw_only=True):
@@ -27,6 +26,8 @@ class BusLimits(Struct, frozen=True, kw_only=True):
     """
 
     max_event_size: int = 256 * KiB
-    events_max_bytes: int = 1 * GiB
+    # JetStream reserves a file stream's max_bytes in its store up front:
+    # defaults a modest server can grant, raised by operators who want more.
+    events_max_bytes: int = 256 * MiB
     dlq_max_age: timedelta = timedelta(days=30)
-    dlq_max_bytes: int = 256 * MiB
+    dlq_max_bytes: int = 64 * MiB

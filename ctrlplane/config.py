@@ -134,10 +134,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             another client is dead-lettered with the reason, and our own
             publishes refuse it. 1 KiB to 64 MiB.
         events_max_bytes: The size limit of the events stream, in bytes;
-            past it the oldest events are discarded.
+            past it the oldest events are discarded. JetStream reserves it
+            in its store when the stream is created.
         dlq_max_age: How long dead letters are kept.
         dlq_max_bytes: The size limit of the dead-letter stream, in bytes;
-            past it the oldest letters are discarded.
+            past it the oldest letters are discarded (reserved likewise).
         audit_max_rows: Audit entries kept at most (newest); the
             GarbageCollector deletes older ones beyond it, as well as those
             past ``audit_retention``.
@@ -184,9 +185,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     events_max_age: timedelta = timedelta(days=7)
     # Bounded input (issue 9): sizes in bytes, checked in __post_init__.
     max_event_size: int = 256 * 1024
-    events_max_bytes: int = 1024**3
+    events_max_bytes: int = 256 * 1024**2
     dlq_max_age: timedelta = timedelta(days=30)
-    dlq_max_bytes: int = 256 * 1024**2
+    dlq_max_bytes: int = 64 * 1024**2
     audit_max_rows: int = 1_000_000
     workers: list[str] = []
     nats_server_binary: Path | None = None

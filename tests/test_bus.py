@@ -14,6 +14,7 @@ from nats.js.api import DiscardPolicy
 
 from ctrlplane.bus import (
     Bus,
+    BusError,
     BusLimits,
     DecodeError,
     Event,
@@ -201,8 +202,8 @@ async def test_events_and_dead_letters_are_bounded_by_bytes_and_age(bus: Bus) ->
     s = bus.subjects
     events = await bus.js.stream_info(s.events_stream)
     dlq = await bus.js.stream_info(s.dlq_stream)
-    assert events.config.max_bytes == BusLimits().events_max_bytes
-    assert dlq.config.max_bytes == BusLimits().dlq_max_bytes
+    assert events.config.max_bytes == bus.limits.events_max_bytes
+    assert dlq.config.max_bytes == bus.limits.dlq_max_bytes
     assert dlq.config.max_age == timedelta(days=30).total_seconds()
     # The operator's latest setting wins, and past it the oldest go.
     bus.limits = BusLimits(
@@ -271,3 +272,9 @@ async def test_one_id_from_two_sources_is_two_events(bus: Bus) -> None:
     again = await bus.publish_event(Event(type="job.done", source="svc-a", id="same"))
     assert a != b
     assert again == a  # a retry of one event is stored once
+
+
+async def test_a_stream_limit_jetstream_cannot_reserve_names_the_setting(bus: Bus) -> None:
+    bus.limits = BusLimits(events_max_bytes=2**50)
+    with pytest.raises(BusError, match="lower events_max_bytes / dlq_max_bytes"):
+        await bus.ensure_streams(duplicate_window=timedelta(minutes=2))

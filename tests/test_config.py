@@ -89,7 +89,7 @@ def test_duration_fields_are_found_from_the_annotations() -> None:
 def test_input_bounds_default_well_under_nats_limits(env: dict[str, str]) -> None:
     config = load_config(env=env)
     assert config.max_event_size == 256 * 1024  # NATS' default max_payload is 1 MiB
-    assert (config.events_max_bytes, config.dlq_max_bytes) == (1024**3, 256 * 1024**2)
+    assert (config.events_max_bytes, config.dlq_max_bytes) == (256 * 1024**2, 64 * 1024**2)
     assert config.dlq_max_age == timedelta(days=30)
     assert config.audit_max_rows == 1_000_000
 
@@ -615,9 +615,9 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "connect_timeout": "10s",
         "events_max_age": "7d",
         "max_event_size": 262144,
-        "events_max_bytes": 1073741824,
+        "events_max_bytes": 268435456,
         "dlq_max_age": "30d",
-        "dlq_max_bytes": 268435456,
+        "dlq_max_bytes": 67108864,
         "audit_max_rows": 1000000,
         "workers": ["a:B"],
         "nats_server_binary": None,

@@ -86,6 +86,11 @@ class Periodic:
 
 @pytest_asyncio.fixture
 async def plane(config: Config) -> AsyncIterator[ControlPlane]:
+    # Room for every fuzzed event and letter: smaller streams would discard
+    # the oldest (by design) and the count would not add up.
+    config = msgspec.structs.replace(
+        config, events_max_bytes=256 * 1024**2, dlq_max_bytes=256 * 1024**2
+    )
     cp = ControlPlane(config, load_plugins=False)
     cp.register(Sink())
     cp.register(Periodic())
