@@ -44,6 +44,9 @@ WORKER_FAILED = "worker.failed"
 # How long a finished periodic run may keep retrying the record of its slot's
 # completion (NATS away) before its tick is acked all the same.
 LEDGER_PATIENCE = timedelta(minutes=1)
+# Deliveries of an event beyond its max_attempts allowed for runs that never
+# settled (a process died or stopped mid-run); the consumer's max_deliver.
+UNSETTLED_MARGIN = 3
 
 
 def resolution_for(timeout: timedelta) -> float:
@@ -190,9 +193,10 @@ class Actor:
                 # for the batch that holds them).
                 max_ack_pending=max(4096, 4 * self._capacity),
                 ack_wait=self._ack_wait,
-                # Our own max_attempts dead-letters first; this only stops a
-                # message that keeps killing whole processes.
-                max_deliver=spec.max_attempts + 3,
+                # Our own max_attempts dead-letters first; the last delivery
+                # of a message that keeps killing whole processes is
+                # dead-lettered unrun (see _handle), never dropped unseen.
+                max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
             )
             await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
         if self._own_deadlines:
@@ -333,6 +337,16 @@ class Actor:
                 event = decode_event_msg(msg, max_size=self._max_event_size)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
+                return
+            if attempt >= self.spec.max_attempts + UNSETTLED_MARGIN:
+                # The consumer's last delivery: every earlier one ended
+                # unsettled (its process died or stopped mid-run). JetStream
+                # would drop it after this; keep it, unrun, with the reason.
+                reason = (
+                    f"delivered {attempt} times without being settled; "
+                    "its handling may kill the process"
+                )
+                await self._refuse(msg, Trigger.EVENT, attempt, reason)
                 return
             await self._run(Trigger.EVENT, msg, attempt, event=event)
 

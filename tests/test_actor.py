@@ -20,7 +20,7 @@ import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors import RunContext, Scheduler
-from ctrlplane.actors.actor import ack_wait_for
+from ctrlplane.actors.actor import UNSETTLED_MARGIN, ack_wait_for
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
 from ctrlplane.bus import Bus, BusLimits, DeadLetter, Event, EventTooLargeError, Tick, encode
@@ -425,3 +425,39 @@ async def test_a_message_that_breaks_handling_backs_off_then_is_dead_lettered(
     (info,) = scheduler.workers()
     assert info.error_count == 3
     assert info.last_error is not None and info.last_error.startswith("handling failed")
+
+
+async def test_an_event_never_settled_is_dead_lettered_on_its_last_delivery_unrun(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    worker = OnJob()
+    spec = spec_of(worker)
+    s = bus.subjects
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    # The consumer exactly as the actor declares it.
+    config = ConsumerConfig(
+        durable_name=s.event_consumer(worker.name),
+        filter_subject=s.event("job.*"),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        max_ack_pending=4096,
+        ack_wait=ack_wait_for(spec).total_seconds(),
+        max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
+    )
+    await bus.js.add_consumer(s.events_stream, config)
+    await bus.publish_event(Event(type="job.kills", source="test", id="k"))
+    # Processes that died mid-run, one after another: every delivery but
+    # the last ended unsettled.
+    sub = await bus.js.pull_subscribe_bind(config.durable_name or "", s.events_stream)
+    for _ in range(spec.max_attempts + UNSETTLED_MARGIN - 1):
+        (held,) = await sub.fetch(1, timeout=5)
+        await held.nak()
+    await sub.unsubscribe()
+
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
+    assert worker.seen == []
+    (letter,) = await _letters(bus, worker.name)
+    assert letter.attempts == spec.max_attempts + UNSETTLED_MARGIN
+    assert "without being settled" in letter.reason
