@@ -290,7 +290,13 @@ class Actor:
             return
         trigger = Trigger.TICK if source is _Source.TICK else Trigger.EVENT
         row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
-        await self._conclude(msg, decision, row)
+        try:
+            await self._conclude(msg, decision, row)
+        except Exception as again:
+            # Whatever broke handling broke its dead-lettering too: hand it
+            # back, still with a delay, rather than leave it held or loop.
+            self._log.error("dead-lettering failed", error=_describe(again), exc_info=again)
+            await self._settle(msg, Settle.NAK, nak_delay(attempt))
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
