@@ -26,7 +26,7 @@ from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.codec import dead_letter, decode_event_msg, decode_tick
-from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.connection import MSG_ID, Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
@@ -313,6 +313,10 @@ class Actor:
                 await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
                 return
             problem = self.spec.tick_problem(tick, self._clock())
+            if problem is None and _msg_id(msg) != tick.msg_id:
+                # Only a tick published with its slot's id is de-duplicated
+                # by JetStream: another is a second copy of the slot.
+                problem = f"tick lacks its de-duplication id (Nats-Msg-Id: {tick.msg_id})"
             if problem is not None:
                 await self._refuse(msg, Trigger.TICK, attempt, problem)
                 return
@@ -804,6 +808,11 @@ def _stream_seq(msg: Msg) -> int | None:
         return int(msg.metadata.sequence.stream)
     except (ValueError, nats.errors.Error, AttributeError, IndexError):
         return None
+
+
+def _msg_id(msg: Msg) -> str | None:
+    headers = msg.headers
+    return headers.get(MSG_ID) if headers else None
 
 
 def _stream_of(msg: Msg) -> str | None:

@@ -340,14 +340,22 @@ async def test_forged_ticks_are_dead_lettered_never_run(bus: Bus, scheduler: Sch
         scheduled=spec.slot_start_dt(slot + 10),
         interval=spec.interval,
     )
+    # The current slot again, under another id than its own: a second copy.
+    again = Tick(
+        worker=worker.name, slot=slot, scheduled=spec.slot_start_dt(slot), interval=spec.interval
+    )
     for tick in (other, far, ahead):
-        await bus.js.publish(s.tick(worker.name), encode(tick))
-    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 3)
+        await bus.js.publish(
+            s.tick(worker.name), encode(tick), headers={"Nats-Msg-Id": tick.msg_id}
+        )
+    await bus.js.publish(s.tick(worker.name), encode(again), headers={"Nats-Msg-Id": "x"})
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 4)
     assert [run[0] for run in worker.runs] == [slot]
     reasons = [letter.reason for letter in await _letters(bus, worker.name)]
     assert "names worker 'other'" in reasons[0]
     assert "out of range" in reasons[1]
     assert "intervals ahead" in reasons[2]
+    assert "lacks its de-duplication id" in reasons[3]
 
 
 async def test_an_event_over_the_size_limit_is_dead_lettered_with_a_truncated_copy(
