@@ -25,7 +25,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from ctrlplane.bus.codec import encode
+from ctrlplane.bus.codec import MAX_TICK_SIZE, encode
 from ctrlplane.bus.errors import (
     BusError,
     EventTooLargeError,
@@ -68,6 +68,9 @@ def event_msg_id(event: Event) -> str:
 
 
 REASON_HEADER = "Ctrlplane-Reason"
+TICKS_MAX_BYTES = 64 * 1024 * 1024
+"""The tick stream's size limit: far more than the 16 newest ticks of every
+worker need, and a bound on what junk published under ``tick.>`` can take."""
 # Room left in a dead letter's NATS message for its headers (the reason is
 # cut to 1 KiB there) and the protocol line.
 _HEADER_ROOM = 4096
@@ -279,6 +282,11 @@ class Bus:
             max_msgs_per_subject=16,
             discard=DiscardPolicy.OLD,
             max_age=max(timedelta(days=1), 2 * window).total_seconds(),
+            # Anyone may publish under tick.<anything>: 16 per subject is no
+            # bound on the disk, so bound the bytes and each tick's size
+            # (ours are about 200 bytes; the server refuses a larger one).
+            max_bytes=TICKS_MAX_BYTES,
+            max_msg_size=MAX_TICK_SIZE,
         )
         await self._add_or_widen(ticks)
         events = StreamConfig(
@@ -330,15 +338,18 @@ class Bus:
         else:
             max_age = config.max_age or 0
         max_bytes = config.max_bytes if config.max_bytes is not None else current.max_bytes
+        max_msg_size = config.max_msg_size or current.max_msg_size
         if (
             window != (current.duplicate_window or 0)
             or max_age != (current.max_age or 0)
             or max_bytes != current.max_bytes
+            or max_msg_size != current.max_msg_size
         ):
             updated = StreamConfig.from_response(current.as_dict())
             updated.duplicate_window = window
             updated.max_age = max_age
             updated.max_bytes = max_bytes
+            updated.max_msg_size = max_msg_size
             try:
                 await self.js.update_stream(updated)
             except nats.js.errors.ServerError as exc:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy
@@ -24,7 +25,8 @@ from ctrlplane.bus import (
     decode_event,
     encode,
 )
-from ctrlplane.bus.codec import decode_event_msg, decode_tick, stream_position
+from ctrlplane.bus.codec import MAX_TICK_SIZE, decode_event_msg, decode_tick, stream_position
+from ctrlplane.bus.connection import TICKS_MAX_BYTES
 from ctrlplane.bus.server import EmbeddedServer
 
 
@@ -278,3 +280,15 @@ async def test_a_stream_limit_jetstream_cannot_reserve_names_the_setting(bus: Bu
     bus.limits = BusLimits(events_max_bytes=2**50)
     with pytest.raises(BusError, match="lower events_max_bytes / dlq_max_bytes"):
         await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+
+
+async def test_the_tick_stream_is_bounded_by_bytes_and_tick_size(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    s = bus.subjects
+    info = await bus.js.stream_info(s.ticks_stream)
+    assert info.config.max_bytes == TICKS_MAX_BYTES
+    assert info.config.max_msg_size == MAX_TICK_SIZE
+    # Anyone may publish under tick.<anything>; the server refuses a tick
+    # larger than any tick, so it is never stored.
+    with pytest.raises(nats.js.errors.BadRequestError, match="maximum"):
+        await bus.js.publish(s.tick("junk"), b"x" * (MAX_TICK_SIZE + 1))
