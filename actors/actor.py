@@ -25,7 +25,7 @@ from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_d
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
-from ctrlplane.bus.codec import dead_letter, decode_event_msg, decode_tick
+from ctrlplane.bus.codec import MAX_REASON, clip, dead_letter, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import MSG_ID, Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
@@ -522,7 +522,9 @@ class Actor:
                         ref=ref,
                         attempt=ctx.attempt,
                         outcome=outcome.value,
-                        error=error,
+                        # An error text of any size must not make the event
+                        # too large to publish.
+                        error=None if error is None else clip(error, MAX_REASON),
                         process=self._process,
                     )
                 ),
