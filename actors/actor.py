@@ -21,12 +21,12 @@ from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.leases import LeaseKeeper
-from ctrlplane.actors.settle import Decision, Settle, decide
+from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
-from ctrlplane.bus.codec import dead_letter, decode_event_msg, decode_tick
-from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.codec import MAX_REASON, clip, dead_letter, decode_event_msg, decode_tick
+from ctrlplane.bus.connection import MSG_ID, Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
@@ -44,6 +44,9 @@ WORKER_FAILED = "worker.failed"
 # How long a finished periodic run may keep retrying the record of its slot's
 # completion (NATS away) before its tick is acked all the same.
 LEDGER_PATIENCE = timedelta(minutes=1)
+# Deliveries of an event beyond its max_attempts allowed for runs that never
+# settled (a process died or stopped mid-run); the consumer's max_deliver.
+UNSETTLED_MARGIN = 3
 
 
 def resolution_for(timeout: timedelta) -> float:
@@ -128,6 +131,7 @@ class Actor:
         self._capacity = spec.prefetch
         self._ack_wait = ack_wait_for(spec).total_seconds()
         self._tick_prefix = bus.subjects.tick("")
+        self._max_event_size: int | None = None  # read from the bus at start
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
@@ -174,6 +178,7 @@ class Actor:
             )
             await self._feed(s.ticks_stream, tick_consumer, _Source.TICK, window=1)
         if spec.subscriptions:
+            self._max_event_size = self._bus.max_event_size
             filters = [s.event(p) for p in spec.subscriptions]
             event_consumer = ConsumerConfig(
                 durable_name=s.event_consumer(spec.name),
@@ -188,9 +193,10 @@ class Actor:
                 # for the batch that holds them).
                 max_ack_pending=max(4096, 4 * self._capacity),
                 ack_wait=self._ack_wait,
-                # Our own max_attempts dead-letters first; this only stops a
-                # message that keeps killing whole processes.
-                max_deliver=spec.max_attempts + 3,
+                # Our own max_attempts dead-letters first; the last delivery
+                # of a message that keeps killing whole processes is
+                # dead-lettered unrun (see _handle), never dropped unseen.
+                max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
             )
             await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
         if self._own_deadlines:
@@ -259,10 +265,38 @@ class Actor:
                 await self._handle(source, msg)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A bug in handling, not in the worker: hand the message back.
-                self._log.exception("message handling failed; message handed back")
-                await self._settle(msg, Settle.NAK)
+            except Exception as exc:
+                # A bug in handling, or input that breaks it, not the worker:
+                # it would fail again at once, so back off, then give up.
+                await self._fault(source, msg, exc)
+
+    async def _fault(self, source: _Source, msg: Msg, exc: Exception) -> None:
+        """Settle a message whose handling raised outside the worker's run."""
+        attempt = _attempt_of(msg)
+        error = _describe(exc)
+        self.error_count += 1
+        self.last_error = f"handling failed: {error}"
+        decision = after_fault(attempt=attempt, max_attempts=self.spec.max_attempts, error=error)
+        self._log.error(
+            "message handling failed",
+            error=error,
+            attempt=attempt,
+            settle=decision.how.value,
+            delay=decision.delay,
+            exc_info=exc,
+        )
+        if decision.how is not Settle.DEAD_LETTER:
+            await self._settle(msg, decision.how, decision.delay)
+            return
+        trigger = Trigger.TICK if source is _Source.TICK else Trigger.EVENT
+        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
+        try:
+            await self._conclude(msg, decision, row)
+        except Exception as again:
+            # Whatever broke handling broke its dead-lettering too: hand it
+            # back, still with a delay, rather than leave it held or loop.
+            self._log.error("dead-lettering failed", error=_describe(again), exc_info=again)
+            await self._settle(msg, Settle.NAK, nak_delay(attempt))
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = _attempt_of(msg)
@@ -277,6 +311,14 @@ class Actor:
                 tick = decode_tick(msg.data, msg.subject)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
+                return
+            problem = self.spec.tick_problem(tick, self._clock())
+            if problem is None and _msg_id(msg) != tick.msg_id:
+                # Only a tick published with its slot's id is de-duplicated
+                # by JetStream: another is a second copy of the slot.
+                problem = f"tick lacks its de-duplication id (Nats-Msg-Id: {tick.msg_id})"
+            if problem is not None:
+                await self._refuse(msg, Trigger.TICK, attempt, problem)
                 return
             stale = self._is_stale(tick) and _pending_after(msg) > 0
             done = await self._slot_completed(tick, attempt)
@@ -302,14 +344,25 @@ class Actor:
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event_msg(msg)
+                event = decode_event_msg(msg, max_size=self._max_event_size)
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
+                return
+            if attempt >= self.spec.max_attempts + UNSETTLED_MARGIN:
+                # The consumer's last delivery: every earlier one ended
+                # unsettled (its process died or stopped mid-run). JetStream
+                # would drop it after this; keep it, unrun, with the reason.
+                reason = (
+                    f"delivered {attempt} times without being settled; "
+                    "its handling may kill the process"
+                )
+                await self._refuse(msg, Trigger.EVENT, attempt, reason)
                 return
             await self._run(Trigger.EVENT, msg, attempt, event=event)
 
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
+        self.last_error = f"refused: {reason}"
         row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
         await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
 
@@ -469,7 +522,9 @@ class Actor:
                         ref=ref,
                         attempt=ctx.attempt,
                         outcome=outcome.value,
-                        error=error,
+                        # An error text of any size must not make the event
+                        # too large to publish.
+                        error=None if error is None else clip(error, MAX_REASON),
                         process=self._process,
                     )
                 ),
@@ -493,8 +548,9 @@ class Actor:
             if await self._keep_dead_letter(msg, reason, row.attempt):
                 how = Settle.TERM
             else:
-                # Not kept: hand the message back rather than lose it.
-                how, delay = Settle.NAK, 1.0
+                # Not kept: hand the message back rather than lose it, later
+                # each time (NATS may be away for a while).
+                how, delay = Settle.NAK, nak_delay(row.attempt)
             self.dead_letter_count += 1
         if msg is None:
             self._record(row)
@@ -522,7 +578,9 @@ class Actor:
             reason=reason,
             payload=msg.data,
             attempts=attempt,
+            stream=_stream_of(msg),
             stream_seq=_stream_seq(msg),
+            max_bytes=self._bus.dead_letter_room,
         )
         try:
             await self._bus.publish_dead_letter(letter)
@@ -750,6 +808,18 @@ def _pending_after(msg: Msg) -> int:
 def _stream_seq(msg: Msg) -> int | None:
     try:
         return int(msg.metadata.sequence.stream)
+    except (ValueError, nats.errors.Error, AttributeError, IndexError):
+        return None
+
+
+def _msg_id(msg: Msg) -> str | None:
+    headers = msg.headers
+    return headers.get(MSG_ID) if headers else None
+
+
+def _stream_of(msg: Msg) -> str | None:
+    try:
+        return str(msg.metadata.stream)
     except (ValueError, nats.errors.Error, AttributeError, IndexError):
         return None
 

@@ -73,5 +73,18 @@ def decide(
     return Decision(how=Settle.NAK, delay=_delay(attempt, retry_delay))
 
 
+def after_fault(*, attempt: int, max_attempts: int, error: str) -> Decision:
+    """Settle a message whose handling failed outside the worker's run.
+
+    Such a failure (a bug in the runtime, or input that breaks it past the
+    decoder) would fail again at once: the message is handed back after the
+    backoff for this attempt, never straight away, and dead-lettered with
+    the error once ``max_attempts`` deliveries have failed.
+    """
+    if attempt >= max_attempts:
+        return Decision(how=Settle.DEAD_LETTER, reason=f"handling failed {attempt} times: {error}")
+    return Decision(how=Settle.NAK, delay=nak_delay(attempt))
+
+
 def _delay(attempt: int, retry_delay: timedelta | None) -> float:
     return retry_delay.total_seconds() if retry_delay is not None else nak_delay(attempt)

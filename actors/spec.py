@@ -11,12 +11,23 @@ from msgspec import Struct
 from ctrlplane.actors.errors import InvalidWorkerError
 from ctrlplane.actors.info import WorkerKind
 from ctrlplane.actors.types import Worker
+from ctrlplane.bus.messages import Tick
 from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_token
 
 DEFAULT_EVENT_TIMEOUT = timedelta(seconds=60)
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_PREFETCH = 256
 MAX_NAME_LENGTH = 64
+# A tick further ahead than this many intervals was not made by a ticker
+# (every ticker publishes the slot that has begun), allowing for clock skew.
+TICK_LEAD = 2
+CLOCK_SKEW = timedelta(seconds=5)
+# A tick older than this (or four intervals, if longer) outlived the tick
+# stream's age limit: nobody published it lately. Newer stale ticks are
+# legitimate after an outage and coalesce.
+TICK_MAX_AGE = timedelta(days=7)
+# Slots beyond this cannot be placed on a float time line exactly.
+_MAX_SLOT = 2**53
 
 
 class WorkerSpec(Struct, frozen=True, kw_only=True):
@@ -56,6 +67,44 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
 
     def slot_start_dt(self, slot: int) -> datetime:
         return datetime.fromtimestamp(self.slot_start(slot), UTC)
+
+    def tick_problem(self, tick: Tick, now: float) -> str | None:
+        """Why ``tick`` cannot be a tick of this worker at epoch time ``now``; None if it can.
+
+        A tick names its worker, and its slot begins at its ``scheduled``
+        time (less an offset under one interval); it is refused when any of
+        that disagrees, when its slot lies more than :data:`TICK_LEAD`
+        intervals ahead of ``now``, or when it is older than
+        :data:`TICK_MAX_AGE` (or four intervals): a forged or corrupted tick
+        is dead-lettered, never run.
+        """
+        if tick.worker != self.name:
+            return f"tick names worker {tick.worker!r} but came on the subject of {self.name!r}"
+        interval = tick.interval.total_seconds()
+        if interval <= 0:
+            return f"tick interval must be positive, got {tick.interval}"
+        if not -_MAX_SLOT < tick.slot < _MAX_SLOT:
+            return f"tick slot {tick.slot} is out of range"
+        scheduled = tick.scheduled.timestamp()
+        # One second of slack for float rounding of big slot numbers.
+        if not -1 <= scheduled - tick.slot * interval < interval + 1:
+            return (
+                f"tick slot {tick.slot} of {tick.interval} does not begin at "
+                f"{tick.scheduled.isoformat()}"
+            )
+        lead = TICK_LEAD * max(self.interval_s, interval) + CLOCK_SKEW.total_seconds()
+        if scheduled - now > lead:
+            return (
+                f"tick slot {tick.slot} begins {scheduled - now:.0f}s from now; "
+                f"at most {TICK_LEAD} intervals ahead are accepted"
+            )
+        oldest = max(TICK_MAX_AGE, 4 * self.interval).total_seconds()
+        if now - scheduled > oldest:
+            return (
+                f"tick slot {tick.slot} began {now - scheduled:.0f}s ago; "
+                f"ticks older than {oldest:.0f}s are refused"
+            )
+        return None
 
 
 def _offset(name: str, interval: timedelta) -> timedelta:

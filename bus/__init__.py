@@ -5,20 +5,24 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import (
     BusError,
     DecodeError,
+    EventTooLargeError,
     InvalidEventError,
     NotConnectedError,
     PublishError,
     ServerError,
 )
+from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
 from ctrlplane.bus.subjects import Subjects
 
 __all__ = [
     "Bus",
     "BusError",
+    "BusLimits",
     "DeadLetter",
     "DecodeError",
     "Event",
+    "EventTooLargeError",
     "InvalidEventError",
     "NotConnectedError",
     "PublishError",

@@ -25,8 +25,15 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from ctrlplane.bus.codec import encode
-from ctrlplane.bus.errors import BusError, InvalidEventError, NotConnectedError, PublishError
+from ctrlplane.bus.codec import MAX_TICK_SIZE, encode
+from ctrlplane.bus.errors import (
+    BusError,
+    EventTooLargeError,
+    InvalidEventError,
+    NotConnectedError,
+    PublishError,
+)
+from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
 from ctrlplane.bus.publisher import BatchPublisher
 from ctrlplane.bus.subjects import Subjects, is_valid_event_type
@@ -61,6 +68,12 @@ def event_msg_id(event: Event) -> str:
 
 
 REASON_HEADER = "Ctrlplane-Reason"
+TICKS_MAX_BYTES = 64 * 1024 * 1024
+"""The tick stream's size limit: far more than the 16 newest ticks of every
+worker need, and a bound on what junk published under ``tick.>`` can take."""
+# Room left in a dead letter's NATS message for its headers (the reason is
+# cut to 1 KiB there) and the protocol line.
+_HEADER_ROOM = 4096
 
 
 class Bus:
@@ -71,6 +84,7 @@ class Bus:
         name: Client name shown by the server's monitoring.
         publish_timeout: How long one publish may keep retrying while the
             connection is away before it raises :class:`PublishError`.
+        limits: Event size and stream size and age limits.
     """
 
     def __init__(
@@ -79,8 +93,10 @@ class Bus:
         *,
         name: str = "ctrlplane",
         publish_timeout: timedelta = timedelta(seconds=30),
+        limits: BusLimits | None = None,
     ) -> None:
         self.subjects = subjects or Subjects()
+        self.limits = limits or BusLimits()
         self.name = name
         self.publish_timeout = publish_timeout
         self._nc: Client | None = None
@@ -107,6 +123,18 @@ class Bus:
         if self._js is None or self._nc is None or self._nc.is_closed:
             raise NotConnectedError("use JetStream")
         return self._js
+
+    @property
+    def max_event_size(self) -> int:
+        """The largest event payload published or handled: the configured
+        limit, or the server's ``max_payload`` if that is smaller."""
+        return min(self.limits.max_event_size, self.nc.max_payload)
+
+    @property
+    def dead_letter_room(self) -> int:
+        """How many bytes a dead letter's body may take: it must fit in one
+        NATS message with its headers, whatever it copies."""
+        return max(1024, self.nc.max_payload - _HEADER_ROOM)
 
     def peer_options(self) -> tuple[list[str], str | None]:
         """The servers (with any user and password in their URLs) and token
@@ -238,7 +266,10 @@ class Bus:
         Several processes may call this at once with different settings: the
         tick stream's duplicate window only ever grows, so one process with a
         short-interval worker set never shrinks another's de-duplication.
+        The events and dead-letter streams are bounded by ``limits`` in bytes
+        as well as age, discarding their oldest messages past either.
         """
+        limits = self.limits
         s = self.subjects
         window = max(duplicate_window, timedelta(minutes=2))
         ticks = StreamConfig(
@@ -252,6 +283,11 @@ class Bus:
             max_msgs_per_subject=16,
             discard=DiscardPolicy.OLD,
             max_age=max(timedelta(days=1), 2 * window).total_seconds(),
+            # Anyone may publish under tick.<anything>: 16 per subject is no
+            # bound on the disk, so bound the bytes and each tick's size
+            # (ours are about 200 bytes; the server refuses a larger one).
+            max_bytes=TICKS_MAX_BYTES,
+            max_msg_size=MAX_TICK_SIZE,
         )
         await self._add_or_widen(ticks)
         events = StreamConfig(
@@ -260,6 +296,8 @@ class Bus:
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=events_max_age.total_seconds(),
+            max_bytes=limits.events_max_bytes,
+            discard=DiscardPolicy.OLD,
             # JetStream refuses a duplicate window longer than the age limit.
             duplicate_window=min(timedelta(minutes=2), events_max_age).total_seconds(),
         )
@@ -269,7 +307,9 @@ class Bus:
             subjects=[s.all_dlq],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=timedelta(days=30).total_seconds(),
+            max_age=limits.dlq_max_age.total_seconds(),
+            max_bytes=limits.dlq_max_bytes,
+            discard=DiscardPolicy.OLD,
         )
         await self._add_or_widen(dlq)
 
@@ -278,7 +318,7 @@ class Bus:
 
         The duplicate window (and the tick stream's age limit, which must
         exceed it) only ever grows; the event stream's age limit follows the
-        operator's latest setting.
+        operator's latest setting, and so do the size limits.
         """
         assert config.name is not None
         try:
@@ -290,17 +330,31 @@ class Bus:
             except nats.js.errors.BadRequestError:
                 # Another process created it between our look and our add.
                 info = await self.js.stream_info(config.name)
+            except nats.js.errors.ServerError as exc:
+                raise _no_room(config, exc) from exc
         current = info.config
         window = max(current.duplicate_window or 0, config.duplicate_window)
         if config.name == self.subjects.ticks_stream:
             max_age = max(current.max_age or 0, config.max_age or 0)
         else:
             max_age = config.max_age or 0
-        if window != (current.duplicate_window or 0) or max_age != (current.max_age or 0):
+        max_bytes = config.max_bytes if config.max_bytes is not None else current.max_bytes
+        max_msg_size = config.max_msg_size or current.max_msg_size
+        if (
+            window != (current.duplicate_window or 0)
+            or max_age != (current.max_age or 0)
+            or max_bytes != current.max_bytes
+            or max_msg_size != current.max_msg_size
+        ):
             updated = StreamConfig.from_response(current.as_dict())
             updated.duplicate_window = window
             updated.max_age = max_age
-            await self.js.update_stream(updated)
+            updated.max_bytes = max_bytes
+            updated.max_msg_size = max_msg_size
+            try:
+                await self.js.update_stream(updated)
+            except nats.js.errors.ServerError as exc:
+                raise _no_room(config, exc) from exc
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Any:
         """Publish to JetStream, retrying while the connection is away.
@@ -328,12 +382,14 @@ class Bus:
 
         Raises:
             InvalidEventError: the type cannot be a subject (spaces, wildcards).
+            EventTooLargeError: it encodes to more than :attr:`max_event_size`.
             PublishError: it did not reach the stream within ``publish_timeout``.
         """
         if not is_valid_event_type(event.type):
             raise InvalidEventError(event.type)
+        payload = self._encode_event(event)
         ack = await self._publish(
-            self.subjects.event(event.type), encode(event), {MSG_ID: event_msg_id(event)}
+            self.subjects.event(event.type), payload, {MSG_ID: event_msg_id(event)}
         )
         return int(ack.seq)
 
@@ -349,6 +405,8 @@ class Bus:
         Raises:
             InvalidEventError: an event type cannot be a subject; raised
                 before anything is published.
+            EventTooLargeError: an event is larger than :attr:`max_event_size`;
+                raised before anything is published.
             PublishError: some event did not reach the stream.
         """
         for event in events:
@@ -357,7 +415,8 @@ class Bus:
         if self._batches is None:
             raise NotConnectedError("publish")
         messages = [
-            (self.subjects.event(e.type), encode(e), {MSG_ID: event_msg_id(e)}) for e in events
+            (self.subjects.event(e.type), self._encode_event(e), {MSG_ID: event_msg_id(e)})
+            for e in events
         ]
         missed = await self._batches.publish(messages, window=in_flight)
         if not missed:
@@ -376,6 +435,13 @@ class Bus:
         await asyncio.gather(*(worker() for _ in range(min(in_flight, len(missed)))))
         if failures:
             raise failures[0]
+
+    def _encode_event(self, event: Event) -> bytes:
+        payload = encode(event)
+        limit = self.max_event_size
+        if len(payload) > limit:
+            raise EventTooLargeError(event.type, len(payload), limit)
+        return payload
 
     async def publish_tick(self, tick: Tick) -> bool:
         """Publish ``tick``; returns False when another process already did."""
@@ -419,6 +485,20 @@ _USERINFO_RE = re.compile(r"//[^,]*@")
 
 def _redact_url(url: str) -> str:
     return _USERINFO_RE.sub("//***@", url)
+
+
+_NO_STORAGE = 10047  # JetStream: insufficient storage resources available
+
+
+def _no_room(config: StreamConfig, exc: nats.js.errors.ServerError) -> Exception:
+    """Say which setting to change when JetStream cannot reserve a stream's max_bytes."""
+    if exc.err_code != _NO_STORAGE:
+        return exc
+    return BusError(
+        f"bus: JetStream cannot reserve {config.max_bytes} bytes for stream {config.name}: "
+        "lower events_max_bytes / dlq_max_bytes, or give JetStream more storage "
+        "(max_file_store)"
+    )
 
 
 def _is_refusal(exc: Exception) -> bool:

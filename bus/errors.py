@@ -35,6 +35,20 @@ class InvalidEventError(BusError, ValueError):
         )
 
 
+class EventTooLargeError(BusError, ValueError):
+    """An event larger than the bus's maximum event size: nothing was published."""
+
+    def __init__(self, event_type: str, size: int, max_size: int) -> None:
+        self.event_type = event_type
+        self.size = size
+        self.max_size = max_size
+        super().__init__(
+            f"bus: event {event_type!r} is {size} bytes, more than the maximum event size "
+            f"of {max_size} bytes (Config.max_event_size): publish a reference to large data "
+            "instead of the data"
+        )
+
+
 class PublishError(BusError):
     """A publish did not reach JetStream within its retry budget."""
 

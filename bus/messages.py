@@ -77,7 +77,12 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
         payload: The original payload, as text when it is UTF-8.
         payload_base64: The original payload in base64 when it is not UTF-8.
         attempts: How many deliveries were made.
+        stream: The stream the message is kept in, if known.
         stream_seq: The sequence of the message in its stream, if known.
+        truncated: Whether only a prefix of the payload is kept here (a
+            whole copy would not fit in one NATS message); ``stream`` and
+            ``stream_seq`` then say where the whole message was.
+        size: The size of the original payload in bytes.
         time: When it was dead-lettered.
     """
 
@@ -87,5 +92,8 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     payload: str | None = None
     payload_base64: str | None = None
     attempts: int = 1
+    stream: str | None = None
     stream_seq: int | None = None
+    truncated: bool = False
+    size: int | None = None
     time: datetime = field(default_factory=_now)

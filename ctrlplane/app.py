@@ -17,6 +17,7 @@ from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.actors.types import Worker
 from ctrlplane.api import DomainApi
 from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.private import private_dir
 from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
@@ -83,7 +84,16 @@ class ControlPlane:
         self.config = config or Config()
         self._load_plugins = load_plugins
         subjects = Subjects(self.config.subject_prefix)
-        self.bus = Bus(subjects, name=f"ctrlplane:{os.getpid()}")
+        self.bus = Bus(
+            subjects,
+            name=f"ctrlplane:{os.getpid()}",
+            limits=BusLimits(
+                max_event_size=self.config.max_event_size,
+                events_max_bytes=self.config.events_max_bytes,
+                dlq_max_age=self.config.dlq_max_age,
+                dlq_max_bytes=self.config.dlq_max_bytes,
+            ),
+        )
         self.store = Store(self.config.data_dir / DB_FILE)
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
         self._server: EmbeddedServer | None = None
@@ -250,6 +260,7 @@ class ControlPlane:
                 deployment_retention=cfg.deployment_retention,
                 health_history_limit=cfg.health_history_limit,
                 audit_retention=cfg.audit_retention,
+                audit_max_rows=cfg.audit_max_rows,
                 telemetry_retention=cfg.telemetry_retention,
                 batch_size=cfg.gc_batch_size,
                 batch_pause=cfg.gc_batch_pause,

@@ -137,6 +137,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             before the process gives up (once connected, it reconnects
             forever).
         events_max_age: How long domain events are kept in their stream.
+        max_event_size: The largest event, in bytes, that is published or
+            handled (at most the server's max_payload): a larger one from
+            another client is dead-lettered with the reason, and our own
+            publishes refuse it. 1 KiB to 64 MiB.
+        events_max_bytes: The size limit of the events stream, in bytes;
+            past it the oldest events are discarded. JetStream reserves it
+            in its store when the stream is created.
+        dlq_max_age: How long dead letters are kept.
+        dlq_max_bytes: The size limit of the dead-letter stream, in bytes;
+            past it the oldest letters are discarded (reserved likewise).
+        audit_max_rows: Audit entries kept at most (newest); the
+            GarbageCollector deletes older ones beyond it, as well as those
+            past ``audit_retention``.
         workers: Custom workers to load, each ``"package.module:Name"`` naming
             a class or an attribute of an importable module.
         nats_server_binary: The ``nats-server`` the embedded default runs;
@@ -193,6 +206,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     stop_grace: timedelta = timedelta(seconds=10)
     connect_timeout: timedelta = timedelta(seconds=10)
     events_max_age: timedelta = timedelta(days=7)
+    # Bounded input (issue 9): sizes in bytes, checked in __post_init__.
+    max_event_size: int = 256 * 1024
+    events_max_bytes: int = 256 * 1024**2
+    dlq_max_age: timedelta = timedelta(days=30)
+    dlq_max_bytes: int = 64 * 1024**2
+    audit_max_rows: int = 1_000_000
     workers: list[str] = []
     nats_server_binary: Path | None = None
     instances: list[InstanceDecl] | None = None
@@ -234,6 +253,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if value > MAX_DURATION:
                 longest = format_duration(MAX_DURATION)
                 raise ConfigError(name, f"must be at most {longest}, got {format_duration(value)}")
+        for name, reason in _limit_problems(self):
+            raise ConfigError(name, reason)
         for field_path, reason in decl_problems(self.instances or []):
             raise ConfigError(field_path, reason)
         if self.health_concurrency < 1:
@@ -273,6 +294,24 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f"workers[{index}]", f"{spec!r} is already listed as workers[{seen[spec]}]"
                 )
             seen[spec] = index
+
+
+def _limit_problems(config: Config) -> list[tuple[str, str]]:
+    """What is wrong with the bounded-input fields (sizes in bytes)."""
+    out: list[tuple[str, str]] = []
+    if not 1024 <= config.max_event_size <= 64 * 1024**2:
+        out.append(
+            ("max_event_size", f"must be 1024 to 67108864 bytes, got {config.max_event_size}")
+        )
+    for name in ("events_max_bytes", "dlq_max_bytes"):
+        value: int = getattr(config, name)
+        if value < 1024**2:
+            out.append((name, f"must be at least 1048576 bytes (1 MiB), got {value}"))
+    if config.events_max_bytes < 4 * config.max_event_size:
+        out.append(("events_max_bytes", "must hold at least four events of max_event_size"))
+    if config.audit_max_rows < 1:
+        out.append(("audit_max_rows", f"must be at least 1, got {config.audit_max_rows}"))
+    return out
 
 
 def _struct_fields(cls: type[msgspec.Struct]) -> dict[str, mi.Field]:

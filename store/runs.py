@@ -13,6 +13,17 @@ from msgspec import Struct
 
 from ctrlplane.store.writer import BatchWriter, OnCommit
 
+MAX_ERROR = 4096
+"""Characters of a run's error that are stored: what a worker raises, or
+what untrusted input made it raise, must not fill the disk one row at a time."""
+
+MAX_REF = 256
+"""Characters of a run's trigger reference (an event id) that are stored."""
+
+
+def _clip(text: str, limit: int) -> str:
+    return f"{text[:limit]}... [cut {len(text) - limit} characters]"
+
 
 class Outcome(StrEnum):
     """How a run ended."""
@@ -130,8 +141,14 @@ class RunStore:
         """:meth:`record` for the hot path: epoch seconds, no Struct to build.
 
         ``on_commit`` is called once the row is on disk (``True``) or was
-        dropped because the store kept failing (``False``).
+        dropped because the store kept failing (``False``). ``error`` is
+        clipped to :data:`MAX_ERROR` characters and ``trigger_ref`` (an
+        event id from anyone) to :data:`MAX_REF`, each with a marker.
         """
+        if error is not None and len(error) > MAX_ERROR:
+            error = _clip(error, MAX_ERROR)
+        if trigger_ref is not None and len(trigger_ref) > MAX_REF:
+            trigger_ref = _clip(trigger_ref, MAX_REF)
         self._writer.add(
             _INSERT,
             (

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.config import Config
@@ -25,6 +26,8 @@ from ctrlplane.store.db import Store
 
 TEST_PREFIX = "t"
 """The prefix the session server's roles are built for; every test's is under it."""
+
+TEST_LIMITS = BusLimits(events_max_bytes=16 * 1024**2, dlq_max_bytes=8 * 1024**2)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -51,7 +54,9 @@ def subjects() -> Subjects:
 @pytest_asyncio.fixture
 async def bus(nats_server: ServerInfo, subjects: Subjects) -> AsyncIterator[Bus]:
     """A connected bus under this test's prefix."""
-    b = Bus(subjects, name="test")
+    # Small stream limits: JetStream reserves them in the session server's
+    # store, once per test prefix.
+    b = Bus(subjects, name="test", limits=TEST_LIMITS)
     await b.connect(nats_server.client_url)
     try:
         yield b
@@ -78,4 +83,6 @@ def config(nats_server: ServerInfo, subjects: Subjects, tmp_path: Path) -> Confi
         data_dir=tmp_path / "data",
         subject_prefix=subjects.prefix,
         stop_grace=timedelta(seconds=2),
+        events_max_bytes=TEST_LIMITS.events_max_bytes,
+        dlq_max_bytes=TEST_LIMITS.dlq_max_bytes,
     )

@@ -5,21 +5,25 @@ ticks, a blocked loop is named, and a scheduler starts all or nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats.errors
 import pytest
 import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors import RunContext, Scheduler
-from ctrlplane.actors.actor import ack_wait_for
+from ctrlplane.actors.actor import UNSETTLED_MARGIN, ack_wait_for
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
-from ctrlplane.bus import Bus, Event, Tick
+from ctrlplane.bus import Bus, BusLimits, DeadLetter, Event, EventTooLargeError, Tick, encode
 from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
@@ -284,3 +288,184 @@ async def test_skipped_and_dead_letter_counts_survive_a_restart(bus: Bus, store:
         assert info.skipped_count == 0
     finally:
         await again.stop()
+
+
+# --------------------------------------------------------------- poison input
+
+
+async def _letters(bus: Bus, worker: str) -> list[DeadLetter]:
+    sub = await bus.js.pull_subscribe(bus.subjects.dlq(worker), stream=bus.subjects.dlq_stream)
+    try:
+        msgs = await sub.fetch(100, timeout=1)
+    except nats.errors.TimeoutError:
+        return []
+    finally:
+        await sub.unsubscribe()
+    return [msgspec.json.decode(m.data, type=DeadLetter) for m in msgs]
+
+
+async def test_a_deep_tick_is_dead_lettered_once_never_looped(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    worker = Counter()
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.runs) == 1)  # the ticker's own tick
+    s = bus.subjects
+    await bus.js.publish(s.tick(worker.name), b'{"worker":' + b"[" * 2_000 + b"]" * 2_000 + b"}")
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
+    (letter,) = await _letters(bus, worker.name)
+    assert "levels deep" in letter.reason and letter.attempts == 1
+    info = await bus.js.consumer_info(s.ticks_stream, s.tick_consumer(worker.name))
+    assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2
+    (worker_info,) = scheduler.workers()
+    assert worker_info.last_error is not None and "levels deep" in worker_info.last_error
+
+
+async def test_forged_ticks_are_dead_lettered_never_run(bus: Bus, scheduler: Scheduler) -> None:
+    worker = Counter()
+    spec = spec_of(worker)
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.runs) == 1)
+    slot = spec.slot_at(time.time())
+    s = bus.subjects
+    other = Tick(
+        worker="other", slot=slot, scheduled=spec.slot_start_dt(slot), interval=spec.interval
+    )
+    far = Tick(worker=worker.name, slot=2**70, scheduled=datetime.now(UTC), interval=spec.interval)
+    ahead = Tick(
+        worker=worker.name,
+        slot=slot + 10,
+        scheduled=spec.slot_start_dt(slot + 10),
+        interval=spec.interval,
+    )
+    # The current slot again, under another id than its own: a second copy.
+    again = Tick(
+        worker=worker.name, slot=slot, scheduled=spec.slot_start_dt(slot), interval=spec.interval
+    )
+    for tick in (other, far, ahead):
+        await bus.js.publish(
+            s.tick(worker.name), encode(tick), headers={"Nats-Msg-Id": tick.msg_id}
+        )
+    await bus.js.publish(s.tick(worker.name), encode(again), headers={"Nats-Msg-Id": "x"})
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 4)
+    assert [run[0] for run in worker.runs] == [slot]
+    reasons = [letter.reason for letter in await _letters(bus, worker.name)]
+    assert "names worker 'other'" in reasons[0]
+    assert "out of range" in reasons[1]
+    assert "intervals ahead" in reasons[2]
+    assert "lacks its de-duplication id" in reasons[3]
+
+
+async def test_an_event_over_the_size_limit_is_dead_lettered_with_a_truncated_copy(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    bus.limits = BusLimits(max_event_size=64 * 1024)
+    worker = OnJob()
+    scheduler.register(worker)
+    await scheduler.start()
+    s = bus.subjects
+    # Near the server's max_payload and not UTF-8: its base64 copy alone
+    # would not fit in a NATS message.
+    payload = b"\xff" * (bus.nc.max_payload - 1024)
+    ack = await bus.js.publish(s.event("job.big"), payload)
+    await bus.publish_event(Event(type="job.ok", source="test", id="ok"))
+    await wait_for(lambda: worker.seen == ["ok"])
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
+    (letter,) = await _letters(bus, worker.name)
+    assert "maximum event size (65536)" in letter.reason
+    assert letter.truncated and letter.size == len(payload)
+    assert (letter.stream, letter.stream_seq, letter.subject) == (
+        s.events_stream,
+        ack.seq,
+        s.event("job.big"),
+    )
+    assert letter.payload_base64 is not None
+    assert payload.startswith(base64.b64decode(letter.payload_base64))
+
+
+async def test_publish_event_refuses_an_event_over_the_size_limit(bus: Bus) -> None:
+    bus.limits = BusLimits(max_event_size=1024)
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    with pytest.raises(EventTooLargeError, match="maximum event size of 1024 bytes"):
+        await bus.publish_event(Event(type="job.big", source="test", data={"s": "x" * 2_000}))
+    with pytest.raises(EventTooLargeError):
+        await bus.publish_events([Event(type="job.big", source="test", data={"s": "x" * 2_000})])
+    info = await bus.js.stream_info(bus.subjects.events_stream)
+    assert info.state.messages == 0
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("cannot describe this error")
+
+
+class Breaks:
+    """Raises what the actor cannot describe: handling fails outside the run."""
+
+    name = "breaks"
+    interval = timedelta(0)
+    subscriptions = ("job.*",)
+    max_attempts = 3
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[int, float]] = []
+
+    async def run(self, ctx: RunContext) -> None:
+        self.attempts.append((ctx.attempt, time.monotonic()))
+        raise _Unprintable
+
+
+async def test_a_message_that_breaks_handling_backs_off_then_is_dead_lettered(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    worker = Breaks()
+    scheduler.register(worker)
+    await scheduler.start()
+    await bus.publish_event(Event(type="job.poison", source="test", id="p"))
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1, within=20)
+    assert [a for a, _ in worker.attempts] == [1, 2, 3]
+    gaps = [b[1] - a[1] for a, b in itertools.pairwise(worker.attempts)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # backoff, no tight loop
+    (letter,) = await _letters(bus, worker.name)
+    assert letter.reason.startswith("handling failed 3 times: RuntimeError")
+    (info,) = scheduler.workers()
+    assert info.error_count == 3
+    assert info.last_error is not None and info.last_error.startswith("handling failed")
+
+
+async def test_an_event_never_settled_is_dead_lettered_on_its_last_delivery_unrun(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    worker = OnJob()
+    spec = spec_of(worker)
+    s = bus.subjects
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    # The consumer exactly as the actor declares it.
+    config = ConsumerConfig(
+        durable_name=s.event_consumer(worker.name),
+        filter_subject=s.event("job.*"),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        max_ack_pending=4096,
+        ack_wait=ack_wait_for(spec).total_seconds(),
+        max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
+    )
+    await bus.js.add_consumer(s.events_stream, config)
+    await bus.publish_event(Event(type="job.kills", source="test", id="k"))
+    # Processes that died mid-run, one after another: every delivery but
+    # the last ended unsettled.
+    sub = await bus.js.pull_subscribe_bind(config.durable_name or "", s.events_stream)
+    for _ in range(spec.max_attempts + UNSETTLED_MARGIN - 1):
+        (held,) = await sub.fetch(1, timeout=5)
+        await held.nak()
+    await sub.unsubscribe()
+
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
+    assert worker.seen == []
+    (letter,) = await _letters(bus, worker.name)
+    assert letter.attempts == spec.max_attempts + UNSETTLED_MARGIN
+    assert "without being settled" in letter.reason

@@ -8,11 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy
 
 from ctrlplane.bus import (
     Bus,
+    BusError,
+    BusLimits,
     DecodeError,
     Event,
     InvalidEventError,
@@ -21,7 +25,8 @@ from ctrlplane.bus import (
     decode_event,
     encode,
 )
-from ctrlplane.bus.codec import decode_event_msg, decode_tick, stream_position
+from ctrlplane.bus.codec import MAX_TICK_SIZE, decode_event_msg, decode_tick, stream_position
+from ctrlplane.bus.connection import TICKS_MAX_BYTES
 from ctrlplane.bus.server import EmbeddedServer
 
 
@@ -72,13 +77,14 @@ def _nested(depth: int) -> str:
 def test_a_deeply_nested_event_is_a_decode_error(field: str) -> None:
     deep = '{"x": ' + _nested(2000) + "}"
     payload = f'{{"type": "a.b", "source": "s", "{field}": {deep}}}'
-    with pytest.raises(DecodeError, match="RecursionError"):
+    # Refused from the raw bytes: msgspec never recurses into it.
+    with pytest.raises(DecodeError, match="levels deep"):
         decode_event(payload.encode(), "subj")
 
 
 def test_a_deeply_nested_tick_is_a_decode_error() -> None:
     payload = '{"worker": "gc", "extra": ' + _nested(2000) + ', "slot": 1}'
-    with pytest.raises(DecodeError, match="RecursionError"):
+    with pytest.raises(DecodeError, match="levels deep"):
         decode_tick(payload.encode(), "subj")
 
 
@@ -192,6 +198,32 @@ async def test_event_retention_follows_the_latest_setting(bus: Bus) -> None:
     assert info.config.max_age == timedelta(days=1).total_seconds()
 
 
+async def test_events_and_dead_letters_are_bounded_by_bytes_and_age(bus: Bus) -> None:
+    window = timedelta(minutes=2)
+    await bus.ensure_streams(duplicate_window=window)
+    s = bus.subjects
+    events = await bus.js.stream_info(s.events_stream)
+    dlq = await bus.js.stream_info(s.dlq_stream)
+    assert events.config.max_bytes == bus.limits.events_max_bytes
+    assert dlq.config.max_bytes == bus.limits.dlq_max_bytes
+    assert dlq.config.max_age == timedelta(days=30).total_seconds()
+    # The operator's latest setting wins, and past it the oldest go.
+    bus.limits = BusLimits(
+        events_max_bytes=2 * 1024**2, dlq_max_bytes=3 * 1024**2, dlq_max_age=timedelta(days=2)
+    )
+    await bus.ensure_streams(duplicate_window=window)
+    events = await bus.js.stream_info(s.events_stream)
+    dlq = await bus.js.stream_info(s.dlq_stream)
+    assert (events.config.max_bytes, dlq.config.max_bytes) == (2 * 1024**2, 3 * 1024**2)
+    assert dlq.config.max_age == timedelta(days=2).total_seconds()
+    assert events.config.discard == dlq.config.discard == DiscardPolicy.OLD
+    filler = Event(type="a.b", source="s", data={"s": "x" * 200_000})
+    for i in range(20):
+        await bus.publish_event(Event(type="a.b", source="s", id=str(i), data=filler.data))
+    events = await bus.js.stream_info(s.events_stream)
+    assert events.state.bytes <= 2 * 1024**2 and events.state.first_seq > 1
+
+
 async def test_using_the_bus_before_connect_says_what_to_do() -> None:
     with pytest.raises(Exception, match="connect the bus first"):
         await Bus().publish_event(Event(type="a", source="b"))
@@ -242,3 +274,21 @@ async def test_one_id_from_two_sources_is_two_events(bus: Bus) -> None:
     again = await bus.publish_event(Event(type="job.done", source="svc-a", id="same"))
     assert a != b
     assert again == a  # a retry of one event is stored once
+
+
+async def test_a_stream_limit_jetstream_cannot_reserve_names_the_setting(bus: Bus) -> None:
+    bus.limits = BusLimits(events_max_bytes=2**50)
+    with pytest.raises(BusError, match="lower events_max_bytes / dlq_max_bytes"):
+        await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+
+
+async def test_the_tick_stream_is_bounded_by_bytes_and_tick_size(bus: Bus) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    s = bus.subjects
+    info = await bus.js.stream_info(s.ticks_stream)
+    assert info.config.max_bytes == TICKS_MAX_BYTES
+    assert info.config.max_msg_size == MAX_TICK_SIZE
+    # Anyone may publish under tick.<anything>; the server refuses a tick
+    # larger than any tick, so it is never stored.
+    with pytest.raises(nats.js.errors.BadRequestError, match="maximum"):
+        await bus.js.publish(s.tick("junk"), b"x" * (MAX_TICK_SIZE + 1))

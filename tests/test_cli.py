@@ -69,6 +69,7 @@ async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> N
         table = await asyncio.to_thread(run_cli, ["workers", "--data-dir", str(data)], env)
         assert table.returncode == 0, table.stderr
         assert "slot-log" in table.stdout and "periodic" in table.stdout
+        assert "DEAD LETTERS" in table.stdout.splitlines()[0]
 
         code = await asyncio.to_thread(stop, proc)
     assert code == 0, (tmp_path / "run.log").read_text()

@@ -78,11 +78,45 @@ def test_duration_fields_are_found_from_the_annotations() -> None:
         "stop_grace",
         "connect_timeout",
         "events_max_age",
+        "dlq_max_age",
         "deployment_retention",
         "audit_retention",
         "telemetry_retention",
         "gc_batch_pause",
     }
+
+
+def test_input_bounds_default_well_under_nats_limits(env: dict[str, str]) -> None:
+    config = load_config(env=env)
+    assert config.max_event_size == 256 * 1024  # NATS' default max_payload is 1 MiB
+    assert (config.events_max_bytes, config.dlq_max_bytes) == (256 * 1024**2, 64 * 1024**2)
+    assert config.dlq_max_age == timedelta(days=30)
+    assert config.audit_max_rows == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("env_var", "value", "field"),
+    [
+        ("CTRLPLANE_MAX_EVENT_SIZE", "100", "max_event_size"),
+        ("CTRLPLANE_MAX_EVENT_SIZE", str(128 * 1024**2), "max_event_size"),
+        ("CTRLPLANE_EVENTS_MAX_BYTES", "1000", "events_max_bytes"),
+        ("CTRLPLANE_DLQ_MAX_BYTES", "0", "dlq_max_bytes"),
+        ("CTRLPLANE_DLQ_MAX_AGE", "0s", "dlq_max_age"),
+        ("CTRLPLANE_AUDIT_MAX_ROWS", "0", "audit_max_rows"),
+    ],
+)
+def test_input_bounds_out_of_range_name_their_field(
+    env: dict[str, str], env_var: str, value: str, field: str
+) -> None:
+    env[env_var] = value
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert caught.value.field == field
+
+
+def test_events_max_bytes_must_hold_a_few_events() -> None:
+    with pytest.raises(ConfigError, match="events_max_bytes: must hold at least four"):
+        Config(max_event_size=1024**2, events_max_bytes=2 * 1024**2)
 
 
 def test_default_data_dir_prefers_xdg_data_home(tmp_path: Path) -> None:
@@ -609,6 +643,11 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "stop_grace": "10s",
         "connect_timeout": "10s",
         "events_max_age": "7d",
+        "max_event_size": 262144,
+        "events_max_bytes": 268435456,
+        "dlq_max_age": "30d",
+        "dlq_max_bytes": 67108864,
+        "audit_max_rows": 1000000,
         "workers": ["a:B"],
         "nats_server_binary": None,
         "instances": None,

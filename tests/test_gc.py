@@ -282,3 +282,22 @@ async def test_deletes_run_in_bounded_batches_that_let_writers_in(store: Store) 
     assert any(s.startswith("INSERT INTO health_results") for s in between)
     assert len(await _ids(store, "metrics")) == 0
     assert len(await _ids(store, "health_results")) == 10 + 1
+
+
+async def test_audit_entries_beyond_the_row_cap_are_deleted_oldest_recorded_first(
+    store: Store,
+) -> None:
+    # Recent by their own time, even stamped in the future: the cap counts
+    # what was recorded, so a forged time is no way around it.
+    now = time.time()
+    await _audit(store, [(i, now + (DAY.total_seconds() if i == 1 else -i)) for i in range(1, 8)])
+    report = await _gc(store, audit_max_rows=3, batch_size=2).collect()
+    assert report.deleted["audit"] == 4
+    assert await _ids(store, "audit") == [5, 6, 7]
+    again = await _gc(store, audit_max_rows=3).collect()
+    assert again.deleted["audit"] == 0
+
+
+def test_an_audit_cap_below_one_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="audit_max_rows"):
+        _gc(store, audit_max_rows=0)

@@ -258,6 +258,31 @@ async def test_run_that_raises_is_recorded_published_and_runs_again(
     assert runs and all(r.outcome is Outcome.ERROR for r in runs)
 
 
+class HugeRaiser:
+    """Fails with an error text larger than any event may be."""
+
+    name = "huge-raiser"
+    interval = timedelta(days=1)
+
+    async def run(self, ctx: RunContext) -> None:
+        raise ValueError("x" * 1_000_000)
+
+
+async def test_a_huge_error_is_clipped_where_it_is_published_and_stored(
+    scheduler: Scheduler, store: Store
+) -> None:
+    failures = EventRecorder("on-failed", ("worker.failed",))
+    scheduler.register(HugeRaiser())
+    scheduler.register(failures)
+    await scheduler.start()
+    await wait_for(lambda: len(failures.events) == 1)
+    error = failures.events[0].data["error"]
+    assert error.startswith("ValueError: xxx") and error.endswith(" characters]")
+    assert len(error) < 5_000
+    (run,) = await store.runs.list(worker="huge-raiser")
+    assert run.error is not None and len(run.error) < 5_000
+
+
 class Sleeper:
     """Sleeps ``seconds`` per run; may ignore cancellation."""
 

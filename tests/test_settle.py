@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from ctrlplane.actors.settle import Decision, Settle, decide, nak_delay
+from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
 from ctrlplane.store.runs import Outcome, Trigger
 
 
@@ -58,3 +58,14 @@ def test_a_rejected_message_is_dead_lettered_with_its_reason() -> None:
 
 def test_backoff_is_capped() -> None:
     assert [nak_delay(a) for a in (1, 2, 3, 7, 8, 50)] == [1.0, 2.0, 4.0, 60.0, 60.0, 60.0]
+
+
+def test_a_handling_fault_backs_off_then_is_dead_lettered() -> None:
+    first = after_fault(attempt=1, max_attempts=3, error="RecursionError")
+    second = after_fault(attempt=2, max_attempts=3, error="RecursionError")
+    assert (first.how, second.how) == (Settle.NAK, Settle.NAK)
+    assert first.delay is not None and second.delay is not None
+    assert 0 < first.delay < second.delay
+    last = after_fault(attempt=3, max_attempts=3, error="RecursionError")
+    assert last.how is Settle.DEAD_LETTER
+    assert last.reason == "handling failed 3 times: RecursionError"

@@ -23,7 +23,7 @@ from ctrlplane.store import (
     WorkerRun,
 )
 from ctrlplane.store.migrations import LATEST
-from ctrlplane.store.runs import new_run_id
+from ctrlplane.store.runs import MAX_ERROR, MAX_REF, new_run_id
 from tests.processes import ROOT
 
 
@@ -77,6 +77,14 @@ async def test_runs_round_trip_newest_first(store: Store) -> None:
     assert await store.runs.list() == [new, old]
     assert await store.runs.list(worker="w") == [old]
     assert await store.runs.list(outcome=Outcome.ERROR) == [old]
+
+
+async def test_long_errors_and_refs_are_clipped_with_a_marker(store: Store) -> None:
+    store.runs.record(_run(outcome=Outcome.ERROR, error="e" * 100_000, trigger_ref="r" * 10_000))
+    (run,) = await store.runs.list()
+    assert run.error is not None and run.error.startswith("e" * MAX_ERROR)
+    assert run.error.endswith(f"[cut {100_000 - MAX_ERROR} characters]")
+    assert run.trigger_ref is not None and len(run.trigger_ref) < MAX_REF + 40
 
 
 async def test_writes_are_batched_into_one_transaction(store: Store) -> None:

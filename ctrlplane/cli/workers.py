@@ -58,6 +58,7 @@ def workers(
             "RUNNING",
             "RUNS",
             "ERRORS",
+            "DEAD LETTERS",
             "LAST RUN",
             "NEXT RUN",
             "LAST ERROR",
@@ -71,6 +72,9 @@ def workers(
                 "yes" if w.running else "no",
                 str(w.run_count),
                 str(w.error_count),
+                # Refused (poison) messages are no failed runs, but an
+                # operator must see a worker that keeps refusing them.
+                str(w.dead_letter_count),
                 ago(w.last_run),
                 ago(w.next_run),
                 (w.last_error or "")[:60],

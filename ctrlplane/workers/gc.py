@@ -40,6 +40,12 @@ _BY_AGE = {
         "(SELECT id FROM resource_snapshots WHERE time < ? ORDER BY time LIMIT ?)"
     ),
 }
+# Audit entries beyond the newest ``audit_max_rows`` (by insertion order, so
+# an event stamped with a forged old or future time is no way around it).
+_AUDIT_CUTOFF = "SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?"
+_AUDIT_BEYOND = (
+    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id <= ? ORDER BY id LIMIT ?)"
+)
 # The (instance, check) pairs one index seek at a time: SELECT DISTINCT would
 # read the whole index in one statement, holding the shared connection.
 _NEXT_CHECK = (
@@ -69,8 +75,9 @@ class GarbageCollector:
 
     Completed deployments older than ``deployment_retention``, health check
     results beyond the newest ``health_history_limit`` of each (instance,
-    check), audit entries older than ``audit_retention``, and metrics and
-    resource snapshots older than ``telemetry_retention``.
+    check), audit entries older than ``audit_retention`` or beyond the newest
+    ``audit_max_rows``, and metrics and resource snapshots older than
+    ``telemetry_retention``.
 
     Deletes run in batches of at most ``batch_size`` rows, each its own short
     transaction on the store's shared writer, with ``batch_pause`` after
@@ -87,6 +94,8 @@ class GarbageCollector:
         deployment_retention: Keep completed deployments this long.
         health_history_limit: Results kept per (instance, check).
         audit_retention: Keep audit entries this long.
+        audit_max_rows: Keep at most this many audit entries (the newest
+            recorded); ``None`` bounds them by age only.
         telemetry_retention: Keep metrics and resource snapshots this long.
         batch_size: Rows one delete takes at most.
         batch_pause: Pause between two batches.
@@ -102,12 +111,16 @@ class GarbageCollector:
         deployment_retention: timedelta = timedelta(days=30),
         health_history_limit: int = 1000,
         audit_retention: timedelta = timedelta(days=90),
+        audit_max_rows: int | None = None,
         telemetry_retention: timedelta = timedelta(days=7),
         batch_size: int = 1000,
         batch_pause: timedelta = timedelta(milliseconds=10),
     ) -> None:
         if batch_size < 1 or health_history_limit < 0:
             raise ValueError("batch_size must be >= 1 and health_history_limit >= 0")
+        if audit_max_rows is not None and audit_max_rows < 1:
+            raise ValueError("audit_max_rows must be >= 1")
+        self._audit_max_rows = audit_max_rows
         self.interval = interval
         self._store = store
         self._retention = {
@@ -149,6 +162,8 @@ class GarbageCollector:
                 else:
                     cutoff = (now - self._retention[kind]).timestamp()
                     deleted[kind] = await self._delete(_BY_AGE[kind], (cutoff,))
+                if kind == "audit":
+                    deleted[kind] += await self._collect_audit_beyond_cap()
             except Exception as exc:  # one kind's failure must not stop the others
                 deleted[kind] = 0
                 failed[kind] = f"{type(exc).__name__}: {exc}"
@@ -158,6 +173,15 @@ class GarbageCollector:
             batches=self._batches,
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    async def _collect_audit_beyond_cap(self) -> int:
+        if self._audit_max_rows is None:
+            return 0
+        async with self._store.db.execute(_AUDIT_CUTOFF, (self._audit_max_rows,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return 0
+        return await self._delete(_AUDIT_BEYOND, (int(row[0]),))
 
     async def _collect_results(self) -> int:
         db = self._store.db
