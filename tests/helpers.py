@@ -14,7 +14,8 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from ctrlplane.bus.messages import Event
+from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.messages import DeadLetter, Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 
@@ -95,3 +96,15 @@ async def subscribe_events(nats_server: ServerInfo, subject: str) -> tuple[Clien
 
     await nc.subscribe(subject, cb=collect)
     return nc, seen
+
+
+async def dead_letters(bus: Bus, worker: str) -> list[DeadLetter]:
+    """The dead letters kept for ``worker`` so far (at most 100)."""
+    sub = await bus.js.pull_subscribe(bus.subjects.dlq(worker), stream=bus.subjects.dlq_stream)
+    try:
+        msgs = await sub.fetch(100, timeout=1)
+    except nats.errors.TimeoutError:
+        return []
+    finally:
+        await sub.unsubscribe()
+    return [msgspec.json.decode(m.data, type=DeadLetter) for m in msgs]

@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import nats.errors
 import pytest
 import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -23,12 +21,12 @@ from ctrlplane.actors import RunContext, Scheduler
 from ctrlplane.actors.actor import UNSETTLED_MARGIN, ack_wait_for
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
-from ctrlplane.bus import Bus, BusLimits, DeadLetter, Event, EventTooLargeError, Tick, encode
+from ctrlplane.bus import Bus, BusLimits, Event, EventTooLargeError, Tick, encode
 from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
-from tests.helpers import wait_for
+from tests.helpers import dead_letters, wait_for
 
 
 class Counter:
@@ -293,17 +291,6 @@ async def test_skipped_and_dead_letter_counts_survive_a_restart(bus: Bus, store:
 # --------------------------------------------------------------- poison input
 
 
-async def _letters(bus: Bus, worker: str) -> list[DeadLetter]:
-    sub = await bus.js.pull_subscribe(bus.subjects.dlq(worker), stream=bus.subjects.dlq_stream)
-    try:
-        msgs = await sub.fetch(100, timeout=1)
-    except nats.errors.TimeoutError:
-        return []
-    finally:
-        await sub.unsubscribe()
-    return [msgspec.json.decode(m.data, type=DeadLetter) for m in msgs]
-
-
 async def test_a_deep_tick_is_dead_lettered_once_never_looped(
     bus: Bus, scheduler: Scheduler
 ) -> None:
@@ -314,7 +301,7 @@ async def test_a_deep_tick_is_dead_lettered_once_never_looped(
     s = bus.subjects
     await bus.js.publish(s.tick(worker.name), b'{"worker":' + b"[" * 2_000 + b"]" * 2_000 + b"}")
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
-    (letter,) = await _letters(bus, worker.name)
+    (letter,) = await dead_letters(bus, worker.name)
     assert "levels deep" in letter.reason and letter.attempts == 1
     info = await bus.js.consumer_info(s.ticks_stream, s.tick_consumer(worker.name))
     assert info.num_redelivered == 0 and info.delivered.consumer_seq == 2
@@ -351,7 +338,7 @@ async def test_forged_ticks_are_dead_lettered_never_run(bus: Bus, scheduler: Sch
     await bus.js.publish(s.tick(worker.name), encode(again), headers={"Nats-Msg-Id": "x"})
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 4)
     assert [run[0] for run in worker.runs] == [slot]
-    reasons = [letter.reason for letter in await _letters(bus, worker.name)]
+    reasons = [letter.reason for letter in await dead_letters(bus, worker.name)]
     assert "names worker 'other'" in reasons[0]
     assert "out of range" in reasons[1]
     assert "intervals ahead" in reasons[2]
@@ -373,7 +360,7 @@ async def test_an_event_over_the_size_limit_is_dead_lettered_with_a_truncated_co
     await bus.publish_event(Event(type="job.ok", source="test", id="ok"))
     await wait_for(lambda: worker.seen == ["ok"])
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
-    (letter,) = await _letters(bus, worker.name)
+    (letter,) = await dead_letters(bus, worker.name)
     assert "maximum event size (65536)" in letter.reason
     assert letter.truncated and letter.size == len(payload)
     assert (letter.stream, letter.stream_seq, letter.subject) == (
@@ -428,7 +415,7 @@ async def test_a_message_that_breaks_handling_backs_off_then_is_dead_lettered(
     assert [a for a, _ in worker.attempts] == [1, 2, 3]
     gaps = [b[1] - a[1] for a, b in itertools.pairwise(worker.attempts)]
     assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # backoff, no tight loop
-    (letter,) = await _letters(bus, worker.name)
+    (letter,) = await dead_letters(bus, worker.name)
     assert letter.reason.startswith("handling failed 3 times: RuntimeError")
     (info,) = scheduler.workers()
     assert info.error_count == 3
@@ -466,6 +453,6 @@ async def test_an_event_never_settled_is_dead_lettered_on_its_last_delivery_unru
     await scheduler.start()
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
     assert worker.seen == []
-    (letter,) = await _letters(bus, worker.name)
+    (letter,) = await dead_letters(bus, worker.name)
     assert letter.attempts == spec.max_attempts + UNSETTLED_MARGIN
     assert "without being settled" in letter.reason

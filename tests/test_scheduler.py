@@ -13,12 +13,12 @@ import pytest
 import pytest_asyncio
 
 from ctrlplane.actors import RunContext, Scheduler, WorkerInfo, WorkerKind
-from ctrlplane.bus import Bus, DeadLetter, Event, Tick, encode
+from ctrlplane.bus import Bus, Event, Tick, encode
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
-from tests.helpers import wait_for
+from tests.helpers import dead_letters, wait_for
 
 
 class Recorder:
@@ -144,17 +144,6 @@ async def test_event_worker_reacts_to_plain_nats_client(
     assert worker.events[0].data == {"check": "http"}
 
 
-async def _dead_letters(bus: Bus, worker: str) -> list[DeadLetter]:
-    sub = await bus.js.pull_subscribe(bus.subjects.dlq(worker), stream=bus.subjects.dlq_stream)
-    try:
-        msgs = await sub.fetch(100, timeout=1)
-    except nats.errors.TimeoutError:
-        return []
-    finally:
-        await sub.unsubscribe()
-    return [msgspec.json.decode(m.data, type=DeadLetter) for m in msgs]
-
-
 async def test_undecodable_event_goes_to_dlq_and_worker_goes_on(
     scheduler: Scheduler, bus: Bus
 ) -> None:
@@ -166,7 +155,7 @@ async def test_undecodable_event_goes_to_dlq_and_worker_goes_on(
     await bus.nc.publish(bus.subjects.event("health.failed"), b"\xff\xfe")
     await bus.publish_event(Event(type="health.failed", source="test"))
     await wait_for(lambda: len(worker.events) == 1)
-    letters = await _dead_letters(bus, worker.name)
+    letters = await dead_letters(bus, worker.name)
     assert len(letters) == 3
     assert "JSON" in letters[0].reason or "malformed" in letters[0].reason
     assert letters[0].payload == "{not json"
@@ -205,7 +194,7 @@ async def test_failing_event_is_retried_then_dead_lettered(
     await wait_for(lambda: len(worker.attempts) == 2, within=10)
     await wait_for(lambda: scheduler.workers()[0].dead_letter_count == 1)
     assert worker.attempts == [1, 2]
-    letters = await _dead_letters(bus, "flaky")
+    letters = await dead_letters(bus, "flaky")
     assert len(letters) == 1
     assert letters[0].reason == "gave up after 2 attempts: RuntimeError: boom 2"
     assert letters[0].attempts == 2
@@ -223,7 +212,7 @@ async def test_failing_event_recovers_on_retry(scheduler: Scheduler, bus: Bus) -
     await wait_for(lambda: len(worker.attempts) == 2, within=10)
     await wait_for(lambda: scheduler.workers()[0].last_error is None)
     assert scheduler.workers()[0].error_count == 1
-    assert await _dead_letters(bus, "flaky") == []
+    assert await dead_letters(bus, "flaky") == []
 
 
 class Raiser:
