@@ -19,7 +19,7 @@ from ctrlplane.store.instances import InstanceStore
 from ctrlplane.store.migrations import LATEST, MIGRATIONS
 from ctrlplane.store.runs import RunStore
 from ctrlplane.store.telemetry import TelemetryStore
-from ctrlplane.store.writer import BatchWriter
+from ctrlplane.store.writer import BatchWriter, execute_to_end, roll_back
 
 
 class Store:
@@ -214,8 +214,10 @@ async def _set_wal(db: aiosqlite.Connection, patience: timedelta) -> None:
 async def _migrate(db: aiosqlite.Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock before reading the version, so two
     # processes opening a new file at once cannot both apply migration 1.
-    await db.execute("BEGIN IMMEDIATE")
+    # BEGIN and COMMIT run to their end even when a stop cancels the start
+    # meanwhile: the rollback then sees whether a transaction is really open.
     try:
+        await execute_to_end(db, "BEGIN IMMEDIATE")
         async with db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         current = int(row[0]) if row else 0
@@ -232,9 +234,9 @@ async def _migrate(db: aiosqlite.Connection) -> None:
                 except Exception as exc:
                     raise MigrationError(version, str(exc)) from exc
             await db.execute(f"PRAGMA user_version = {version}")
-        await db.execute("COMMIT")
+        await execute_to_end(db, "COMMIT")
     except BaseException:
-        await db.execute("ROLLBACK")
+        await roll_back(db)
         raise
 
 

@@ -150,33 +150,10 @@ class BatchWriter:
             raise
 
     async def _to_end(self, sql: str) -> None:
-        """Execute ``sql`` and wait for it to end, even if cancelled meanwhile.
-
-        Cancelling the await does not stop aiosqlite's thread: a BEGIN that
-        waits on another writer's lock would run later and leave the
-        connection inside a transaction. So the statement is always awaited
-        to its end (the busy timeout bounds it); a cancellation that came
-        meanwhile is raised afterwards, once the caller can roll back.
-        """
-        statement = asyncio.ensure_future(self._db.execute(sql))
-        cancelled = False
-        while not statement.done():
-            try:
-                await asyncio.wait([statement])
-            except asyncio.CancelledError:
-                cancelled = True
-        statement.result()
-        if cancelled:
-            raise asyncio.CancelledError
+        await execute_to_end(self._db, sql)
 
     async def _rollback(self) -> None:
-        """Roll back whatever transaction is open; never raises but cancellation."""
-        if not self._db.in_transaction:
-            return
-        try:
-            await self._to_end("ROLLBACK")
-        except sqlite3.Error as exc:
-            log.error("rollback failed", error=str(exc))
+        await roll_back(self._db)
 
     async def flush(self) -> None:
         """Write everything queued so far, in one transaction.
@@ -291,3 +268,35 @@ def _retrieve(task: asyncio.Future[None]) -> None:
     rows of a failed one are back in the queue and the next flush says why."""
     if not task.cancelled():
         task.exception()
+
+
+async def execute_to_end(db: aiosqlite.Connection, sql: str) -> None:
+    """Execute ``sql`` on ``db`` and wait for it to end, even if cancelled meanwhile.
+
+    Cancelling the await does not stop aiosqlite's thread: a BEGIN that
+    waits on another writer's lock would run later and leave the
+    connection inside a transaction, and a COMMIT would still commit. So the
+    statement is always awaited to its end (the busy timeout bounds it); a
+    cancellation that came meanwhile is raised afterwards, once the caller
+    can see the connection's real state and roll back.
+    """
+    statement = asyncio.ensure_future(db.execute(sql))
+    cancelled = False
+    while not statement.done():
+        try:
+            await asyncio.wait([statement])
+        except asyncio.CancelledError:
+            cancelled = True
+    statement.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def roll_back(db: aiosqlite.Connection) -> None:
+    """Roll back whatever transaction ``db`` has open; never raises but cancellation."""
+    if not db.in_transaction:
+        return
+    try:
+        await execute_to_end(db, "ROLLBACK")
+    except sqlite3.Error as exc:
+        log.error("rollback failed", error=str(exc))

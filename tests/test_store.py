@@ -7,10 +7,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from ctrlplane.store import (
@@ -22,6 +24,7 @@ from ctrlplane.store import (
     Trigger,
     WorkerRun,
 )
+from ctrlplane.store.db import _migrate  # the step Store.open() runs, cancelled mid-way
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF, new_run_id
 from tests.processes import ROOT
@@ -212,3 +215,38 @@ async def test_run_ids_sort_by_time() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == 100
     assert len({new_run_id(1.0) for _ in range(100)}) == 100
+
+
+@pytest.mark.parametrize("statement", ["BEGIN IMMEDIATE", "COMMIT"])
+async def test_a_stop_during_the_migration_is_a_cancel_and_leaves_no_transaction(
+    tmp_path: Path, statement: str
+) -> None:
+    # A SIGTERM while `ctrlplane run` opened its store cancelled the migration
+    # as its COMMIT ran in aiosqlite's thread; the rollback after it failed
+    # ("no transaction is active") and the process exited 1 with a traceback.
+    loop = asyncio.get_running_loop()
+    reached = asyncio.Event()
+    gate = threading.Event()
+    db = await aiosqlite.connect(tmp_path / "cancel.db")
+    try:
+
+        def trace(sql: str) -> None:
+            if sql == statement:
+                loop.call_soon_threadsafe(reached.set)
+                gate.wait(10)  # hold the statement until the cancel has landed
+
+        await db.set_trace_callback(trace)
+        migrating = asyncio.create_task(_migrate(db))
+        async with asyncio.timeout(10):
+            await reached.wait()
+        migrating.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await migrating
+        assert not db.in_transaction
+        async with db.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone() or (None,)
+        # Cancelled in BEGIN: nothing applied. Cancelled in COMMIT: it committed.
+        assert version == (0 if statement == "BEGIN IMMEDIATE" else LATEST)
+    finally:
+        await db.close()
