@@ -17,16 +17,10 @@ program's own parser, in a way that starts nothing:
 * a wheel is built from exactly the files .dockerignore lets into the build
   context, as ``pip install .`` in the Dockerfile does.
 
-Reading compose.yaml: PyYAML is not a dependency and these tests add none. A
-regex over the raw text could find the ``command:`` lists, but not tell which
-service each belongs to, resolve the ``<<: *ctrlplane`` merge or see each
-replica's volumes, and those are what matter here. So :func:`read_yaml_subset`
-reads the small subset of YAML that compose.yaml keeps to (block mappings,
-full-line comments, plain and double-quoted scalars, JSON-style flow
-sequences, anchors on mappings and ``<<`` merges). It raises on anything
-outside that subset rather than skip it, and
-``test_reader_agrees_with_raw_text`` cross-checks it with regexes over the
-raw text.
+The files themselves are read by libraries, all dev dependencies: compose.yaml
+by PyYAML's ``safe_load`` (which resolves the ``<<: *ctrlplane`` merge as
+Compose does), the Dockerfile by dockerfile-parse, and .dockerignore is applied
+by the Docker SDK for Python, whose pattern matcher is a port of the engine's.
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ import importlib
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -45,12 +38,15 @@ import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import click
 import msgspec
 import pytest
+import yaml
+from docker.utils.build import exclude_paths
+from dockerfile_parse import DockerfileParser
 from packaging.specifiers import SpecifierSet
 
 from ctrlplane.bus.server import find_binary
@@ -69,124 +65,6 @@ PYPROJECT = ROOT / "pyproject.toml"
 # The only subcommand a long-running container may run.
 RUN = "run"
 NATS_DEFAULT_PORT = 4222
-
-# --------------------------------------------------------------------------
-# A reader for the subset of YAML that compose.yaml is written in.
-
-
-_KEY_RE = re.compile(r"(?P<key>[A-Za-z0-9_.-]+|<<):(?:[ ]+(?P<value>.*))?")
-_INT_RE = re.compile(r"[-+]?\d+")
-
-
-def read_yaml_subset(text: str) -> dict[str, object]:
-    """Read block mappings of scalars and JSON-style flow sequences, with anchors.
-
-    Raises:
-        ValueError: The text uses YAML outside the subset; the message names the line.
-    """
-    lines: list[tuple[int, int, str]] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        body = raw.strip()
-        if not body or body.startswith("#"):
-            continue
-        indent = len(raw) - len(raw.lstrip(" "))
-        if raw[indent] == "\t":
-            raise ValueError(f"line {number}: tabs are not allowed in indentation")
-        lines.append((number, indent, body))
-    anchors: dict[str, dict[str, object]] = {}
-    pos = 0
-
-    def block(indent: int) -> dict[str, object]:
-        nonlocal pos
-        explicit: dict[str, object] = {}
-        merged: dict[str, object] = {}
-        while pos < len(lines):
-            number, ind, body = lines[pos]
-            if ind < indent:
-                break
-            if ind > indent:
-                raise ValueError(f"line {number}: unexpected indentation")
-            if body.startswith("-"):
-                raise ValueError(
-                    f"line {number}: block sequences are not in the subset; "
-                    'write a JSON-style flow sequence ["a", "b"]'
-                )
-            match = _KEY_RE.fullmatch(body)
-            if match is None:
-                raise ValueError(f"line {number}: expected 'key: value', got {body!r}")
-            key, value = match["key"], (match["value"] or "").strip()
-            pos += 1
-            if key == "<<":
-                name = value[1:]
-                if not value.startswith("*") or name not in anchors:
-                    raise ValueError(f"line {number}: '<<' needs an alias of an earlier anchor")
-                merged.update(anchors[name])
-                continue
-            if key in explicit:
-                raise ValueError(f"line {number}: duplicate key {key!r}")
-            anchor = None
-            if value.startswith("&"):
-                anchor, _, value = value[1:].partition(" ")
-                if value.strip():
-                    raise ValueError(f"line {number}: anchors are only supported on mappings")
-                value = ""
-            node: object
-            if value:
-                node = _value(value, number, ind)
-            elif pos < len(lines) and lines[pos][1] > ind:
-                node = block(lines[pos][1])
-            else:
-                node = None
-            if anchor is not None:
-                if not isinstance(node, dict):
-                    raise ValueError(f"line {number}: anchor {anchor!r} is not on a mapping")
-                anchors[anchor] = node
-            explicit[key] = node
-        # YAML merge keys: keys written in the mapping win over merged ones.
-        return {**merged, **explicit}
-
-    def _value(value: str, number: int, indent: int) -> object:
-        nonlocal pos
-        if value[0] in "[{":
-            # A flow collection may continue on more-indented lines.
-            while True:
-                try:
-                    return json.loads(value)
-                except json.JSONDecodeError as exc:
-                    if pos < len(lines) and lines[pos][1] > indent:
-                        value += " " + lines[pos][2]
-                        pos += 1
-                        continue
-                    raise ValueError(
-                        f"line {number}: not a JSON-style flow collection ({exc})"
-                    ) from None
-        return _scalar(value, number)
-
-    result = block(0)
-    if pos != len(lines):
-        raise ValueError(f"line {lines[pos][0]}: unexpected indentation")
-    return result
-
-
-def _scalar(value: str, number: int) -> object:
-    if value.startswith('"'):
-        try:
-            text: object = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"line {number}: not a JSON-style quoted string") from None
-        return text
-    if value[0] in "'*&!|>%@`{}[]" or " #" in value or ": " in value or value.endswith(":"):
-        raise ValueError(f"line {number}: {value!r} is not a scalar of the subset")
-    if value in ("true", "false"):
-        return value == "true"
-    if value in ("null", "~"):
-        return None
-    if _INT_RE.fullmatch(value):
-        return int(value)
-    if re.fullmatch(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?", value):
-        raise ValueError(f"line {number}: quote {value!r}; floats are not in the subset")
-    return value
-
 
 # --------------------------------------------------------------------------
 # compose.yaml, the Dockerfile and pyproject.toml, read once.
@@ -210,7 +88,8 @@ def _strings(value: object, where: str) -> list[str]:
 
 @functools.cache
 def compose() -> dict[str, object]:
-    return read_yaml_subset(COMPOSE.read_text(encoding="utf-8"))
+    with COMPOSE.open(encoding="utf-8") as file:
+        return _mapping(yaml.safe_load(file), "compose.yaml")
 
 
 def services() -> dict[str, dict[str, object]]:
@@ -273,26 +152,18 @@ class Instruction:
 
 
 @functools.cache
+def dockerfile_parser() -> DockerfileParser:
+    return DockerfileParser(str(DOCKERFILE), cache_content=True)
+
+
+@functools.cache
 def dockerfile() -> tuple[Instruction, ...]:
     """The Dockerfile's instructions, continuation lines joined, comments dropped."""
-    result: list[Instruction] = []
-    pending: list[str] = []
-    start = 0
-    for number, raw in enumerate(DOCKERFILE.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not pending:
-            start = number
-        if line.endswith("\\"):
-            pending.append(line[:-1].strip())
-            continue
-        pending.append(line)
-        keyword, _, args = " ".join(pending).partition(" ")
-        result.append(Instruction(keyword.upper(), args.strip(), start))
-        pending = []
-    assert not pending, "the Dockerfile ends in a continuation line"
-    return tuple(result)
+    return tuple(
+        Instruction(ins["instruction"], ins["value"], ins["startline"] + 1)
+        for ins in dockerfile_parser().structure
+        if ins["instruction"] != "COMMENT"
+    )
 
 
 def final_stage() -> list[Instruction]:
@@ -322,15 +193,8 @@ def exec_form(keyword: str) -> list[str]:
 
 
 def dockerfile_env() -> dict[str, str]:
-    """ENV of the final stage (``ENV k=v ...``; the legacy ``ENV k v`` is refused)."""
-    env: dict[str, str] = {}
-    for ins in final_stage():
-        if ins.keyword == "ENV":
-            for token in shlex.split(ins.args):
-                key, sep, value = token.partition("=")
-                assert sep, f"Dockerfile line {ins.line}: write ENV as key=value"
-                env[key] = value
-    return env
+    """ENV of the final stage, with ``$VAR`` references substituted."""
+    return dict(dockerfile_parser().envs)
 
 
 @functools.cache
@@ -480,165 +344,22 @@ def go_bool_flag(args: list[str], *names: str) -> bool:
 
 
 # --------------------------------------------------------------------------
-# .dockerignore, with the semantics of Docker's pattern matcher.
-
-
-@functools.cache
-def dockerignore() -> tuple[tuple[bool, re.Pattern[str]], ...]:
-    """(is an exception ``!``, pattern) for each rule, in order; the last match wins."""
-    rules: list[tuple[bool, re.Pattern[str]]] = []
-    for raw in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = str(PurePosixPath(line.lstrip("!").strip())).lstrip("/")
-        rules.append((negate, re.compile(_glob_to_regex(pattern))))
-    return tuple(rules)
-
-
-def _glob_to_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.index("]", i)
-            out.append("[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
-
-
-def ignored(path: str) -> bool:
-    """Whether Docker leaves ``path`` (relative, with /) out of the build context.
-
-    A rule that matches a parent directory matches everything under it.
-    """
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    result = False
-    for negate, regex in dockerignore():
-        if any(regex.fullmatch(p) for p in prefixes):
-            result = not negate
-    return result
+# .dockerignore
 
 
 def build_context() -> list[str]:
-    """The files and symlinks of the checkout that ``docker build .`` would send."""
-    has_exceptions = any(negate for negate, _ in dockerignore())
-    found: list[str] = []
+    """The files and symlinks of the checkout that ``docker build .`` would send.
 
-    def walk(directory: Path) -> None:
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            rel = Path(entry.path).relative_to(ROOT).as_posix()
-            if entry.is_dir(follow_symlinks=False):
-                if has_exceptions or not ignored(rel):
-                    walk(Path(entry.path))
-            elif not ignored(rel):
-                found.append(rel)
-
-    walk(ROOT)
-    return found
-
-
-# ==========================================================================
-# Tests of the reader itself.
-
-
-def test_reader_reads_the_subset() -> None:
-    text = """
-# a comment
-x-base: &base
-  image: app:1
-  command: ["run", "--a",
-    "b"]
-  init: true
-services:
-  one:
-    <<: *base
-    image: "app:2"
-    ports: []
-  two:
-    <<: *base
-volumes:
-  data:
-"""
-    assert read_yaml_subset(text) == {
-        "x-base": {"image": "app:1", "command": ["run", "--a", "b"], "init": True},
-        "services": {
-            "one": {"image": "app:2", "command": ["run", "--a", "b"], "init": True, "ports": []},
-            "two": {"image": "app:1", "command": ["run", "--a", "b"], "init": True},
-        },
-        "volumes": {"data": None},
-    }
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "a:\n  - item\n",
-        "a: b # comment\n",
-        "a:\n\tb: c\n",
-        "a:\n  <<: *missing\n",
-        "a: 1\na: 2\n",
-        "a: 'single'\n",
-        "a: [1, 2\n",
-        "a: b: c\n",
-        "a: 1.5\n",
-        "a:\n    b: 1\n  c: 2\n",
-    ],
-)
-def test_reader_refuses_what_it_does_not_know(text: str) -> None:
-    with pytest.raises(ValueError, match="line"):
-        read_yaml_subset(text)
-
-
-def test_reader_agrees_with_raw_text() -> None:
-    """Every command list and CTRLPLANE_ variable in the text is in what was read."""
-    lines = [
-        line
-        for line in COMPOSE.read_text(encoding="utf-8").splitlines()
-        if not line.strip().startswith("#")
-    ]
-    raw_commands = {
-        tuple(json.loads(m[1]))
-        for line in lines
-        if (m := re.fullmatch(r"\s*command:\s*(\[.*\])\s*", line))
-    }
-    raw_vars = {m for line in lines for m in re.findall(r"\bCTRLPLANE_\w+", line)}
-
-    read_commands: set[tuple[str, ...]] = set()
-    read_vars: set[str] = set()
-
-    def visit(node: object, key: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                visit(v, k)
-                if str(k).startswith("CTRLPLANE_"):
-                    read_vars.add(str(k))
-        elif key == "command":
-            read_commands.add(tuple(_strings(node, key)))
-        elif isinstance(node, str):
-            read_vars.update(re.findall(r"\bCTRLPLANE_\w+", node))
-
-    visit(compose(), "")
-    assert raw_commands
-    # A subset: a flow sequence continued on the next line is not in raw_commands.
-    assert raw_commands <= read_commands
-    assert read_vars == raw_vars
+    The patterns are read as the Docker SDK's own ``build`` reads them. Like
+    the engine, it always sends the Dockerfile and .dockerignore themselves.
+    """
+    lines = (line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines())
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    return sorted(
+        rel
+        for rel in exclude_paths(ROOT, patterns)
+        if (ROOT / rel).is_symlink() or not (ROOT / rel).is_dir()
+    )
 
 
 # ==========================================================================
