@@ -178,6 +178,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         acme_email: The contact of the ACME account.
         acme_ca_bundle: A PEM bundle to trust for the ACME server (a test CA
             such as pebble's); ``None`` trusts the system store.
+        acme_eab_kid: The key id of the External Account Binding a CA asks
+            for (RFC 8555 section 7.3.4; ZeroSSL, Google, most commercial
+            CAs); with ``acme_eab_hmac_key_file``.
+        acme_eab_hmac_key_file: A file holding that binding's MAC key,
+            base64url as the CA gives it, so that the key is never in argv,
+            the environment or a log. Read at each issuance.
         nats_credentials: A file holding the NATS user and password to
             connect to ``nats_url`` with (``user:password``, or a URL with
             them, as ``ctrlplane credentials`` and ``ctrlplane nats-config
@@ -229,6 +235,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     acme_directory: str | None = None
     acme_email: str | None = None
     acme_ca_bundle: Path | None = None
+    acme_eab_kid: str | None = None
+    acme_eab_hmac_key_file: Path | None = None
     nats_credentials: Path | None = None
     publisher_event_types: list[str] | None = None
     api_apply: bool = True
@@ -273,6 +281,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             ("https://", "http://")
         ):
             raise ConfigError("acme_directory", "must be an http(s) URL")
+        if (self.acme_eab_kid is None) != (self.acme_eab_hmac_key_file is None):
+            missing = "acme_eab_kid" if self.acme_eab_kid is None else "acme_eab_hmac_key_file"
+            raise ConfigError(missing, "an External Account Binding needs both the key id and file")
+        if self.acme_eab_kid is not None and (
+            not self.acme_eab_kid.strip() or not self.acme_eab_kid.isprintable()
+        ):
+            raise ConfigError("acme_eab_kid", "must be a non-empty printable key id")
         if self.nats_credentials is not None and self.nats_url is None:
             raise ConfigError(
                 "nats_credentials", "is used only with nats_url (the embedded server has its own)"

@@ -665,6 +665,8 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "acme_directory": None,
         "acme_email": None,
         "acme_ca_bundle": None,
+        "acme_eab_kid": None,
+        "acme_eab_hmac_key_file": None,
         "nats_credentials": None,
         "publisher_event_types": None,
         "api_apply": True,

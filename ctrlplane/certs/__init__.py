@@ -1,6 +1,6 @@
 """TLS certificates for declared domains: issuers (a local CA, ACME) and the file router."""
 
-from ctrlplane.certs.acme import AcmeError, AcmeIssuer
+from ctrlplane.certs.acme import AcmeError, AcmeIssuer, RateLimitedError
 from ctrlplane.certs.http01 import Http01Responder
 from ctrlplane.certs.issuer import CertError, Issued, IssueError, Issuer
 from ctrlplane.certs.local_ca import LocalCA
@@ -17,6 +17,7 @@ __all__ = [
     "Issued",
     "Issuer",
     "LocalCA",
+    "RateLimitedError",
     "Route",
     "RouteNotFoundError",
 ]

@@ -8,8 +8,9 @@ thread per issuance, while the protocol itself is a dozen signed POSTs.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ssl
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from msgspec import Struct, field
 
 from ctrlplane.certs.http01 import Http01Responder
 from ctrlplane.certs.issuer import Issued, IssueError, key_pem, new_key, split_chain
-from ctrlplane.certs.jws import AccountKey, b64
+from ctrlplane.certs.jws import AccountKey, b64, external_account_binding, read_hmac_key
 
 log = structlog.get_logger("ctrlplane.certs")
 
@@ -33,6 +34,14 @@ BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 # A CA may refuse a nonce now and then (pebble does for 5% by default); RFC 8555
 # says to retry with the fresh one the refusal carries.
 NONCE_RETRIES = 10
+RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
+EAB_REQUIRED = "urn:ietf:params:acme:error:externalAccountRequired"
+RATE_LIMIT_BACKOFF = timedelta(hours=1)
+"""The wait after ``rateLimited`` when the CA gives no (usable) ``Retry-After``."""
+MAX_RATE_LIMIT_WAIT = timedelta(days=1)
+"""The longest ``Retry-After`` of a ``rateLimited`` that is honoured; longer ones are cut to it."""
+MAX_POLL_WAIT = 10.0
+"""The longest ``Retry-After`` honoured while polling an order or authorization, in seconds."""
 
 
 class Problem(Struct, frozen=True, kw_only=True):
@@ -64,10 +73,39 @@ class AcmeError(IssueError):
         return type(self), (self.hostname, self.reason)
 
 
+class RateLimitedError(AcmeError):
+    """The CA refused with ``rateLimited``: asking again before ``retry_after`` is pointless.
+
+    Attributes:
+        retry_after: How long to wait: the CA's ``Retry-After`` (seconds or an
+            HTTP date), kept within a second and :data:`MAX_RATE_LIMIT_WAIT`,
+            or :data:`RATE_LIMIT_BACKOFF` when it gave none.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        reason: str,
+        problem: Problem | None = None,
+        *,
+        retry_after: timedelta = RATE_LIMIT_BACKOFF,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(hostname, reason, problem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.hostname, self.reason), {"retry_after": self.retry_after}
+
+
+class _Meta(Struct, frozen=True, rename="camel"):
+    external_account_required: bool = False
+
+
 class _Directory(Struct, frozen=True, rename="camel"):
     new_nonce: str
     new_account: str
     new_order: str
+    meta: _Meta = field(default_factory=_Meta)
 
 
 class _Challenge(Struct, frozen=True):
@@ -102,6 +140,11 @@ class AcmeIssuer:
         email: The account's contact, if any.
         ca_bundle: A PEM bundle to trust for the CA's own HTTPS (a test CA);
             ``None`` trusts the system store.
+        eab_kid: The key identifier of an External Account Binding (RFC 8555
+            section 7.3.4), for a CA that creates accounts only for its
+            customers; ``None`` for none.
+        eab_hmac_key: The file holding that binding's MAC key, base64url as
+            CAs hand it out; read at each issuance, never logged.
         timeout: How long one issuance may take in all.
         poll_interval: How often to ask whether an order or authorization moved
             on, unless the server says (``Retry-After``) within reason.
@@ -117,10 +160,16 @@ class AcmeIssuer:
         responder: Http01Responder,
         email: str | None = None,
         ca_bundle: Path | None = None,
+        eab_kid: str | None = None,
+        eab_hmac_key: Path | None = None,
         timeout: timedelta = timedelta(minutes=2),
         poll_interval: timedelta = timedelta(milliseconds=500),
     ) -> None:
+        if (eab_kid is None) != (eab_hmac_key is None):
+            raise ValueError("eab_kid and eab_hmac_key go together")
         self.directory = directory
+        self._eab_kid = eab_kid
+        self._eab_hmac_key = eab_hmac_key
         self.responder = responder
         self._account_key_path = account_key
         self._email = email
@@ -147,8 +196,18 @@ class AcmeIssuer:
     async def _issue(self, hostname: str) -> Issued:
         if self._key is None:
             self._key = await asyncio.to_thread(AccountKey.load_or_create, self._account_key_path)
-        context = ssl.create_default_context(
-            cafile=None if self._ca_bundle is None else str(self._ca_bundle)
+        eab: tuple[str, bytes] | None = None
+        if self._eab_kid is not None and self._eab_hmac_key is not None:
+            try:
+                eab = self._eab_kid, await asyncio.to_thread(read_hmac_key, self._eab_hmac_key)
+            except (OSError, ValueError) as exc:
+                reason = f"external account binding: {exc}"
+                raise AcmeError(hostname, reason) from None
+        # Reading a CA bundle (the system store, hundreds of certificates) is file I/O
+        # and parsing: off the event loop, like every file this issuer touches.
+        context = await asyncio.to_thread(
+            ssl.create_default_context,
+            cafile=None if self._ca_bundle is None else str(self._ca_bundle),
         )
         connector = aiohttp.TCPConnector(ssl=context)
         async with aiohttp.ClientSession(
@@ -157,7 +216,7 @@ class AcmeIssuer:
             session = _Session(http, self._key, hostname, self._poll)
             await session.open(self.directory)
             contact = [] if self._email is None else [f"mailto:{self._email}"]
-            await session.account(contact)
+            await session.account(contact, eab)
             order_url, order = await session.new_order(hostname)
             for url in order.authorizations:
                 await self._authorize(session, url)
@@ -223,11 +282,21 @@ class _Session:
         assert self._dir is not None, "open the session first"
         return self._dir
 
-    async def account(self, contact: list[str]) -> None:
-        """Find or create the account of our key (the CA answers 200 or 201)."""
+    async def account(self, contact: list[str], eab: tuple[str, bytes] | None = None) -> None:
+        """Find or create the account of our key (the CA answers 200 or 201).
+
+        ``eab`` is the key id and MAC key of an External Account Binding.
+        """
+        if eab is None and self.directory.meta.external_account_required:
+            raise AcmeError(self.hostname, _EAB_HINT)
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
             payload["contact"] = contact
+        if eab is not None:
+            kid, mac_key = eab
+            payload["externalAccountBinding"] = external_account_binding(
+                kid, mac_key, self._key.jwk, self.directory.new_account
+            )
         response, _ = await self._post(self.directory.new_account, payload, use_jwk=True)
         self._kid = response.headers.get("Location")
         if not self._kid:
@@ -289,7 +358,7 @@ class _Session:
                 return response, body
             problem = _decode_problem(body)
             if problem.type != BAD_NONCE:
-                raise AcmeError(self.hostname, f"POST {url}: HTTP {response.status}", problem)
+                raise self._refused(response, f"POST {url}", problem)
         raise AcmeError(self.hostname, f"POST {url}: nonce refused {NONCE_RETRIES} times")
 
     async def _new_nonce(self) -> str:
@@ -302,8 +371,53 @@ class _Session:
 
     async def _check(self, response: aiohttp.ClientResponse, what: str) -> None:
         if response.status >= 400:
-            problem = _decode_problem(await response.read())
-            raise AcmeError(self.hostname, f"{what}: HTTP {response.status}", problem)
+            raise self._refused(response, what, _decode_problem(await response.read()))
+
+    def _refused(self, response: aiohttp.ClientResponse, what: str, problem: Problem) -> AcmeError:
+        """The error for a refusal: a rate limit says when to come back, a missing
+        account binding says which settings to make."""
+        reason = f"{what}: HTTP {response.status}"
+        if problem.type == RATE_LIMITED:
+            wait = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+            retry_after = RATE_LIMIT_BACKOFF if wait is None else _bounded_rate_limit(wait)
+            reason = (
+                f"rate limited by the CA, not asking again for "
+                f"{retry_after.total_seconds():g}s ({reason})"
+            )
+            return RateLimitedError(self.hostname, reason, problem, retry_after=retry_after)
+        if problem.type == EAB_REQUIRED:
+            return AcmeError(self.hostname, f"{_EAB_HINT} ({reason})", problem)
+        return AcmeError(self.hostname, reason, problem)
+
+
+_EAB_HINT = (
+    "the CA requires an External Account Binding: set acme_eab_kid and "
+    "acme_eab_hmac_key_file to the key id and MAC key the CA gave"
+)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait by a ``Retry-After`` header (RFC 9110 section 10.2.3).
+
+    It is either a number of seconds or an HTTP date; a date in the past is
+    no wait. ``None`` when there is no header or it is neither form.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, but unknown local time"
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+def _bounded_rate_limit(seconds: float) -> timedelta:
+    return min(max(timedelta(seconds=seconds), timedelta(seconds=1)), MAX_RATE_LIMIT_WAIT)
 
 
 def _decode_problem(body: bytes) -> Problem:
@@ -323,9 +437,8 @@ def _problem_of(obj: object) -> Problem | None:
 
 
 def _retry_after(response: aiohttp.ClientResponse, default: float) -> float:
-    """The server's ``Retry-After`` in seconds, kept between ``default`` and 10 s."""
-    try:
-        value = float(response.headers.get("Retry-After", ""))
-    except ValueError:
+    """The server's ``Retry-After`` in seconds, between ``default`` and :data:`MAX_POLL_WAIT`."""
+    value = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+    if value is None:
         return default
-    return min(max(value, default), 10.0)
+    return min(max(value, default), MAX_POLL_WAIT)

@@ -53,19 +53,28 @@ class Http01Responder:
                 await self._start()
             self._tokens[token] = key_authorization
             if self.webroot is not None:
-                folder = self.webroot / PATH.strip("/")
-                private_dir(folder)
-                write_private(folder / token, key_authorization.encode())
+                # fsync'd: off the event loop.
+                await asyncio.to_thread(self._write, token, key_authorization)
         try:
             yield
         finally:
             async with self._lock:
                 self._tokens.pop(token, None)
                 if self.webroot is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.webroot / PATH.strip("/") / token).unlink()
+                    await asyncio.to_thread(self._delete, token)
                 if not self._tokens:
                     await self._stop()
+
+    def _write(self, token: str, key_authorization: str) -> None:
+        assert self.webroot is not None
+        folder = self.webroot / PATH.strip("/")
+        private_dir(folder)
+        write_private(folder / token, key_authorization.encode())
+
+    def _delete(self, token: str) -> None:
+        assert self.webroot is not None
+        with contextlib.suppress(FileNotFoundError):
+            (self.webroot / PATH.strip("/") / token).unlink()
 
     async def _start(self) -> None:
         if self.host is None:

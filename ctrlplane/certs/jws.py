@@ -1,14 +1,17 @@
-"""The JSON Web Signatures of ACME (RFC 8555 section 6.2): ES256 with a P-256 account key."""
+"""The JSON Web Signatures of ACME (RFC 8555 section 6.2): ES256 with a P-256 account key,
+and HS256 for an External Account Binding (section 7.3.4)."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
@@ -84,3 +87,40 @@ class AccountKey:
         # JWS wants the raw r || s, not the DER that cryptography gives.
         signature = b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
         return json.dumps({"protected": header, "payload": body, "signature": signature}).encode()
+
+
+def read_hmac_key(path: Path) -> bytes:
+    """The MAC key of an External Account Binding, stored base64url as CAs hand it out.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it holds no base64url key. The message never shows the key.
+    """
+    text = path.read_text().strip()
+    if not text:
+        raise ValueError(f"{path} is empty: write the MAC key the CA gave (base64url)")
+    bad = ValueError(f"{path} does not hold a base64url MAC key")
+    if not _B64URL_RE.fullmatch(text):
+        raise bad
+    try:
+        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except binascii.Error:
+        raise bad from None
+
+
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+=*")
+
+
+def external_account_binding(
+    kid: str, mac_key: bytes, jwk: dict[str, str], url: str
+) -> dict[str, str]:
+    """The ``externalAccountBinding`` of a new-account request (RFC 8555 section 7.3.4).
+
+    A flattened JWS, HS256 under ``mac_key``, whose payload is the account's
+    public ``jwk``: the CA learns that whoever holds the MAC key vouches for it.
+    """
+    protected = b64(json.dumps({"alg": "HS256", "kid": kid, "url": url}).encode())
+    payload = b64(json.dumps(jwk).encode())
+    mac = hmac.HMAC(mac_key, hashes.SHA256())
+    mac.update(f"{protected}.{payload}".encode())
+    return {"protected": protected, "payload": payload, "signature": b64(mac.finalize())}

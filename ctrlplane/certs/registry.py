@@ -62,6 +62,8 @@ def builtin_issuers(config: Config) -> dict[str, Issuer]:
             ),
             email=config.acme_email,
             ca_bundle=config.acme_ca_bundle,
+            eab_kid=config.acme_eab_kid,
+            eab_hmac_key=config.acme_eab_hmac_key_file,
         )
     return issuers
 

@@ -62,7 +62,9 @@ class CertRenewer:
     it is recorded and ``cert.provisioned`` or ``cert.renewed`` is published. A
     failure publishes ``cert.renewal_failed`` and is retried after a back-off
     that doubles from ``backoff`` up to ``max_backoff`` (kept in the store, so it
-    holds across processes) and resets after a success; a due certificate
+    holds across processes) and resets after a success, or after the
+    ``retry_after`` of the error when that is longer (an ACME CA's rate limit
+    and its ``Retry-After``); a due certificate
     inside its back-off, or with ``auto_renew`` off, publishes ``cert.expiring``.
     One domain's failure does not stop the others; the run then fails, naming it.
 
@@ -139,7 +141,11 @@ class CertRenewer:
             error = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 error = f"timed out after {self._issue_timeout.total_seconds():g}s"
-            await self._failed(ctx, domain, current, now, error)
+            # A CA's rate limit (``RateLimitedError``) says when asking again is any use.
+            wait = getattr(exc, "retry_after", None)
+            await self._failed(
+                ctx, domain, current, now, error, wait if isinstance(wait, timedelta) else None
+            )
             return error
         if not await self._route(domain):
             return None
@@ -182,9 +188,11 @@ class CertRenewer:
         current: Certificate | None,
         now: datetime,
         error: str,
+        retry_after: timedelta | None = None,
     ) -> None:
         failures = domain.failures + 1
-        next_attempt = now + backoff(failures, self._backoff, self._max_backoff)
+        wait = backoff(failures, self._backoff, self._max_backoff)
+        next_attempt = now + max(wait, retry_after or wait)
         await self._store.domains.record_failure(
             domain.hostname, failures=failures, next_attempt=next_attempt, error=error
         )
