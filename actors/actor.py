@@ -21,9 +21,10 @@ from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.leases import LeaseKeeper
+from ctrlplane.actors.runs import Outcome, Trigger, new_run_id
 from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
 from ctrlplane.actors.spec import WorkerSpec
-from ctrlplane.actors.types import Worker
+from ctrlplane.actors.types import OnCommit, RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.codec import MAX_REASON, clip, dead_letter, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import MSG_ID, Bus
@@ -31,8 +32,6 @@ from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
-from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
-from ctrlplane.store.writer import OnCommit
 
 MIN_ACK_WAIT = timedelta(seconds=5)
 MAX_ACK_WAIT = timedelta(seconds=30)
@@ -106,7 +105,7 @@ class Actor:
         worker: Worker,
         *,
         bus: Bus,
-        runs: RunStore | None,
+        runs: RunRecorder | None,
         process: str,
         leases: LeaseKeeper,
         ledger: SlotLedger | None = None,

@@ -7,7 +7,7 @@ from enum import Enum
 
 from msgspec import Struct
 
-from ctrlplane.store.runs import Outcome, Trigger
+from ctrlplane.actors.runs import Outcome, Trigger
 
 NAK_BACKOFF = (1.0, 60.0)
 

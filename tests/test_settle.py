@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
+from ctrlplane.actors.runs import Outcome, Trigger
 from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
-from ctrlplane.store.runs import Outcome, Trigger
 
 
 def _decide(trigger: Trigger, outcome: Outcome, attempt: int = 1, **kw: object) -> Decision:
