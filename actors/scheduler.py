@@ -12,13 +12,8 @@ from enum import Enum
 
 import structlog
 
-from ctrlplane.actors.actor import (
-    CANCEL_WAIT,
-    MIN_ACK_WAIT,
-    Actor,
-    ack_wait_for,
-    resolution_for,
-)
+from ctrlplane.actors.actor import CANCEL_WAIT, Actor, resolution_for
+from ctrlplane.actors.consumers import MIN_ACK_WAIT, ack_wait_for
 from ctrlplane.actors.deadlines import Deadlines
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import WorkerInfo
