@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -23,11 +23,20 @@ from ctrlplane.actors.delivery import attempt_of, msg_id, pending_after
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.leases import LeaseKeeper
+from ctrlplane.actors.records import Row, RunRecords
 from ctrlplane.actors.runs import Outcome, Trigger, new_run_id
-from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
+from ctrlplane.actors.settle import (
+    HAND_BACK,
+    Decision,
+    Settle,
+    after_dead_letter,
+    after_fault,
+    after_record,
+    decide,
+)
 from ctrlplane.actors.settling import Settler
 from ctrlplane.actors.spec import WorkerSpec
-from ctrlplane.actors.types import OnCommit, RunRecorder, Worker
+from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.codec import MAX_REASON, clip, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
@@ -62,16 +71,6 @@ class _Source(Enum):
     EVENT = "event"
 
 
-class _Row(NamedTuple):
-    trigger: Trigger
-    ref: str | None
-    attempt: int
-    started: float
-    outcome: Outcome
-    error: str | None
-    run_id: str | None = None
-
-
 class Actor:
     """Runs one worker, fed by its durable consumers on NATS.
 
@@ -103,6 +102,7 @@ class Actor:
         self.worker = worker
         self._bus = bus
         self._runs = runs
+        self._records = RunRecords(runs, spec.name, process, clock)
         self._process = process
         self._leases = leases
         self._ledger = ledger
@@ -238,14 +238,15 @@ class Actor:
             await self._settler.settle(msg, decision.how, decision.delay)
             return
         trigger = Trigger.TICK if source is _Source.TICK else Trigger.EVENT
-        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
+        row = Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
         try:
             await self._conclude(msg, decision, row)
         except Exception as again:
             # Whatever broke handling broke its dead-lettering too: hand it
             # back, still with a delay, rather than leave it held or loop.
             self._log.error("dead-lettering failed", error=_describe(again), exc_info=again)
-            await self._settler.settle(msg, Settle.NAK, nak_delay(attempt))
+            fallback = after_dead_letter(kept=False, attempt=attempt)
+            await self._settler.settle(msg, fallback.how, fallback.delay)
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
         attempt = attempt_of(msg)
@@ -281,7 +282,7 @@ class Actor:
                 # delivers it again as attempt 1). Its record may have died
                 # with its process before the batch committed: write it again
                 # from the ledger (same run id, so never twice).
-                self._recover(tick, done)
+                self._records.recover(tick, done)
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
             if not self._settler.surely_ours(msg) and not await self._settler.tick_still_ours(msg):
@@ -312,8 +313,15 @@ class Actor:
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
         self.last_error = f"refused: {reason}"
-        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
-        await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
+        row = Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
+        decision = decide(
+            trigger,
+            Outcome.DEAD_LETTERED,
+            attempt=attempt,
+            max_attempts=self.spec.max_attempts,
+            error=reason,
+        )
+        await self._conclude(msg, decision, row)
 
     async def _slot_completed(self, tick: Tick, attempt: int) -> SlotCompletion | None:
         # A first delivery is looked up only while a broker restart may have
@@ -323,30 +331,17 @@ class Actor:
             return None
         return await ledger.completed(self.spec.name, tick.slot)
 
-    def _recover(self, tick: Tick, done: SlotCompletion) -> None:
-        if self._runs is None or not done.run_id:
-            return
-        self._runs.record_row(
-            done.run_id,
-            self.spec.name,
-            done.process,
-            Trigger.TICK,
-            tick.msg_id,
-            done.attempt,
-            done.started,
-            done.finished,
-            Outcome(done.outcome),
-            done.error,
-        )
-
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
 
     async def _skip(self, msg: Msg, tick: Tick, attempt: int, reason: str | None) -> None:
         self.skipped_count += 1
         now = self._clock()
-        row = _Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
-        await self._conclude(msg, Decision(how=Settle.ACK), row)
+        row = Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
+        decision = decide(
+            Trigger.TICK, Outcome.SKIPPED, attempt=attempt, max_attempts=self.spec.max_attempts
+        )
+        await self._conclude(msg, decision, row)
 
     async def _run_once(self) -> None:
         await self._run(Trigger.ONCE, None, 1)
@@ -395,10 +390,10 @@ class Actor:
             outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
         except asyncio.CancelledError:
             self.running -= 1
-            row = _Row(
+            row = Row(
                 trigger, ref, attempt, started, Outcome.CANCELLED, "cancelled by stop", run_id
             )
-            self._record(row)
+            self._records.record(row)
             raise
         except Exception as exc:
             outcome, error = Outcome.ERROR, _describe(exc)
@@ -444,7 +439,7 @@ class Actor:
         if decision.how is Settle.DEAD_LETTER:
             outcome, error = Outcome.DEAD_LETTERED, decision.reason
         await self._conclude(
-            msg, decision, _Row(trigger, ref, attempt, started, outcome, error, run_id)
+            msg, decision, Row(trigger, ref, attempt, started, outcome, error, run_id)
         )
 
     def _failed(
@@ -482,62 +477,40 @@ class Actor:
 
     # ------------------------------------------------------------- settling
 
-    async def _conclude(self, msg: Msg | None, decision: Decision, row: _Row) -> None:
+    async def _conclude(self, msg: Msg | None, decision: Decision, row: Row) -> None:
         """Record ``row`` and settle ``msg`` as decided, once the row is on disk.
 
         A message is never acked before the record of its run is committed:
         a crash in between leaves the message to be delivered again, never
         a run without its record.
         """
-        how, delay = decision.how, decision.delay
-        if how is Settle.DEAD_LETTER:
+        if decision.how is Settle.DEAD_LETTER:
             assert msg is not None
             reason = decision.reason or "rejected"
             self._log.warning("message dead-lettered", subject=msg.subject, reason=reason)
-            if await self._settler.keep_dead_letter(msg, reason, row.attempt):
-                how = Settle.TERM
-            else:
-                # Not kept: hand the message back rather than lose it, later
-                # each time (NATS may be away for a while).
-                how, delay = Settle.NAK, nak_delay(row.attempt)
+            kept = await self._settler.keep_dead_letter(msg, reason, row.attempt)
+            decision = after_dead_letter(kept=kept, attempt=row.attempt)
             self.dead_letter_count += 1
         if msg is None:
-            self._record(row)
+            self._records.record(row)
             return
         self._settler.release_window(msg)
         if self._runs is None:
-            await self._settler.settle(msg, how, delay)
+            await self._settler.settle(msg, decision.how, decision.delay)
             return
-        settle_as = how
+        decided = decision
 
         def written(ok: bool) -> None:
-            self._settler.settle_soon(msg, settle_as if ok else Settle.NAK, delay if ok else None)
+            then = after_record(decided, written=ok)
+            self._settler.settle_soon(msg, then.how, then.delay)
 
-        self._record(row, written)
+        self._records.record(row, written)
         if row.trigger is Trigger.TICK:
             # One tick out at a time: its record should not wait out the
             # batch interval before the next can be delivered.
             self._runs.flush_soon()
 
     # ---------------------------------------------------------------- helpers
-
-    def _record(self, row: _Row, on_commit: OnCommit | None = None) -> None:
-        if self._runs is None:
-            return
-        finished = self._clock()
-        self._runs.record_row(
-            row.run_id or new_run_id(finished),
-            self.spec.name,
-            self._process,
-            row.trigger,
-            row.ref,
-            row.attempt,
-            row.started,
-            finished,
-            row.outcome,
-            row.error,
-            on_commit,
-        )
 
     def _publish_in_background(self, event: Event) -> None:
         task = asyncio.create_task(self._publish_quietly(self._bus.publish_event(event)))
@@ -597,7 +570,7 @@ class Actor:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
-                await self._settler.settle(item[1], Settle.NAK)
+                await self._settler.settle(item[1], HAND_BACK.how)
         for _ in self._runners:
             self._queue.put_nowait(None)
 
