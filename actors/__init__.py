@@ -12,17 +12,21 @@ from ctrlplane.actors.errors import (
     SchedulerStateError,
 )
 from ctrlplane.actors.info import WorkerInfo, WorkerKind
+from ctrlplane.actors.runs import Outcome, Trigger
 from ctrlplane.actors.scheduler import Scheduler
-from ctrlplane.actors.types import Worker
+from ctrlplane.actors.types import RunRecorder, Worker
 
 __all__ = [
     "ActorError",
     "InvalidWorkerError",
+    "Outcome",
     "Reject",
     "Retry",
     "RunContext",
+    "RunRecorder",
     "Scheduler",
     "SchedulerStateError",
+    "Trigger",
     "Worker",
     "WorkerInfo",
     "WorkerKind",

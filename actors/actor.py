@@ -8,34 +8,43 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 
+from ctrlplane.actors.consumers import UNSETTLED_MARGIN, ack_wait_for, event_consumer, tick_consumer
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
+from ctrlplane.actors.delivery import attempt_of, msg_id, pending_after
 from ctrlplane.actors.errors import Reject, Retry
 from ctrlplane.actors.info import WorkerFailed, WorkerInfo, WorkerKind
 from ctrlplane.actors.leases import LeaseKeeper
-from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
+from ctrlplane.actors.records import Row, RunRecords
+from ctrlplane.actors.runs import Outcome, Trigger, new_run_id
+from ctrlplane.actors.settle import (
+    HAND_BACK,
+    Decision,
+    Settle,
+    after_dead_letter,
+    after_fault,
+    after_record,
+    decide,
+)
+from ctrlplane.actors.settling import Settler
 from ctrlplane.actors.spec import WorkerSpec
-from ctrlplane.actors.types import Worker
+from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
-from ctrlplane.bus.codec import MAX_REASON, clip, dead_letter, decode_event_msg, decode_tick
-from ctrlplane.bus.connection import MSG_ID, Bus
+from ctrlplane.bus.codec import MAX_REASON, clip, decode_event_msg, decode_tick
+from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
-from ctrlplane.store.runs import Outcome, RunStore, Trigger, new_run_id
-from ctrlplane.store.writer import OnCommit
 
-MIN_ACK_WAIT = timedelta(seconds=5)
-MAX_ACK_WAIT = timedelta(seconds=30)
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.
 CANCEL_WAIT = 0.3
@@ -44,9 +53,6 @@ WORKER_FAILED = "worker.failed"
 # How long a finished periodic run may keep retrying the record of its slot's
 # completion (NATS away) before its tick is acked all the same.
 LEDGER_PATIENCE = timedelta(minutes=1)
-# Deliveries of an event beyond its max_attempts allowed for runs that never
-# settled (a process died or stopped mid-run); the consumer's max_deliver.
-UNSETTLED_MARGIN = 3
 
 
 def resolution_for(timeout: timedelta) -> float:
@@ -63,28 +69,6 @@ _RESOLUTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 class _Source(Enum):
     TICK = "tick"
     EVENT = "event"
-
-
-class _Row(NamedTuple):
-    trigger: Trigger
-    ref: str | None
-    attempt: int
-    started: float
-    outcome: Outcome
-    error: str | None
-    run_id: str | None = None
-
-
-def ack_wait_for(spec: WorkerSpec) -> timedelta:
-    """How long JetStream waits for an ack before handing the message to another process.
-
-    In-progress acks are sent every third of it, from a thread of their own,
-    while a message is held, so it bounds how long a process that died (or
-    whose whole interpreter stalled) holds a message, not how long a run may
-    take. At least 5 s, so a loaded machine's scheduling hiccups never hand
-    away a message whose run goes on.
-    """
-    return min(max(spec.timeout, MIN_ACK_WAIT), MAX_ACK_WAIT)
 
 
 class Actor:
@@ -106,7 +90,7 @@ class Actor:
         worker: Worker,
         *,
         bus: Bus,
-        runs: RunStore | None,
+        runs: RunRecorder | None,
         process: str,
         leases: LeaseKeeper,
         ledger: SlotLedger | None = None,
@@ -118,6 +102,7 @@ class Actor:
         self.worker = worker
         self._bus = bus
         self._runs = runs
+        self._records = RunRecords(runs, spec.name, process, clock)
         self._process = process
         self._leases = leases
         self._ledger = ledger
@@ -125,20 +110,14 @@ class Actor:
         self._clock = clock
         self._log = structlog.get_logger("ctrlplane.worker").bind(worker=spec.name)
         self._queue: asyncio.Queue[tuple[_Source, Msg] | None] = asyncio.Queue()
-        # Held messages by ack subject, with the feed whose window they still
-        # take (None once their run ended and they only wait for the record).
-        self._held: dict[str, tuple[Msg, PullFeed | None]] = {}
         self._capacity = spec.prefetch
         self._ack_wait = ack_wait_for(spec).total_seconds()
-        self._tick_prefix = bus.subjects.tick("")
         self._max_event_size: int | None = None  # read from the bus at start
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[Any]] = set()
-        # Messages whose records are written, to settle together.
-        self._ready: list[tuple[Msg, Settle, float | None]] = []
-        self._settling: asyncio.Task[None] | None = None
+        self._settler = Settler(spec.name, bus, leases, self._log)
         self._stopping = False
         # Run timeouts: one watcher (shared by the scheduler's actors of like
         # timeouts) instead of a timer per run, late by a tenth of the timeout
@@ -165,40 +144,11 @@ class Actor:
         """Bind to the worker's consumers (creating them) and start handling."""
         spec, s = self.spec, self._bus.subjects
         if spec.kind is WorkerKind.PERIODIC:
-            tick_consumer = ConsumerConfig(
-                durable_name=s.tick_consumer(spec.name),
-                filter_subject=s.tick(spec.name),
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                # One tick out at a time across every process: no
-                # overlapping runs of one worker anywhere.
-                max_ack_pending=1,
-                ack_wait=self._ack_wait,
-                max_deliver=-1,
-            )
-            await self._feed(s.ticks_stream, tick_consumer, _Source.TICK, window=1)
+            await self._feed(s.ticks_stream, tick_consumer(spec, s), _Source.TICK, window=1)
         if spec.subscriptions:
             self._max_event_size = self._bus.max_event_size
-            filters = [s.event(p) for p in spec.subscriptions]
-            event_consumer = ConsumerConfig(
-                durable_name=s.event_consumer(spec.name),
-                filter_subject=filters[0] if len(filters) == 1 else None,
-                filter_subjects=filters if len(filters) > 1 else None,
-                ack_policy=AckPolicy.EXPLICIT,
-                # A new worker reacts to what happens from now on, not to
-                # the whole retained history.
-                deliver_policy=DeliverPolicy.NEW,
-                # Room for the prefetch window plus the messages whose runs
-                # ended and whose records are not yet committed (acks wait
-                # for the batch that holds them).
-                max_ack_pending=max(4096, 4 * self._capacity),
-                ack_wait=self._ack_wait,
-                # Our own max_attempts dead-letters first; the last delivery
-                # of a message that keeps killing whole processes is
-                # dead-lettered unrun (see _handle), never dropped unseen.
-                max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
-            )
-            await self._feed(s.events_stream, event_consumer, _Source.EVENT, self._capacity)
+            config = event_consumer(spec, s)
+            await self._feed(s.events_stream, config, _Source.EVENT, self._capacity)
         if self._own_deadlines:
             self._watcher = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
         if self._feeds:
@@ -244,8 +194,7 @@ class Actor:
         feed: PullFeed
 
         def deliver(msg: Msg) -> None:
-            self._held[msg.reply] = (msg, feed)
-            self._leases.hold(msg.reply, self._ack_wait)
+            self._settler.hold(msg, feed, self._ack_wait)
             self._queue.put_nowait((source, msg))
 
         feed = PullFeed(self._bus, stream, config.durable_name, deliver, window=window)
@@ -272,7 +221,7 @@ class Actor:
 
     async def _fault(self, source: _Source, msg: Msg, exc: Exception) -> None:
         """Settle a message whose handling raised outside the worker's run."""
-        attempt = _attempt_of(msg)
+        attempt = attempt_of(msg)
         error = _describe(exc)
         self.error_count += 1
         self.last_error = f"handling failed: {error}"
@@ -286,25 +235,26 @@ class Actor:
             exc_info=exc,
         )
         if decision.how is not Settle.DEAD_LETTER:
-            await self._settle(msg, decision.how, decision.delay)
+            await self._settler.settle(msg, decision.how, decision.delay)
             return
         trigger = Trigger.TICK if source is _Source.TICK else Trigger.EVENT
-        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
+        row = Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, decision.reason)
         try:
             await self._conclude(msg, decision, row)
         except Exception as again:
             # Whatever broke handling broke its dead-lettering too: hand it
             # back, still with a delay, rather than leave it held or loop.
             self._log.error("dead-lettering failed", error=_describe(again), exc_info=again)
-            await self._settle(msg, Settle.NAK, nak_delay(attempt))
+            fallback = after_dead_letter(kept=False, attempt=attempt)
+            await self._settler.settle(msg, fallback.how, fallback.delay)
 
     async def _handle(self, source: _Source, msg: Msg) -> None:
-        attempt = _attempt_of(msg)
-        if not self._surely_ours(msg) and not await self._tick_still_ours(msg):
+        attempt = attempt_of(msg)
+        if not self._settler.surely_ours(msg) and not await self._settler.tick_still_ours(msg):
             # It waited past its lease (the loop was blocked) and JetStream
             # has handed it to another process, which runs it.
             self._log.warning("lease lapsed before the run; left to its redelivery")
-            self._drop(msg)
+            self._settler.drop(msg)
             return
         if source is _Source.TICK:
             try:
@@ -313,14 +263,14 @@ class Actor:
                 await self._refuse(msg, Trigger.TICK, attempt, exc.reason)
                 return
             problem = self.spec.tick_problem(tick, self._clock())
-            if problem is None and _msg_id(msg) != tick.msg_id:
+            if problem is None and msg_id(msg) != tick.msg_id:
                 # Only a tick published with its slot's id is de-duplicated
                 # by JetStream: another is a second copy of the slot.
                 problem = f"tick lacks its de-duplication id (Nats-Msg-Id: {tick.msg_id})"
             if problem is not None:
                 await self._refuse(msg, Trigger.TICK, attempt, problem)
                 return
-            stale = self._is_stale(tick) and _pending_after(msg) > 0
+            stale = self._is_stale(tick) and pending_after(msg) > 0
             done = await self._slot_completed(tick, attempt)
             if stale and done is None:
                 # A newer tick is waiting behind this stale one: coalesce into it.
@@ -332,14 +282,14 @@ class Actor:
                 # delivers it again as attempt 1). Its record may have died
                 # with its process before the batch committed: write it again
                 # from the ledger (same run id, so never twice).
-                self._recover(tick, done)
+                self._records.recover(tick, done)
                 await self._skip(msg, tick, attempt, "slot already completed")
                 return
-            if not self._surely_ours(msg) and not await self._tick_still_ours(msg):
+            if not self._settler.surely_ours(msg) and not await self._settler.tick_still_ours(msg):
                 # The ledger look-up outlasted the lease (NATS was away, a
                 # broker restart): it may already run elsewhere.
                 self._log.warning("lease lapsed before the run; left to its redelivery")
-                self._drop(msg)
+                self._settler.drop(msg)
                 return
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
@@ -363,8 +313,15 @@ class Actor:
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
         self.last_error = f"refused: {reason}"
-        row = _Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
-        await self._conclude(msg, Decision(how=Settle.DEAD_LETTER, reason=reason), row)
+        row = Row(trigger, None, attempt, self._clock(), Outcome.DEAD_LETTERED, reason)
+        decision = decide(
+            trigger,
+            Outcome.DEAD_LETTERED,
+            attempt=attempt,
+            max_attempts=self.spec.max_attempts,
+            error=reason,
+        )
+        await self._conclude(msg, decision, row)
 
     async def _slot_completed(self, tick: Tick, attempt: int) -> SlotCompletion | None:
         # A first delivery is looked up only while a broker restart may have
@@ -374,30 +331,17 @@ class Actor:
             return None
         return await ledger.completed(self.spec.name, tick.slot)
 
-    def _recover(self, tick: Tick, done: SlotCompletion) -> None:
-        if self._runs is None or not done.run_id:
-            return
-        self._runs.record_row(
-            done.run_id,
-            self.spec.name,
-            done.process,
-            Trigger.TICK,
-            tick.msg_id,
-            done.attempt,
-            done.started,
-            done.finished,
-            Outcome(done.outcome),
-            done.error,
-        )
-
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
 
     async def _skip(self, msg: Msg, tick: Tick, attempt: int, reason: str | None) -> None:
         self.skipped_count += 1
         now = self._clock()
-        row = _Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
-        await self._conclude(msg, Decision(how=Settle.ACK), row)
+        row = Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
+        decision = decide(
+            Trigger.TICK, Outcome.SKIPPED, attempt=attempt, max_attempts=self.spec.max_attempts
+        )
+        await self._conclude(msg, decision, row)
 
     async def _run_once(self) -> None:
         await self._run(Trigger.ONCE, None, 1)
@@ -446,10 +390,10 @@ class Actor:
             outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
         except asyncio.CancelledError:
             self.running -= 1
-            row = _Row(
+            row = Row(
                 trigger, ref, attempt, started, Outcome.CANCELLED, "cancelled by stop", run_id
             )
-            self._record(row)
+            self._records.record(row)
             raise
         except Exception as exc:
             outcome, error = Outcome.ERROR, _describe(exc)
@@ -466,7 +410,7 @@ class Actor:
         if msg is not None:
             if tick is not None:
                 self._leases.bound(msg.reply, None)
-            self._release_window(msg)
+            self._settler.release_window(msg)
         if tick is not None and decision.how is Settle.ACK and self._ledger is not None:
             # The slot is done: say so before the ack, so a redelivery after
             # a lost ack (a crash, a reconnect) is skipped, not run again.
@@ -495,7 +439,7 @@ class Actor:
         if decision.how is Settle.DEAD_LETTER:
             outcome, error = Outcome.DEAD_LETTERED, decision.reason
         await self._conclude(
-            msg, decision, _Row(trigger, ref, attempt, started, outcome, error, run_id)
+            msg, decision, Row(trigger, ref, attempt, started, outcome, error, run_id)
         )
 
     def _failed(
@@ -533,155 +477,40 @@ class Actor:
 
     # ------------------------------------------------------------- settling
 
-    async def _conclude(self, msg: Msg | None, decision: Decision, row: _Row) -> None:
+    async def _conclude(self, msg: Msg | None, decision: Decision, row: Row) -> None:
         """Record ``row`` and settle ``msg`` as decided, once the row is on disk.
 
         A message is never acked before the record of its run is committed:
         a crash in between leaves the message to be delivered again, never
         a run without its record.
         """
-        how, delay = decision.how, decision.delay
-        if how is Settle.DEAD_LETTER:
+        if decision.how is Settle.DEAD_LETTER:
             assert msg is not None
             reason = decision.reason or "rejected"
             self._log.warning("message dead-lettered", subject=msg.subject, reason=reason)
-            if await self._keep_dead_letter(msg, reason, row.attempt):
-                how = Settle.TERM
-            else:
-                # Not kept: hand the message back rather than lose it, later
-                # each time (NATS may be away for a while).
-                how, delay = Settle.NAK, nak_delay(row.attempt)
+            kept = await self._settler.keep_dead_letter(msg, reason, row.attempt)
+            decision = after_dead_letter(kept=kept, attempt=row.attempt)
             self.dead_letter_count += 1
         if msg is None:
-            self._record(row)
+            self._records.record(row)
             return
-        self._release_window(msg)
+        self._settler.release_window(msg)
         if self._runs is None:
-            await self._settle(msg, how, delay)
+            await self._settler.settle(msg, decision.how, decision.delay)
             return
-        settle_as = how
+        decided = decision
 
         def written(ok: bool) -> None:
-            self._settle_soon(msg, settle_as if ok else Settle.NAK, delay if ok else None)
+            then = after_record(decided, written=ok)
+            self._settler.settle_soon(msg, then.how, then.delay)
 
-        self._record(row, written)
+        self._records.record(row, written)
         if row.trigger is Trigger.TICK:
             # One tick out at a time: its record should not wait out the
             # batch interval before the next can be delivered.
             self._runs.flush_soon()
 
-    async def _keep_dead_letter(self, msg: Msg, reason: str, attempt: int) -> bool:
-        """Publish a copy of ``msg`` with ``reason`` on the dead-letter subject."""
-        letter = dead_letter(
-            worker=self.spec.name,
-            subject=msg.subject,
-            reason=reason,
-            payload=msg.data,
-            attempts=attempt,
-            stream=_stream_of(msg),
-            stream_seq=_stream_seq(msg),
-            max_bytes=self._bus.dead_letter_room,
-        )
-        try:
-            await self._bus.publish_dead_letter(letter)
-        except (BusError, nats.errors.Error) as exc:
-            self._log.error("dead-letter publish failed; message handed back", error=str(exc))
-            return False
-        return True
-
-    def _release_window(self, msg: Msg) -> None:
-        """The message's run is over: its place in the feed's window is free."""
-        held = self._held.get(msg.reply)
-        if held is not None and held[1] is not None:
-            held[1].settled()
-            self._held[msg.reply] = (msg, None)
-
-    def _surely_ours(self, msg: Msg) -> bool:
-        """Whether JetStream surely still holds ``msg`` for this process: its
-        lease is fresh, or it is an event (events are at least once, and a
-        copy run twice is allowed, so an event in doubt is treated as ours)."""
-        return not msg.subject.startswith(self._tick_prefix) or self._leases.alive(msg.reply)
-
-    async def _tick_still_ours(self, msg: Msg) -> bool:
-        """Ask about a tick whose lease is in doubt (it may have waited in the
-        socket while the loop was blocked, or NATS was away): renewed, then
-        kept only if its consumer (one tick out at a time) has delivered
-        nothing since, not even a redelivery of it."""
-        try:
-            await msg.in_progress()
-            delivered = _consumer_seq(msg)
-            info = await self._bus.js.consumer_info(
-                self._bus.subjects.ticks_stream, self._bus.subjects.tick_consumer(self.spec.name)
-            )
-        except (nats.errors.Error, BusError, TimeoutError) as exc:
-            self._log.warning("cannot tell whether a held tick is still ours", error=str(exc))
-            return False
-        ours = delivered is not None and info.delivered.consumer_seq == delivered
-        if ours:
-            self._leases.renewed(msg.reply)
-        return ours
-
-    def _drop(self, msg: Msg) -> None:
-        """Forget ``msg`` without settling it: it is no longer surely ours."""
-        self._release_window(msg)
-        self._held.pop(msg.reply, None)
-        self._leases.release(msg.reply)
-
-    def _settle_soon(self, msg: Msg, how: Settle, delay: float | None) -> None:
-        """Settle ``msg`` from a commit callback, together with the rest of its batch."""
-        self._ready.append((msg, how, delay))
-        if self._settling is None or self._settling.done():
-            self._settling = asyncio.create_task(
-                self._settle_ready(), name=f"settle-{self.spec.name}"
-            )
-
-    async def _settle_ready(self) -> None:
-        while self._ready:
-            ready, self._ready = self._ready, []
-            for msg, how, delay in ready:
-                await self._settle(msg, how, delay)
-
-    async def _settle(self, msg: Msg, how: Settle, delay: float | None = None) -> None:
-        if msg.reply not in self._held:
-            return  # settled already (a stop handed it back meanwhile)
-        ours = self._surely_ours(msg) or await self._tick_still_ours(msg)
-        self._drop(msg)
-        if not ours:
-            # Its lease lapsed (the process stalled, NATS was away) and
-            # JetStream redelivered it: an ack now could release another
-            # process's hold on it. Its redelivery settles it instead.
-            self._log.warning("lease lapsed; message left to its redelivery", how=how.value)
-            return
-        try:
-            if how is Settle.ACK:
-                await msg.ack()
-            elif how is Settle.NAK:
-                await msg.nak(delay=delay)
-            else:
-                await msg.term()
-        except nats.errors.Error as exc:
-            # The server redelivers after ack_wait: at least once, not lost.
-            self._log.warning("could not settle message", how=how.value, error=str(exc))
-
     # ---------------------------------------------------------------- helpers
-
-    def _record(self, row: _Row, on_commit: OnCommit | None = None) -> None:
-        if self._runs is None:
-            return
-        finished = self._clock()
-        self._runs.record_row(
-            row.run_id or new_run_id(finished),
-            self.spec.name,
-            self._process,
-            row.trigger,
-            row.ref,
-            row.attempt,
-            row.started,
-            finished,
-            row.outcome,
-            row.error,
-            on_commit,
-        )
 
     def _publish_in_background(self, event: Event) -> None:
         task = asyncio.create_task(self._publish_quietly(self._bus.publish_event(event)))
@@ -741,7 +570,7 @@ class Actor:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
-                await self._settle(item[1], Settle.NAK)
+                await self._settler.settle(item[1], HAND_BACK.how)
         for _ in self._runners:
             self._queue.put_nowait(None)
 
@@ -758,10 +587,7 @@ class Actor:
                 await self._runs.flush()
             except Exception as exc:
                 self._log.warning("run records not written at stop", error=str(exc))
-        if self._settling is not None:
-            await self._settling
-        for msg, _ in list(self._held.values()):
-            await self._settle(msg, Settle.NAK)
+        await self._settler.finish()
         if self._watchdog is not None:
             for task in self._runners:
                 self._watchdog.forget_task(task)
@@ -770,58 +596,6 @@ class Actor:
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._side_tasks:
             await asyncio.wait(self._side_tasks, timeout=2)
-
-
-def _attempt_of(msg: Msg) -> int:
-    """The delivery count, read straight from the ack subject.
-
-    nats-py's ``msg.metadata`` parses the whole subject (and a timestamp) to
-    give it; on the hot path the one token is enough. ``$JS.ACK.<stream>.
-    <consumer>.<delivered>...`` (v1) or ``$JS.ACK.<domain>.<hash>.<stream>.
-    <consumer>.<delivered>...`` (v2).
-    """
-    tokens = (msg.reply or "").split(".")
-    try:
-        if len(tokens) == 9:
-            return int(tokens[4])
-        if len(tokens) >= 11:
-            return int(tokens[6])
-    except ValueError:
-        pass
-    return 1
-
-
-def _consumer_seq(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.sequence.consumer)
-    except (ValueError, nats.errors.Error, AttributeError, IndexError):
-        return None
-
-
-def _pending_after(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_pending)
-    except (ValueError, nats.errors.Error, AttributeError, IndexError):
-        return 0
-
-
-def _stream_seq(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.sequence.stream)
-    except (ValueError, nats.errors.Error, AttributeError, IndexError):
-        return None
-
-
-def _msg_id(msg: Msg) -> str | None:
-    headers = msg.headers
-    return headers.get(MSG_ID) if headers else None
-
-
-def _stream_of(msg: Msg) -> str | None:
-    try:
-        return str(msg.metadata.stream)
-    except (ValueError, nats.errors.Error, AttributeError, IndexError):
-        return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 import structlog
 
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.messages import Event, Tick
-from ctrlplane.store.runs import Trigger
 
 Publish = Callable[[Event], Awaitable[int]]
 PublishMany = Callable[[Sequence[Event]], Awaitable[None]]

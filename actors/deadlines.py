@@ -69,6 +69,9 @@ class Deadlines:
         """
         task = asyncio.current_task()
         assert task is not None
+        # Cancels requested before this await (one the task swallowed, say)
+        # are not ours to judge: only those made during it can beat the deadline.
+        before = task.cancelling()
         self._deadlines[task] = self._time() + timeout
         try:
             try:
@@ -79,7 +82,7 @@ class Deadlines:
             if task not in self._expired:
                 raise  # cancelled by someone else: a stop, say
             self._expired.discard(task)
-            if task.uncancel() > 0:
+            if task.uncancel() > before:
                 # Someone else cancelled it too, in the same turn of the
                 # loop as the deadline: theirs wins, never swallowed.
                 raise
@@ -87,7 +90,7 @@ class Deadlines:
         if task in self._expired:
             # The awaitable swallowed the cancellation and went on: still late.
             self._expired.discard(task)
-            if task.uncancel() > 0:
+            if task.uncancel() > before:
                 raise asyncio.CancelledError
             raise DeadlineExceeded(timeout)
         return result

@@ -8,27 +8,23 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from enum import Enum
 
 import structlog
 
-from ctrlplane.actors.actor import (
-    CANCEL_WAIT,
-    MIN_ACK_WAIT,
-    Actor,
-    ack_wait_for,
-    resolution_for,
-)
+from ctrlplane.actors.actor import CANCEL_WAIT, Actor, resolution_for
+from ctrlplane.actors.consumers import MIN_ACK_WAIT, ack_wait_for
 from ctrlplane.actors.deadlines import Deadlines
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import WorkerInfo
 from ctrlplane.actors.leases import LeaseKeeper
+from ctrlplane.actors.runs import Outcome
 from ctrlplane.actors.spec import WorkerSpec, spec_of
 from ctrlplane.actors.ticker import Ticker
-from ctrlplane.actors.types import Worker
+from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.kv import SlotLedger
-from ctrlplane.store.runs import Outcome, RunStore
 
 log = structlog.get_logger("ctrlplane.scheduler")
 
@@ -36,6 +32,16 @@ DEFAULT_GRACE = timedelta(seconds=10)
 # Time left after the grace period and CANCEL_WAIT for handing messages back.
 _FINISH_WAIT = 0.3
 _STARTING_AT_ONCE = 32
+
+
+class _State(Enum):
+    """Where a scheduler is in its life; it goes through each once, in order."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 def process_id() -> str:
@@ -68,7 +74,7 @@ class Scheduler:
         self,
         bus: Bus | None = None,
         *,
-        runs: RunStore | None = None,
+        runs: RunRecorder | None = None,
         process: str | None = None,
         events_max_age: timedelta = timedelta(days=7),
         clock: Callable[[], float] = time.time,
@@ -87,18 +93,18 @@ class Scheduler:
         self._deadlines: dict[float, Deadlines] = {}
         self._ledger: SlotLedger | None = None
         self._watchers: list[asyncio.Task[None]] = []
-        self._state = "new"
+        self._state = _State.NEW
 
-    def use(self, bus: Bus, runs: RunStore | None = None) -> None:
+    def use(self, bus: Bus, runs: RunRecorder | None = None) -> None:
         """Give the scheduler its bus (and run store) before :meth:`start`."""
-        if self._state != "new":
+        if self._state is not _State.NEW:
             raise SchedulerStateError("use() must come before start()")
         self._bus = bus
         self._runs = runs
 
     @property
     def running(self) -> bool:
-        return self._state == "running"
+        return self._state is _State.RUNNING
 
     def register(self, worker: Worker) -> None:
         """Add ``worker``.
@@ -111,7 +117,7 @@ class Scheduler:
         spec = spec_of(worker)
         if spec.name in self._workers:
             raise InvalidWorkerError(spec.name, "a worker with this name is already registered")
-        if self._state != "new":
+        if self._state is not _State.NEW:
             raise SchedulerStateError(
                 f"cannot register {spec.name!r}: register workers before start()"
             )
@@ -122,22 +128,22 @@ class Scheduler:
 
     async def start(self) -> None:
         """Create the streams and consumers, start every actor and the ticker."""
-        if self._state != "new":
-            raise SchedulerStateError(f"start() called on a scheduler that is {self._state}")
+        if self._state is not _State.NEW:
+            raise SchedulerStateError(f"start() called on a scheduler that is {self._state.value}")
         bus = self._bus
         if bus is None or not bus.connected:
             raise SchedulerStateError("connect the bus first: Scheduler(bus) or scheduler.use(bus)")
-        self._state = "starting"
+        self._state = _State.STARTING
         try:
             await self._start(bus)
         except BaseException as exc:
             await self._halt(timedelta(0))
-            self._state = "stopped"
+            self._state = _State.STOPPED
             if isinstance(exc, BaseExceptionGroup):
                 # The first actor that could not start says why.
                 raise exc.exceptions[0] from None
             raise
-        self._state = "running"
+        self._state = _State.RUNNING
         log.info("scheduler started", workers=len(self._actors), process=self.process)
 
     async def _start(self, bus: Bus) -> None:
@@ -213,11 +219,11 @@ class Scheduler:
         ``grace`` plus about one second even if a worker ignores cancellation
         (such a run is abandoned, and logged).
         """
-        if self._state not in ("running", "starting"):
+        if self._state not in (_State.RUNNING, _State.STARTING):
             return
-        self._state = "stopping"
+        self._state = _State.STOPPING
         await self._halt(grace)
-        self._state = "stopped"
+        self._state = _State.STOPPED
         log.info("scheduler stopped", process=self.process)
 
     async def _halt(self, grace: timedelta) -> None:

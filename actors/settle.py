@@ -7,7 +7,7 @@ from enum import Enum
 
 from msgspec import Struct
 
-from ctrlplane.store.runs import Outcome, Trigger
+from ctrlplane.actors.runs import Outcome, Trigger
 
 NAK_BACKOFF = (1.0, 60.0)
 
@@ -84,6 +84,31 @@ def after_fault(*, attempt: int, max_attempts: int, error: str) -> Decision:
     if attempt >= max_attempts:
         return Decision(how=Settle.DEAD_LETTER, reason=f"handling failed {attempt} times: {error}")
     return Decision(how=Settle.NAK, delay=nak_delay(attempt))
+
+
+HAND_BACK = Decision(how=Settle.NAK)
+"""Handed back at once, for another process (or a later run) to take."""
+
+
+def after_dead_letter(*, kept: bool, attempt: int) -> Decision:
+    """Settle a dead-lettered message once its copy was published (``kept``) or not.
+
+    A kept copy lets the message be terminated. One not kept (NATS away, the
+    dead-letter subject refused it) is handed back after the backoff for
+    this attempt, later each time, rather than lost.
+    """
+    if kept:
+        return Decision(how=Settle.TERM)
+    return Decision(how=Settle.NAK, delay=nak_delay(attempt))
+
+
+def after_record(decision: Decision, *, written: bool) -> Decision:
+    """Settle a message once its run's record was committed (``written``) or dropped.
+
+    A message is never acked without its record: one whose record the store
+    dropped is handed back at once, so its next run is recorded.
+    """
+    return decision if written else HAND_BACK
 
 
 def _delay(attempt: int, retry_delay: timedelta | None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -38,4 +39,48 @@ class Worker(Protocol):
 
     async def run(self, ctx: RunContext) -> None:
         """Do one cycle of work."""
+        ...
+
+
+OnCommit = Callable[[bool], None]
+"""Told whether a recorded run reached the disk (``True``) or was dropped."""
+
+
+class RunRecorder(Protocol):
+    """Where the runtime records its runs (the store's ``RunStore``).
+
+    ``trigger`` and ``outcome`` arrive as :class:`~ctrlplane.actors.runs.Trigger`
+    and :class:`~ctrlplane.actors.runs.Outcome`, which are ``StrEnum``: a
+    recorder may take them as plain strings, and needs nothing from
+    ``ctrlplane.actors`` to do so.
+    """
+
+    def record_row(
+        self,
+        id: str,
+        worker: str,
+        process: str,
+        trigger: str,
+        trigger_ref: str | None,
+        attempt: int,
+        started: float,
+        finished: float | None,
+        outcome: str,
+        error: str | None,
+        on_commit: OnCommit | None = None,
+    ) -> None:
+        """Queue one run (times in epoch seconds) without waiting on the disk;
+        ``on_commit`` is called once it is written or dropped."""
+        ...
+
+    def flush_soon(self) -> None:
+        """Write what is queued now rather than at the end of the batch interval."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what is queued and return once it is on disk."""
+        ...
+
+    async def counts(self, *outcomes: str) -> Mapping[tuple[str, str], int]:
+        """Runs recorded so far of each worker that ended in each of ``outcomes``."""
         ...

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -26,7 +23,12 @@ def _clip(text: str, limit: int) -> str:
 
 
 class Outcome(StrEnum):
-    """How a run ended."""
+    """How a run ended, as the ``outcome`` column holds it.
+
+    The actor runtime has the same values in ``ctrlplane.actors.runs`` (the
+    store knows nothing of actors, so it keeps its own names for its
+    columns; ``tests/test_runs_protocol.py`` checks that they agree).
+    """
 
     OK = "ok"
     ERROR = "error"
@@ -41,7 +43,7 @@ class Outcome(StrEnum):
 
 
 class Trigger(StrEnum):
-    """What started a run."""
+    """What started a run, as the ``trigger`` column holds it."""
 
     TICK = "tick"
     EVENT = "event"
@@ -75,29 +77,6 @@ def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def new_run_id(now: float) -> str:
-    """A unique run id that sorts by time.
-
-    Time first keeps inserts at the end of the primary-key index instead of
-    scattering them, as random ids would; the random tail keeps ids from two
-    processes apart.
-    """
-    return f"{int(now * 1_000_000):014x}{_origin}{next(_sequence) & 0xFFFFFF:06x}"
-
-
-def _new_origin() -> None:
-    global _origin, _sequence
-    _origin = secrets.token_hex(4)
-    _sequence = itertools.count()
-
-
-_origin = ""
-_sequence = itertools.count()
-_new_origin()
-# A forked child must not repeat its parent's ids.
-os.register_at_fork(after_in_child=_new_origin)
-
-
 def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -129,16 +108,20 @@ class RunStore:
         id: str,
         worker: str,
         process: str,
-        trigger: Trigger,
+        trigger: str,
         trigger_ref: str | None,
         attempt: int,
         started: float,
         finished: float | None,
-        outcome: Outcome,
+        outcome: str,
         error: str | None,
         on_commit: OnCommit | None = None,
     ) -> None:
         """:meth:`record` for the hot path: epoch seconds, no Struct to build.
+
+        ``trigger`` and ``outcome`` are the column values: a :class:`Trigger`
+        and an :class:`Outcome`, or any ``StrEnum`` with the same values (the
+        actor runtime's own).
 
         ``on_commit`` is called once the row is on disk (``True``) or was
         dropped because the store kept failing (``False``). ``error`` is
@@ -155,12 +138,12 @@ class RunStore:
                 id,
                 worker,
                 process,
-                trigger.value,
+                trigger,
                 trigger_ref,
                 attempt,
                 started,
                 finished,
-                outcome.value,
+                outcome,
                 error,
             ),
             on_commit,
@@ -174,7 +157,7 @@ class RunStore:
         """Write queued runs and return once they are on disk."""
         await self._writer.flush()
 
-    async def counts(self, *outcomes: Outcome) -> dict[tuple[str, Outcome], int]:
+    async def counts(self, *outcomes: str) -> dict[tuple[str, str], int]:
         """How many runs of each worker ended in each of ``outcomes``, in all.
 
         Counts kept in the store survive restarts, unlike a process's own.
@@ -185,7 +168,7 @@ class RunStore:
             "SELECT worker, outcome, COUNT(*) FROM worker_runs "
             f"WHERE outcome IN ({marks}) GROUP BY worker, outcome"
         )
-        async with self._db.execute(sql, [o.value for o in outcomes]) as cursor:
+        async with self._db.execute(sql, [str(o) for o in outcomes]) as cursor:
             rows = await cursor.fetchall()
         return {(r[0], Outcome(r[1])): int(r[2]) for r in rows}
 

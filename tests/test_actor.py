@@ -18,7 +18,7 @@ import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors import RunContext, Scheduler
-from ctrlplane.actors.actor import UNSETTLED_MARGIN, ack_wait_for
+from ctrlplane.actors.consumers import UNSETTLED_MARGIN, ack_wait_for
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
 from ctrlplane.bus import Bus, BusLimits, Event, EventTooLargeError, Tick, encode

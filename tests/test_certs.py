@@ -19,6 +19,7 @@ from cryptography import x509
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.api import CertsReply, request
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
@@ -28,7 +29,7 @@ from ctrlplane.certs.issuer import Issued, matches
 from ctrlplane.certs.router import RouteNotFoundError
 from ctrlplane.domains import DomainDecl
 from ctrlplane.inventory import InstanceDecl
-from ctrlplane.store import Store, Trigger
+from ctrlplane.store import Store
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError, jitter, renewal_time
 from tests.helpers import subscribe_events, wait_for

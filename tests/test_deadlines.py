@@ -127,3 +127,52 @@ async def test_time_the_loop_was_blocked_does_not_count(deadlines: Deadlines) ->
     # 0.5 s of its own: not late, though 0.85 s of wall time pass meanwhile.
     assert await deadlines.within(0.5, bystander()) == "done"
     await blocking
+
+
+async def test_an_external_cancel_just_before_the_deadline_in_the_same_turn_wins() -> None:
+    deadlines = Deadlines(60.0)
+    waiting = asyncio.Event()
+
+    async def run() -> None:
+        waiting.set()
+        await deadlines.within(0.0, asyncio.sleep(10))
+
+    task = asyncio.create_task(run())
+    await waiting.wait()
+    await asyncio.sleep(0)
+    task.cancel()  # a stop first, then the watcher, before the task runs again
+    deadlines.cancel_late(asyncio.get_running_loop().time())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def test_a_deadline_is_a_timeout_in_a_task_that_swallowed_an_old_cancel() -> None:
+    # A task that once swallowed a cancel (a worker ignoring a stop, say)
+    # still counts it in cancelling(); a later deadline is a timeout all the
+    # same, not a cancel: only cancels requested during the await count.
+    deadlines = Deadlines(60.0)
+    waiting = asyncio.Event()
+    swallowed = asyncio.Event()
+
+    async def run() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.set()  # swallowed, no uncancel()
+        waiting.set()
+        try:
+            await deadlines.within(0.0, asyncio.sleep(10))
+        except DeadlineExceeded:
+            return "timed out"
+        return "returned"
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    task.cancel()
+    await swallowed.wait()
+    await waiting.wait()
+    await asyncio.sleep(0)
+    deadlines.cancel_late(asyncio.get_running_loop().time())
+    async with asyncio.timeout(5):
+        assert await task == "timed out"

@@ -13,10 +13,10 @@ import pytest
 import structlog
 
 from ctrlplane.actors.context import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Event
 from ctrlplane.store import Store
 from ctrlplane.store.health import CheckResult, HealthStatus, Outcome
-from ctrlplane.store.runs import Trigger
 from ctrlplane.workers.gc import GarbageCollector, GcError
 from tests.helpers import wait_for
 

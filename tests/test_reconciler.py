@@ -18,12 +18,13 @@ import structlog
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.inventory import InstanceDecl
 from ctrlplane.providers import ProcessProvider
-from ctrlplane.store import Store, Trigger
+from ctrlplane.store import Store
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 from ctrlplane.workers.reconciler import ReconcileError, Reconciler

@@ -15,9 +15,10 @@ import pytest
 import structlog
 
 from ctrlplane.actors import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Event
 from ctrlplane.certs import FileRouter, HostnameError, LocalCA
-from ctrlplane.store import Store, Trigger
+from ctrlplane.store import Store
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer
 

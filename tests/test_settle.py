@@ -6,8 +6,17 @@ from datetime import timedelta
 
 import pytest
 
-from ctrlplane.actors.settle import Decision, Settle, after_fault, decide, nak_delay
-from ctrlplane.store.runs import Outcome, Trigger
+from ctrlplane.actors.runs import Outcome, Trigger
+from ctrlplane.actors.settle import (
+    HAND_BACK,
+    Decision,
+    Settle,
+    after_dead_letter,
+    after_fault,
+    after_record,
+    decide,
+    nak_delay,
+)
 
 
 def _decide(trigger: Trigger, outcome: Outcome, attempt: int = 1, **kw: object) -> Decision:
@@ -69,3 +78,20 @@ def test_a_handling_fault_backs_off_then_is_dead_lettered() -> None:
     last = after_fault(attempt=3, max_attempts=3, error="RecursionError")
     assert last.how is Settle.DEAD_LETTER
     assert last.reason == "handling failed 3 times: RecursionError"
+
+
+def test_a_kept_dead_letter_is_terminated_one_not_kept_comes_back_later() -> None:
+    assert after_dead_letter(kept=True, attempt=3) == Decision(how=Settle.TERM)
+    assert after_dead_letter(kept=False, attempt=3) == Decision(how=Settle.NAK, delay=4.0)
+
+
+def test_a_message_whose_record_was_dropped_is_handed_back_at_once() -> None:
+    ack = Decision(how=Settle.ACK)
+    assert after_record(ack, written=True) is ack
+    assert after_record(ack, written=False) == HAND_BACK == Decision(how=Settle.NAK)
+    assert after_record(Decision(how=Settle.TERM), written=False) == HAND_BACK
+
+
+def test_a_refused_message_and_a_skipped_tick_go_through_decide() -> None:
+    assert _decide(Trigger.EVENT, Outcome.DEAD_LETTERED).how is Settle.DEAD_LETTER
+    assert _decide(Trigger.TICK, Outcome.SKIPPED, attempt=9) == Decision(how=Settle.ACK)

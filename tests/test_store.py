@@ -15,6 +15,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from ctrlplane.actors.runs import new_run_id
 from ctrlplane.store import (
     BatchWriter,
     MigrationError,
@@ -26,7 +27,7 @@ from ctrlplane.store import (
 )
 from ctrlplane.store.db import _migrate  # the step Store.open() runs, cancelled mid-way
 from ctrlplane.store.migrations import LATEST
-from ctrlplane.store.runs import MAX_ERROR, MAX_REF, new_run_id
+from ctrlplane.store.runs import MAX_ERROR, MAX_REF
 from tests.processes import ROOT
 
 

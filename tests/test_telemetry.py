@@ -29,13 +29,13 @@ from structlog.testing import capture_logs
 import ctrlplane.plugins
 from ctrlplane import ControlPlane
 from ctrlplane.actors.context import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.messages import Event
 from ctrlplane.bus.server import read_server_info
 from ctrlplane.config import Config
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
 from ctrlplane.store.instances import Instance, InstanceState
-from ctrlplane.store.runs import Trigger
 from ctrlplane.store.telemetry import Metric, MetricType, ResourceSnapshot
 from ctrlplane.telemetry import (
     CollectorError,

@@ -1,0 +1,66 @@
+"""The durable consumers an actor pulls from: how each is configured."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ctrlplane.actors.spec import WorkerSpec
+from ctrlplane.bus.subjects import Subjects
+
+MIN_ACK_WAIT = timedelta(seconds=5)
+MAX_ACK_WAIT = timedelta(seconds=30)
+# Deliveries of an event beyond its max_attempts allowed for runs that never
+# settled (a process died or stopped mid-run); the consumer's max_deliver.
+UNSETTLED_MARGIN = 3
+
+
+def ack_wait_for(spec: WorkerSpec) -> timedelta:
+    """How long JetStream waits for an ack before handing the message to another process.
+
+    In-progress acks are sent every third of it, from a thread of their own,
+    while a message is held, so it bounds how long a process that died (or
+    whose whole interpreter stalled) holds a message, not how long a run may
+    take. At least 5 s, so a loaded machine's scheduling hiccups never hand
+    away a message whose run goes on.
+    """
+    return min(max(spec.timeout, MIN_ACK_WAIT), MAX_ACK_WAIT)
+
+
+def tick_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
+    """The worker's tick consumer, shared by every process."""
+    return ConsumerConfig(
+        durable_name=s.tick_consumer(spec.name),
+        filter_subject=s.tick(spec.name),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        # One tick out at a time across every process: no
+        # overlapping runs of one worker anywhere.
+        max_ack_pending=1,
+        ack_wait=ack_wait_for(spec).total_seconds(),
+        max_deliver=-1,
+    )
+
+
+def event_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
+    """The worker's consumer of the events it subscribes to."""
+    filters = [s.event(p) for p in spec.subscriptions]
+    return ConsumerConfig(
+        durable_name=s.event_consumer(spec.name),
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
+        ack_policy=AckPolicy.EXPLICIT,
+        # A new worker reacts to what happens from now on, not to
+        # the whole retained history.
+        deliver_policy=DeliverPolicy.NEW,
+        # Room for the prefetch window plus the messages whose runs
+        # ended and whose records are not yet committed (acks wait
+        # for the batch that holds them).
+        max_ack_pending=max(4096, 4 * spec.prefetch),
+        ack_wait=ack_wait_for(spec).total_seconds(),
+        # Our own max_attempts dead-letters first; the last delivery
+        # of a message that keeps killing whole processes is
+        # dead-lettered unrun (see Actor._handle), never dropped unseen.
+        max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
+    )
