@@ -9,7 +9,6 @@ no decompression unless asked, a bounded pool, and at most
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 
@@ -31,8 +30,8 @@ USER_AGENT = "ctrlplane-health-check"
 _SNIPPET = 200
 # An HTTP method is a token (RFC 9110): nothing that could break the request line.
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# aiohttp's timers are off: the check's whole exchange is bounded by one
-# ``asyncio.timeout`` (and by the HealthRunner's deadline around it).
+# A check's whole exchange is bounded by its own ``total`` timeout (see _Target);
+# no per-phase timers on top.
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
@@ -42,6 +41,10 @@ class _Target(Struct, frozen=True):
     url: URL
     method: str
     seconds: float
+    # aiohttp's one timer for connect, send and read, made once per target:
+    # measured, it costs about half of what ``asyncio.timeout`` around the
+    # request does (8 against 20 us a check on the benchmark's machine).
+    timeout: aiohttp.ClientTimeout
 
 
 def _unknown(reason: str) -> Probe:
@@ -85,7 +88,12 @@ def _parse(
     if timeout <= 0:
         return "the timeout must be positive"
     # Upper-cased after the check: some non-ASCII letters upper-case to ASCII.
-    return _Target(url=url, method=method.upper(), seconds=timeout)
+    return _Target(
+        url=url,
+        method=method.upper(),
+        seconds=timeout,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:
@@ -176,12 +184,11 @@ class HttpChecker:
             return _unknown(target)
         session = self._session.get()
         try:
-            async with asyncio.timeout(target.seconds):
-                async with session.request(
-                    target.method, target.url, allow_redirects=False
-                ) as response:
-                    body = await _read_body(response)
-        except TimeoutError:
+            async with session.request(
+                target.method, target.url, allow_redirects=False, timeout=target.timeout
+            ) as response:
+                body = await _read_body(response)
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors
             return Probe(outcome=Outcome.FAIL, message=f"timed out after {target.seconds:g}s")
         except aiohttp.ClientConnectorCertificateError as exc:
             return _fail(f"TLS error: {exc.certificate_error}")

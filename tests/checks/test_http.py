@@ -517,3 +517,27 @@ async def test_https_verifies_the_certificate(tmp_path: Path, http_checker: Http
         probe = await http_checker.check(spec("http", target=target), INSTANCE)
     assert probe.outcome == Outcome.FAIL and probe.message.startswith("TLS error")
     assert "certificate verify failed" in probe.message
+
+
+async def test_http_the_timeout_covers_a_body_that_stalls(http_checker: HttpChecker) -> None:
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    try:
+        async with asyncio.timeout(5):
+            probe = await http_checker.check(
+                spec("http", target=url, timeout=timedelta(milliseconds=200)), INSTANCE
+            )
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert probe == Probe(outcome=Outcome.FAIL, message="timed out after 0.2s")
