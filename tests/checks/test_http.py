@@ -541,3 +541,25 @@ async def test_http_the_timeout_covers_a_body_that_stalls(http_checker: HttpChec
         server.close()
         await server.wait_closed()
     assert probe == Probe(outcome=Outcome.FAIL, message="timed out after 0.2s")
+
+
+def test_http_a_checker_belongs_to_one_event_loop_until_closed(closed_port: int) -> None:
+    checker = HttpChecker()
+    check = spec("http", target=f"http://127.0.0.1:{closed_port}/")
+    refused = Probe(outcome=Outcome.FAIL, message="connection refused")
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(checker.check(check, INSTANCE)) == refused
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(checker.check(check, INSTANCE))
+        first.run_until_complete(checker.close())
+    finally:
+        first.close()
+
+    async def again() -> Probe:
+        try:
+            return await checker.check(check, INSTANCE)
+        finally:
+            await checker.close()
+
+    assert asyncio.run(again()) == refused
