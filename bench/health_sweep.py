@@ -9,18 +9,18 @@ What is measured
 
        * ours: a real SQLite ``Store`` in a temporary directory holding the
          instances (recorded ``running``) and their checks, all pointing at
-         the server; ``HealthRunner(store, {"http": HttpChecker(max_connections=C)},
-         concurrency=C)``; one ``sweep()`` (read instances and states, run
-         the checks, fold them into states, store results and states in one
-         batched write, flush included) and then the publishing of its
+         the server; ``HealthRunner(store, {"http": HttpChecker(max_connections=C,
+         max_per_host=C)}, concurrency=C)`` (the same pool as the raw
+         path's); one ``sweep()`` (read instances and states, run the checks,
+         fold them into states, store results and states in one batched
+         write, flush included) and then the publishing of its
          change events to a real nats-server, as ``HealthRunner.run`` does it:
          ``Bus.publish_events`` (every event acknowledged by JetStream, 256
          acks outstanding at most). The first sweep turns every check
          unknown -> healthy, so it publishes N ``health.passed`` events; the
          second sweep changes nothing and publishes none. Both are reported.
-         ``HttpChecker`` speaks HTTP/1.1 itself (``checks/http_client.py``):
-         its requests carry Host, User-Agent and Accept only, aiohttp's carry
-         a few more headers, so the target spends less per request on ours.
+         ``HttpChecker`` is aiohttp too (one ``ClientSession``, no cookie
+         jar, no redirects, no ``Accept-Encoding``, body read up to 64 KiB).
        * raw: one ``aiohttp.ClientSession`` with ``TCPConnector(limit=C)``,
          C worker tasks taking requests from a shared counter, each
          ``GET``, read the body, check the status.
@@ -28,7 +28,8 @@ What is measured
        Each round uses a fresh store, fresh streams, a fresh checker session
        and a fresh raw session; rounds alternate which path goes first; the
        medians are reported. ratio = ours checks/s / raw req/s.
-       Goal (from the issue): ours >= 0.7 x raw.
+       Goals (from issue 10): steady sweep (the 2nd) >= 0.8 x raw, first
+       sweep with N transitions published >= 0.7 x raw.
 
     2. Result-store throughput: M results (default 100,000) written through
        ``HealthStore.record(results, [])`` (results only, no state updates)
@@ -88,6 +89,9 @@ from ctrlplane.workers.health_runner import HealthRunner
 
 SCRIPT = Path(__file__).resolve()
 GOAL_SWEEP = 0.7
+"""The first sweep: N transitions stored and published."""
+GOAL_STEADY = 0.8
+"""The second sweep: nothing changes."""
 GOAL_STORE = 0.8
 # BatchWriter's default max_pending: past it, queued rows are dropped. A run
 # with more results than this writes them in chunks of this size, one
@@ -341,7 +345,7 @@ async def run_ours(
     store = TimedStore(tmp / f"sweep-{uuid.uuid4().hex[:8]}.db")
     await store.open()
     bus = Bus(Subjects(f"hs{uuid.uuid4().hex[:8]}"), name="bench-health-sweep")
-    checker = HttpChecker(max_connections=c)
+    checker = HttpChecker(max_connections=c, max_per_host=c)
     try:
         await bus.connect(info.client_url)
         await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
@@ -616,13 +620,14 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "ratio_first": ratio_first,
         "ratio_second": ratio_second,
         "goal_sweep_ratio": GOAL_SWEEP,
+        "goal_steady_ratio": GOAL_STEADY,
         "store_ours_rows_per_s": med(writes, "rows_per_s", "ours"),
         "store_raw_rows_per_s": med(writes, "rows_per_s", "raw"),
         "store_ratio": ratio_store,
         "goal_store_ratio": GOAL_STORE,
         "goal_met": {
             "sweep_first": ratio_first >= GOAL_SWEEP,
-            "sweep_second": ratio_second >= GOAL_SWEEP,
+            "sweep_second": ratio_second >= GOAL_STEADY,
             "store": ratio_store >= GOAL_STORE,
         },
         "machine": {
@@ -658,7 +663,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check",
         action="store_true",
-        help=f"exit 1 if a sweep ratio < {GOAL_SWEEP} or the store ratio < {GOAL_STORE}",
+        help=(
+            f"exit 1 if the 1st sweep ratio < {GOAL_SWEEP}, the 2nd < {GOAL_STEADY} "
+            f"or the store ratio < {GOAL_STORE}"
+        ),
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -690,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ours 1st sweep {summary['ours_first_checks_per_s']:,.0f} checks/s "
         f"(ratio {summary['ratio_first']:.2f}), 2nd sweep "
         f"{summary['ours_second_checks_per_s']:,.0f} checks/s "
-        f"(ratio {summary['ratio_second']:.2f}) (goal >= {GOAL_SWEEP})"
+        f"(ratio {summary['ratio_second']:.2f}) (goals >= {GOAL_SWEEP}, >= {GOAL_STEADY})"
     )
     print(
         f"median store: ours {summary['store_ours_rows_per_s']:,.0f} rows/s, "

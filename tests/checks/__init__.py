@@ -1,0 +1,1 @@
+"""Tests of ``ctrlplane.checks``, one module per checker module."""
