@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from ctrlplane.bus.private import private_dir
-from ctrlplane.providers import ProviderError
+from ctrlplane.providers.errors import ProviderError
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 
