@@ -24,6 +24,7 @@ from ctrlplane.bus.errors import DecodeError
 from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.inventory import ApplyResult, InstanceDecl, Inventory
+from ctrlplane.limits import MAX_LIMIT, MAX_SINCE
 from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.db import Store
 from ctrlplane.store.deployments import Deployment
@@ -38,11 +39,6 @@ log = structlog.get_logger("ctrlplane.api")
 QUEUE = "ctrlplane-api"
 R = TypeVar("R", bound="Reply")
 T = TypeVar("T")
-
-MAX_LIMIT = 10_000
-"""The most records one request may ask for."""
-MAX_SINCE = timedelta(days=36_500)
-"""The longest look-back a request may ask for."""
 
 
 class BadRequestError(CtrlplaneError):
