@@ -21,9 +21,10 @@ from nats.aio.subscription import Subscription
 from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.inventory import ApplyResult, InstanceDecl, Inventory
+from ctrlplane.inventory import ApplyResult, Inventory
 from ctrlplane.limits import MAX_LIMIT, MAX_SINCE
 from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.db import Store

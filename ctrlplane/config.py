@@ -25,10 +25,10 @@ import msgspec
 import msgspec.inspect as mi
 
 from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_prefix
+from ctrlplane.declarations import InstanceDecl, decl_problems
 from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
-from ctrlplane.inventory import InstanceDecl, decl_problems
 
 __all__ = [
     "Config",

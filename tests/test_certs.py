@@ -26,8 +26,8 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs import FileRouter, IssueError, LocalCA
 from ctrlplane.certs.issuer import Issued, matches
 from ctrlplane.certs.router import RouteNotFoundError
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl
-from ctrlplane.inventory import InstanceDecl
 from ctrlplane.store import Store, Trigger
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError, jitter, renewal_time

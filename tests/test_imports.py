@@ -57,6 +57,20 @@ def test_light_import_pulls_in_nothing_heavy(statement: str) -> None:
     assert heavy == [], f"{statement!r} imported {heavy}"
 
 
+def test_loading_the_config_loads_no_runtime() -> None:
+    # The config validates declarations; it must not load what carries them out.
+    loaded = _modules_after("from ctrlplane.config import load_config")
+    runtime = (
+        "aiosqlite",
+        "asyncio",
+        "nats",
+        "psutil",
+        "ctrlplane.store.db",
+        "ctrlplane.inventory",
+    )
+    assert sorted(m for m in loaded if m in runtime) == []
+
+
 def test_lazy_names_resolve_and_misspelt_ones_fail() -> None:
     import ctrlplane
     import ctrlplane.actors
