@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
+from ctrlplane.certs.renewal import renewal_time
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
@@ -33,7 +34,6 @@ from ctrlplane.store.health import CheckState, HealthStatus, worst
 from ctrlplane.store.instances import Instance
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 from ctrlplane.types import Router
-from ctrlplane.workers.cert_renewer import renewal_time
 
 log = structlog.get_logger("ctrlplane.api")
 

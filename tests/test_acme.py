@@ -28,8 +28,9 @@ from cryptography.x509.oid import NameOID
 from ctrlplane.bus import Event
 from ctrlplane.certs import AcmeIssuer, FileRouter, Http01Responder, IssueError
 from ctrlplane.certs.issuer import cert_pem, key_pem, matches, new_key
+from ctrlplane.certs.renewal import renewal_time
 from ctrlplane.store import Store
-from ctrlplane.workers.cert_renewer import CertRenewer, renewal_time
+from ctrlplane.workers.cert_renewer import CertRenewer
 from tests.test_certs import HOST, Clock, _ctx, _domain, _types
 from tests.test_reconciler import free_port
 

@@ -9,8 +9,8 @@ import ssl
 from yarl import URL
 
 from ctrlplane.checks.http_client import Disconnected, HttpClient, ProtocolError, Request, prepare
-from ctrlplane.checks.tcp import describe_os_error
 from ctrlplane.checks.text import REASON_LIMIT, bounded
+from ctrlplane.oserrors import describe_os_error
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from ctrlplane.bus.errors import ServerError
-from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.cli.common import EXIT_CONFIG, config_option, data_dir_option, fail, load
+from ctrlplane.files import private_dir, write_private
 from ctrlplane.security import (
     ROLES,
     Role,
