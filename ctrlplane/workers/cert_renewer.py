@@ -39,8 +39,9 @@ class CertRenewer:
     It runs every ``interval`` and at once when a domain is created or updated
     (``domain.created``, ``domain.updated``). A certificate is due when less
     than a third of its lifetime is left or ``renew_before`` is reached, less a
-    per-domain :func:`~ctrlplane.certs.renewal.jitter`. The router issues and installs it (atomically);
-    it is recorded and ``cert.provisioned`` or ``cert.renewed`` is published. A
+    per-domain jitter (:mod:`ctrlplane.certs.renewal`). The router issues and
+    installs it (atomically); it is recorded and ``cert.provisioned`` or
+    ``cert.renewed`` is published. A
     failure publishes ``cert.renewal_failed`` and is retried after a back-off
     that doubles from ``backoff`` up to ``max_backoff`` (kept in the store, so it
     holds across processes) and resets after a success; a due certificate
