@@ -125,3 +125,19 @@ def test_cli_help_imports_no_runtime() -> None:
         if any(m == h or m.startswith(f"{h}.") for h in (*HEAVY, "nats", "ctrlplane.store"))
     )
     assert heavy == [], f"ctrlplane --help imported {heavy}"
+
+
+def test_the_workers_command_loads_nats_but_no_runtime() -> None:
+    # It asks over NATS; the store, the actor runtime and the domain stay unloaded.
+    loaded = _modules_after(
+        "import ctrlplane.cli.workers, ctrlplane.actors.control, ctrlplane.cli.common"
+    )
+    assert "nats" in loaded
+    # nats-py itself imports aiohttp (for its websocket transport): not ours to avoid.
+    runtime = (
+        *(h for h in HEAVY if h != "aiohttp"),
+        "ctrlplane.actors.actor",
+        "ctrlplane.actors.scheduler",
+    )
+    heavy = sorted(m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in runtime))
+    assert heavy == [], f"ctrlplane workers imported {heavy}"
