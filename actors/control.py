@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from msgspec import Struct
@@ -12,10 +13,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ctrlplane.actors.info import WorkerInfo
-from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
+
+if TYPE_CHECKING:
+    # The answering side only: `ctrlplane workers` asks, and need not load the runtime.
+    from ctrlplane.actors.scheduler import Scheduler
 
 log = structlog.get_logger("ctrlplane.control")
 

@@ -1,19 +1,33 @@
 """The NATS side of ctrlplane: connection, subjects, streams and messages."""
 
-from ctrlplane.bus.codec import decode, decode_event, decode_tick, encode
-from ctrlplane.bus.connection import Bus
-from ctrlplane.bus.errors import (
-    BusError,
-    DecodeError,
-    EventTooLargeError,
-    InvalidEventError,
-    NotConnectedError,
-    PublishError,
-    ServerError,
-)
-from ctrlplane.bus.limits import BusLimits
-from ctrlplane.bus.messages import DeadLetter, Event, Tick
-from ctrlplane.bus.subjects import Subjects
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ctrlplane.bus.codec import (
+        decode,
+        decode_event,
+        decode_tick,
+        encode,
+    )
+    from ctrlplane.bus.connection import Bus
+    from ctrlplane.bus.errors import (
+        BusError,
+        DecodeError,
+        EventTooLargeError,
+        InvalidEventError,
+        NotConnectedError,
+        PublishError,
+        ServerError,
+    )
+    from ctrlplane.bus.limits import BusLimits
+    from ctrlplane.bus.messages import (
+        DeadLetter,
+        Event,
+        Tick,
+    )
+    from ctrlplane.bus.subjects import Subjects
 
 __all__ = [
     "Bus",
@@ -34,3 +48,41 @@ __all__ = [
     "decode_tick",
     "encode",
 ]
+
+# Each name is imported on first use (PEP 562), so that importing this package
+# pays only for what the caller touches.
+_EXPORTS = {
+    "decode": "ctrlplane.bus.codec",
+    "decode_event": "ctrlplane.bus.codec",
+    "decode_tick": "ctrlplane.bus.codec",
+    "encode": "ctrlplane.bus.codec",
+    "Bus": "ctrlplane.bus.connection",
+    "BusError": "ctrlplane.bus.errors",
+    "DecodeError": "ctrlplane.bus.errors",
+    "EventTooLargeError": "ctrlplane.bus.errors",
+    "InvalidEventError": "ctrlplane.bus.errors",
+    "NotConnectedError": "ctrlplane.bus.errors",
+    "PublishError": "ctrlplane.bus.errors",
+    "ServerError": "ctrlplane.bus.errors",
+    "BusLimits": "ctrlplane.bus.limits",
+    "DeadLetter": "ctrlplane.bus.messages",
+    "Event": "ctrlplane.bus.messages",
+    "Tick": "ctrlplane.bus.messages",
+    "Subjects": "ctrlplane.bus.subjects",
+}
+
+if not TYPE_CHECKING:
+    # Hidden from mypy, which reads the imports above and so still rejects a
+    # misspelt name instead of typing it as Any.
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ctrlplane.bus.errors import ServerError
-from ctrlplane.bus.private import load_or_create_token, private_dir, write_private
+from ctrlplane.bus.private import load_or_create_token
+from ctrlplane.files import private_dir, write_private
 
 __all__ = ["Authorization", "EmbeddedServer", "ServerInfo", "find_binary", "read_server_info"]
 

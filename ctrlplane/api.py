@@ -21,9 +21,12 @@ from nats.aio.subscription import Subscription
 from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
+from ctrlplane.certs.renewal import renewal_time
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.inventory import ApplyResult, InstanceDecl, Inventory
+from ctrlplane.inventory import ApplyResult, Inventory
+from ctrlplane.limits import MAX_LIMIT, MAX_SINCE
 from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.db import Store
 from ctrlplane.store.deployments import Deployment
@@ -31,18 +34,12 @@ from ctrlplane.store.health import CheckState, HealthStatus, worst
 from ctrlplane.store.instances import Instance
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 from ctrlplane.types import Router
-from ctrlplane.workers.cert_renewer import renewal_time
 
 log = structlog.get_logger("ctrlplane.api")
 
 QUEUE = "ctrlplane-api"
 R = TypeVar("R", bound="Reply")
 T = TypeVar("T")
-
-MAX_LIMIT = 10_000
-"""The most records one request may ask for."""
-MAX_SINCE = timedelta(days=36_500)
-"""The longest look-back a request may ask for."""
 
 
 class BadRequestError(CtrlplaneError):

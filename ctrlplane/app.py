@@ -18,7 +18,6 @@ from ctrlplane.actors.types import Worker
 from ctrlplane.api import DomainApi
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.limits import BusLimits
-from ctrlplane.bus.private import private_dir
 from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs.registry import load_router
@@ -26,6 +25,7 @@ from ctrlplane.checks.registry import close_checkers, load_checkers
 from ctrlplane.config import Config, check_names
 from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError, DataDirInUseError
+from ctrlplane.files import private_dir
 from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers

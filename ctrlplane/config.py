@@ -10,7 +10,6 @@ and where its value came from.
 from __future__ import annotations
 
 import difflib
-import keyword
 import os
 import re
 import stat
@@ -25,10 +24,11 @@ import msgspec
 import msgspec.inspect as mi
 
 from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_prefix
+from ctrlplane.declarations import InstanceDecl, decl_problems
 from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
-from ctrlplane.inventory import InstanceDecl, decl_problems
+from ctrlplane.plugins import reference_problem
 
 __all__ = [
     "Config",
@@ -303,7 +303,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 raise ConfigError(f"process_executables[{index}]", "must be a non-empty path")
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
-            _check_worker_spec(spec, f"workers[{index}]")
+            problem = reference_problem(spec)
+            if problem is not None:
+                raise ConfigError(f"workers[{index}]", problem)
             if spec in seen:
                 raise ConfigError(
                     f"workers[{index}]", f"{spec!r} is already listed as workers[{seen[spec]}]"
@@ -701,19 +703,3 @@ def _nats_url_problem(url: str) -> str | None:
     if not parts.hostname:
         return f"{shown} has no host"
     return None
-
-
-def _check_worker_spec(spec: str, where: str) -> None:
-    module, colon, attr = spec.partition(":")
-    parts = module.split(".")
-    if colon and all(_is_identifier(p) for p in parts) and _is_identifier(attr):
-        return
-    raise ConfigError(
-        where,
-        f"{spec!r} is not a worker reference: use 'package.module:Name', "
-        "a dotted module path, a colon and a class or attribute name",
-    )
-
-
-def _is_identifier(name: str) -> bool:
-    return name.isidentifier() and not keyword.iskeyword(name)

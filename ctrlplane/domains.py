@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
@@ -12,8 +13,10 @@ from ctrlplane.errors import CtrlplaneError
 from ctrlplane.events import DomainChange, data_of
 from ctrlplane.hostnames import hostname_problem
 from ctrlplane.store.certs import Domain, DomainSync
-from ctrlplane.store.db import Store
 from ctrlplane.types import Router
+
+if TYPE_CHECKING:
+    from ctrlplane.store.db import Store
 
 ISSUERS = ("local", "acme")
 

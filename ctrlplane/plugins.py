@@ -8,20 +8,19 @@ what it got.
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import keyword
+import pkgutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import TypeVar
-
-import structlog
 
 from ctrlplane.actors.types import Worker
 from ctrlplane.errors import WorkerLoadError
 
 ENTRY_POINT_GROUP = "ctrlplane.workers"
 T = TypeVar("T")
-log = structlog.get_logger("ctrlplane.plugins")
 
 LoadError = Callable[[str, str], Exception]
 """Builds the error of a plugin kind from the reference and the reason."""
@@ -77,25 +76,44 @@ def _worker(ref: str, obj: object) -> Worker:
     return obj
 
 
+def reference_problem(ref: str) -> str | None:
+    """Why ``ref`` is not a worker reference ``package.module:Name``, or None if it is.
+
+    The one check of the form, for the config (which says which field) and for
+    :func:`load_worker`. Stricter than :func:`pkgutil.resolve_name`, which also
+    takes a reference without a colon, and so a typo, as a module path.
+    """
+    module, colon, attr = ref.partition(":")
+    if colon and all(_is_identifier(p) for p in module.split(".")) and _is_identifier(attr):
+        return None
+    return (
+        f"{ref!r} is not a worker reference: use 'package.module:Name', "
+        "a dotted module path, a colon and a class or attribute name"
+    )
+
+
+def _is_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
 def load_worker(ref: str) -> Worker:
-    """Load the worker ``"package.module:Attr"``.
+    """Load the worker ``"package.module:Name"``.
 
     Raises:
         WorkerLoadError: naming the reference and what went wrong.
     """
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise WorkerLoadError(ref, "use the form 'package.module:ClassName'")
+    problem = reference_problem(ref)
+    if problem is not None:
+        raise WorkerLoadError(ref, problem)
+    module, _, attr = ref.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        obj = pkgutil.resolve_name(ref)
     except Exception as exc:
-        raise WorkerLoadError(ref, f"cannot import {module_name!r}: {exc!r}") from exc
-    obj: object = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise WorkerLoadError(ref, f"{module_name!r} has no attribute {attr!r}") from None
+        # A module that failed to import is not left in sys.modules: one that is
+        # there was imported, and only the attribute is missing.
+        if isinstance(exc, AttributeError) and module in sys.modules:
+            raise WorkerLoadError(ref, f"{module!r} has no attribute {attr!r}") from None
+        raise WorkerLoadError(ref, f"cannot import {module!r}: {exc!r}") from exc
     return _worker(ref, obj)
 
 
@@ -138,6 +156,9 @@ async def close_all(plugins: Mapping[str, object] | Iterable[object], what: str)
 
     One whose ``close`` fails is logged and the others are still closed.
     """
+    import structlog  # here: the config imports this module for reference_problem
+
+    log = structlog.get_logger("ctrlplane.plugins")
     values = plugins.values() if isinstance(plugins, Mapping) else plugins
     seen: set[int] = set()
     for plugin in values:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import structlog
@@ -37,7 +37,6 @@ from ctrlplane.store.deployments import (
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
 
 if TYPE_CHECKING:
-    from ctrlplane.inventory import Inventory
     from ctrlplane.store.db import Store
 
 log = structlog.get_logger("ctrlplane.rollout")
@@ -83,10 +82,30 @@ def _reason(exc: Exception) -> str:
     return reason if isinstance(reason, str) else str(exc) or type(exc).__name__
 
 
-class Rollout:
-    """Records deployments and rolls instances onto their specs for an :class:`Inventory`."""
+class Instances(Protocol):
+    """What a rollout needs of the instances it rolls (the Inventory implements it).
 
-    def __init__(self, inventory: Inventory, store: Store, *, stop_grace: timedelta) -> None:
+    Defined here, not taken from :mod:`ctrlplane.inventory`, so that the
+    dependency points one way: the inventory uses a rollout, never the reverse.
+    """
+
+    async def start(self, instance: Instance) -> Instance:
+        """Start ``instance`` and return it as recorded once running; raise if it fails."""
+        ...
+
+    async def stop(self, instance: Instance) -> Instance:
+        """Stop ``instance`` and return it as recorded once stopped."""
+        ...
+
+    async def emit(self, type_: str, instance: Instance, **data: Any) -> None:
+        """Publish the event ``type_`` about ``instance``."""
+        ...
+
+
+class Rollout:
+    """Records deployments and rolls instances onto their specs for an inventory."""
+
+    def __init__(self, inventory: Instances, store: Store, *, stop_grace: timedelta) -> None:
         self._inventory = inventory
         self._store = store
         self._abandoned_after = ABANDONED_AFTER + stop_grace

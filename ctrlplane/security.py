@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.bus.subjects import Subjects, is_valid_event_pattern
 from ctrlplane.errors import ConfigError, CtrlplaneError
+from ctrlplane.files import private_dir, write_private
 
 if TYPE_CHECKING:
     from ctrlplane.config import Config

@@ -1,9 +1,23 @@
 """The SQLite side of ctrlplane: schema, migrations and one module per table family."""
 
-from ctrlplane.store.db import Store
-from ctrlplane.store.errors import MigrationError, NotOpenError, StoreError
-from ctrlplane.store.runs import Outcome, RunStore, Trigger, WorkerRun
-from ctrlplane.store.writer import BatchWriter
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ctrlplane.store.db import Store
+    from ctrlplane.store.errors import (
+        MigrationError,
+        NotOpenError,
+        StoreError,
+    )
+    from ctrlplane.store.runs import (
+        Outcome,
+        RunStore,
+        Trigger,
+        WorkerRun,
+    )
+    from ctrlplane.store.writer import BatchWriter
 
 __all__ = [
     "BatchWriter",
@@ -16,3 +30,33 @@ __all__ = [
     "Trigger",
     "WorkerRun",
 ]
+
+# Each name is imported on first use (PEP 562), so that importing this package
+# pays only for what the caller touches.
+_EXPORTS = {
+    "Store": "ctrlplane.store.db",
+    "MigrationError": "ctrlplane.store.errors",
+    "NotOpenError": "ctrlplane.store.errors",
+    "StoreError": "ctrlplane.store.errors",
+    "Outcome": "ctrlplane.store.runs",
+    "RunStore": "ctrlplane.store.runs",
+    "Trigger": "ctrlplane.store.runs",
+    "WorkerRun": "ctrlplane.store.runs",
+    "BatchWriter": "ctrlplane.store.writer",
+}
+
+if not TYPE_CHECKING:
+    # Hidden from mypy, which reads the imports above and so still rejects a
+    # misspelt name instead of typing it as Any.
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 import msgspec
 from msgspec import Struct
 
-from ctrlplane.store.writer import BatchWriter
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class AuditEntry(Struct, frozen=True, kw_only=True):

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import aiosqlite
 from msgspec import Struct, field
 
 from ctrlplane.store.errors import StoreError
-from ctrlplane.store.writer import BatchWriter
+
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class Domain(Struct, frozen=True, kw_only=True):

@@ -228,7 +228,7 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         for version, sql in MIGRATIONS:
             if version <= current:
                 continue
-            for statement in _statements(sql):
+            for statement in split_statements(sql):
                 try:
                     await db.execute(statement)
                 except Exception as exc:
@@ -240,5 +240,25 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         raise
 
 
-def _statements(sql: str) -> list[str]:
-    return [s.strip() for s in sql.split(";") if s.strip()]
+def split_statements(sql: str) -> list[str]:
+    """The statements of the script ``sql``, each whole, without empty ones.
+
+    A ``;`` ends a statement only where :func:`sqlite3.complete_statement` says
+    one is complete, so one inside a string literal, a comment or a trigger's
+    ``BEGIN ... END`` body does not cut it. What is left after the last
+    complete statement (an unfinished one) is returned as is, for SQLite to
+    refuse with its own message.
+    """
+    out: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece
+        if sqlite3.complete_statement(current + ";"):
+            out.append(current.strip())
+            current = ""
+        else:
+            current += ";"
+    rest = current.removesuffix(";").strip()
+    if rest:
+        out.append(rest)
+    return [statement for statement in out if statement]

@@ -5,12 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import aiosqlite
 from msgspec import Struct
 
 from ctrlplane.store.errors import StoreError
-from ctrlplane.store.writer import BatchWriter
+
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class DeploymentState(StrEnum):
@@ -74,6 +80,7 @@ class DeploymentNotFoundError(StoreError):
 _COLUMNS = (
     "id, instance_id, instance_name, spec_hash, previous_hash, state, started, finished, error"
 )
+
 _IN_PROGRESS_SQL = ", ".join(f"'{s.value}'" for s in sorted(IN_PROGRESS))
 
 

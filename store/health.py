@@ -5,12 +5,17 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import aiosqlite
 import msgspec
 from msgspec import Struct
 
-from ctrlplane.store.writer import BatchWriter
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class HealthStatus(StrEnum):

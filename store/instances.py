@@ -6,13 +6,19 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import aiosqlite
 import msgspec
 from msgspec import Struct, field
 
 from ctrlplane.store.errors import StoreError
-from ctrlplane.store.writer import BatchWriter
+
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class InstanceState(StrEnum):
@@ -106,6 +112,7 @@ _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
 _UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in (c.strip() for c in _COLUMNS.split(",")) if c != "id"
 )
+
 _spec_decoder = msgspec.json.Decoder(InstanceSpec)
 
 

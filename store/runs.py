@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import aiosqlite
 from msgspec import Struct
 
-from ctrlplane.store.writer import BatchWriter, OnCommit
+if TYPE_CHECKING:
+    # Annotations only: the actors import Outcome and Trigger from here, and a
+    # worker module must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter, OnCommit
 
 MAX_ERROR = 4096
 """Characters of a run's error that are stored: what a worker raises, or

@@ -6,12 +6,17 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import aiosqlite
 import msgspec
 from msgspec import Struct, field
 
-from ctrlplane.store.writer import BatchWriter
+if TYPE_CHECKING:
+    # Annotations only: this module's records are imported by the config and
+    # the actors, which must not pay for the database driver.
+    import aiosqlite
+
+    from ctrlplane.store.writer import BatchWriter
 
 
 class MetricType(StrEnum):
@@ -94,6 +99,7 @@ _LATEST_SNAPSHOT = (
     "SELECT processes, cpu_percent, memory_rss, threads, open_files, read_bytes, write_bytes, "
     "time FROM resource_snapshots WHERE instance_id = ? ORDER BY time DESC, id DESC LIMIT 1"
 )
+
 _labels_decoder = msgspec.json.Decoder(dict[str, str])
 
 

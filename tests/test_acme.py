@@ -43,10 +43,11 @@ from ctrlplane.certs.acme import (
 )
 from ctrlplane.certs.issuer import cert_pem, key_pem, matches, new_key
 from ctrlplane.certs.registry import builtin_issuers
+from ctrlplane.certs.renewal import renewal_time
 from ctrlplane.config import Config
 from ctrlplane.errors import ConfigError
 from ctrlplane.store import Store
-from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError, renewal_time
+from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError
 from tests.test_certs import HOST, Clock, _ctx, _domain, _types
 from tests.test_reconciler import free_port
 

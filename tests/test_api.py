@@ -10,9 +10,10 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from ctrlplane.api import MAX_LIMIT, DomainApi, Reply
+from ctrlplane.api import DomainApi, Reply
 from ctrlplane.bus import Bus
 from ctrlplane.inventory import Inventory
+from ctrlplane.limits import MAX_LIMIT
 from ctrlplane.providers.process import ProcessProvider
 from ctrlplane.store import Store
 

@@ -26,12 +26,13 @@ from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs import FileRouter, IssueError, LocalCA
 from ctrlplane.certs.issuer import Issued, matches
+from ctrlplane.certs.renewal import jitter, renewal_time
 from ctrlplane.certs.router import RouteNotFoundError
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl
-from ctrlplane.inventory import InstanceDecl
 from ctrlplane.store import Store
 from ctrlplane.store.certs import Certificate, Domain
-from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError, jitter, renewal_time
+from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError
 from tests.helpers import subscribe_events, wait_for
 from tests.processes import env_for, run_cli
 

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from ctrlplane.config import Config, check_names, default_data_dir, describe, load_config
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.errors import ConfigError, CtrlplaneError
-from ctrlplane.inventory import InstanceDecl
 
 DURATION_FIELDS = [f.name for f in msgspec.structs.fields(Config) if f.type is timedelta]
 

@@ -18,7 +18,8 @@ from nats.aio.msg import Msg
 from ctrlplane.api import DomainApi
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
-from ctrlplane.inventory import InstanceDecl, Inventory
+from ctrlplane.declarations import InstanceDecl
+from ctrlplane.inventory import Inventory
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
 from ctrlplane.store.deployments import Deployment, DeploymentState

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ctrlplane.config import load_config
-from ctrlplane.inventory import decl_problems
+from ctrlplane.declarations import decl_problems
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml"))
 

@@ -11,7 +11,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from ctrlplane.checks.registry import builtin_checkers, close_checkers
-from ctrlplane.inventory import InstanceDecl
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.store import Store
 from ctrlplane.store.health import HealthStatus
 from ctrlplane.store.instances import Instance, InstanceState

@@ -13,7 +13,8 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from ctrlplane.bus import Bus, Event
-from ctrlplane.inventory import InstanceDecl, Inventory, InventoryError
+from ctrlplane.declarations import InstanceDecl
+from ctrlplane.inventory import Inventory, InventoryError
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
 from ctrlplane.store.health import CheckSpec

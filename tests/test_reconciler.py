@@ -22,7 +22,7 @@ from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
-from ctrlplane.inventory import InstanceDecl
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
 from ctrlplane.store.instances import Instance, InstanceState

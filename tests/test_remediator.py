@@ -12,7 +12,7 @@ from ctrlplane import Config, ControlPlane
 from ctrlplane.bus import Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
-from ctrlplane.inventory import InstanceDecl
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.store.instances import InstanceState
 from ctrlplane.workers.remediator import GAVE_UP
 from tests.helpers import subscribe_events, wait_for

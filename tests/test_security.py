@@ -28,8 +28,8 @@ from ctrlplane.bus.codec import encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.server import EmbeddedServer, find_binary
 from ctrlplane.bus.subjects import Subjects
+from ctrlplane.declarations import InstanceDecl
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.inventory import InstanceDecl
 from ctrlplane.providers.process import executable_problem
 from ctrlplane.security import (
     MUTATING_ENDPOINTS,

@@ -25,7 +25,10 @@ from ctrlplane.store import (
     Trigger,
     WorkerRun,
 )
-from ctrlplane.store.db import _migrate  # the step Store.open() runs, cancelled mid-way
+from ctrlplane.store.db import (
+    _migrate,  # the step Store.open() runs, cancelled mid-way
+    split_statements,
+)
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF
 from tests.processes import ROOT
@@ -251,3 +254,33 @@ async def test_a_stop_during_the_migration_is_a_cancel_and_leaves_no_transaction
         assert version == (0 if statement == "BEGIN IMMEDIATE" else LATEST)
     finally:
         await db.close()
+
+
+_TRIGGER_SCRIPT = """
+CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL DEFAULT 'a;b');
+-- a comment; with a semicolon in it
+CREATE TABLE note_log (msg TEXT NOT NULL);
+CREATE TRIGGER note_added AFTER INSERT ON notes BEGIN
+    INSERT INTO note_log (msg) VALUES ('added; ' || NEW.id);
+    UPDATE notes SET body = body || ';x' WHERE id = NEW.id;
+END;
+INSERT INTO notes (id) VALUES (1)
+"""
+
+
+def test_a_migration_splits_only_between_whole_statements() -> None:
+    statements = split_statements(_TRIGGER_SCRIPT)
+    assert len(statements) == 4
+    assert statements[2].startswith("CREATE TRIGGER") and statements[2].endswith("END")
+    db = sqlite3.connect(":memory:")
+    try:
+        for statement in statements:
+            db.execute(statement)
+        assert db.execute("SELECT body FROM notes").fetchall() == [("a;b;x",)]
+        assert db.execute("SELECT msg FROM note_log").fetchall() == [("added; 1",)]
+    finally:
+        db.close()
+
+
+def test_an_unfinished_statement_is_left_for_sqlite_to_refuse() -> None:
+    assert split_statements("SELECT 1;; ;\nSELECT 'open;") == ["SELECT 1", "SELECT 'open;"]

@@ -10,7 +10,7 @@ from ctrlplane.bus.subjects import (
     is_valid_prefix,
     is_valid_token,
 )
-from ctrlplane.inventory import InstanceDecl, decl_problems
+from ctrlplane.declarations import InstanceDecl, decl_problems
 
 
 @pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\x00"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from ctrlplane.bus.private import private_dir, write_private
+from ctrlplane.files import private_dir, write_private
 
 log = structlog.get_logger("ctrlplane.certs")
 

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.certs.issuer import key_pem, new_key
+from ctrlplane.files import private_dir, write_private
 
 
 def b64(data: bytes) -> str:

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.certs.issuer import Issued, IssueError, cert_pem, key_pem, new_key
+from ctrlplane.files import private_dir, write_private
 
 CA_LIFETIME = timedelta(days=3650)
 KEY_FILE = "ca.key"

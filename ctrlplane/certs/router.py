@@ -48,8 +48,8 @@ import msgspec
 from cryptography import x509
 from msgspec import Struct, field
 
-from ctrlplane.bus.private import private_dir, write_private
 from ctrlplane.certs.issuer import CertError, Issued, IssueError, Issuer, matches, serial_hex
+from ctrlplane.files import private_dir, write_private
 from ctrlplane.hostnames import hostname_problem
 from ctrlplane.store.certs import Certificate, Domain
 

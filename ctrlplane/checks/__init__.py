@@ -6,17 +6,22 @@ reason) when the check cannot be executed at all; it never raises for a
 malformed check. The caller enforces ``spec.timeout`` by cancelling.
 """
 
-from ctrlplane.checks.command import CommandChecker
-from ctrlplane.checks.grpc import GrpcChecker
-from ctrlplane.checks.http import HttpChecker
-from ctrlplane.checks.registry import (
-    ENTRY_POINT_GROUP,
-    CheckerLoadError,
-    builtin_checkers,
-    close_checkers,
-    load_checkers,
-)
-from ctrlplane.checks.tcp import TcpChecker
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ctrlplane.checks.command import CommandChecker
+    from ctrlplane.checks.grpc import GrpcChecker
+    from ctrlplane.checks.http import HttpChecker
+    from ctrlplane.checks.registry import (
+        ENTRY_POINT_GROUP,
+        CheckerLoadError,
+        builtin_checkers,
+        close_checkers,
+        load_checkers,
+    )
+    from ctrlplane.checks.tcp import TcpChecker
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -29,3 +34,33 @@ __all__ = [
     "close_checkers",
     "load_checkers",
 ]
+
+# Each name is imported on first use (PEP 562), so that importing this package
+# pays only for what the caller touches.
+_EXPORTS = {
+    "CommandChecker": "ctrlplane.checks.command",
+    "GrpcChecker": "ctrlplane.checks.grpc",
+    "HttpChecker": "ctrlplane.checks.http",
+    "ENTRY_POINT_GROUP": "ctrlplane.checks.registry",
+    "CheckerLoadError": "ctrlplane.checks.registry",
+    "builtin_checkers": "ctrlplane.checks.registry",
+    "close_checkers": "ctrlplane.checks.registry",
+    "load_checkers": "ctrlplane.checks.registry",
+    "TcpChecker": "ctrlplane.checks.tcp",
+}
+
+if not TYPE_CHECKING:
+    # Hidden from mypy, which reads the imports above and so still rejects a
+    # misspelt name instead of typing it as Any.
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

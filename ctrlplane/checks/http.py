@@ -16,8 +16,8 @@ import aiohttp
 from msgspec import Struct
 from yarl import URL
 
-from ctrlplane.checks.tcp import describe_os_error
 from ctrlplane.checks.text import REASON_LIMIT, bounded
+from ctrlplane.oserrors import describe_os_error
 from ctrlplane.sessions import LoopSession
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 from ctrlplane.checks.text import bounded
+from ctrlplane.oserrors import describe_os_error
 from ctrlplane.store.health import CheckSpec, Outcome
 from ctrlplane.store.instances import Instance
 from ctrlplane.types import Probe
@@ -39,17 +39,6 @@ def parse_host_port(target: str | None) -> tuple[str, int]:
     if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{target!r} has no valid port (1-65535)")
     return host, int(port_text)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """A short, lower-case account of a failed connection ("connection refused")."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {exc.strerror or exc}"
-    if isinstance(exc, TimeoutError):
-        return "connect timed out"
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class TcpChecker:

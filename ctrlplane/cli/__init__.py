@@ -14,7 +14,6 @@ from ctrlplane.cli.instances import apply, health, instances
 from ctrlplane.cli.run import run
 from ctrlplane.cli.telemetry import telemetry
 from ctrlplane.cli.workers import workers
-from ctrlplane.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -25,6 +24,8 @@ def main() -> None:
     """ctrlplane workers: the background-worker runtime of a control plane, on NATS."""
     # Logs go to stderr, so that stdout carries only what a command prints
     # (JSON for --json); `run` raises the level to info.
+    from ctrlplane.logs import configure_logging
+
     configure_logging("console", logging.WARNING)
 
 

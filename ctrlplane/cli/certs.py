@@ -6,9 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
-import msgspec
 
-from ctrlplane.api import CertsReply
 from ctrlplane.cli.common import (
     ago,
     ask,
@@ -36,8 +34,11 @@ def certs(
     config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
 ) -> None:
     """List domains with their certificate: issuer, serial, expiry and time left."""
-    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+    import msgspec
 
+    from ctrlplane.api import CertsReply
+
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     reply = ask(config, "certs", {}, CertsReply)
     if as_json:
         echo_json(msgspec.json.encode(reply.certs).decode())

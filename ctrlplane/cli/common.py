@@ -8,26 +8,26 @@ import traceback
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ctrlplane.actors.errors import ActorError
-from ctrlplane.api import Reply, request
-from ctrlplane.bus.connection import Bus
-from ctrlplane.bus.errors import BusError
-from ctrlplane.bus.server import read_server_info
-from ctrlplane.bus.subjects import Subjects
-from ctrlplane.cli.loop import Loop
 from ctrlplane.cli.terminal import visible, visible_json
-from ctrlplane.config import Config, load_config
 from ctrlplane.durations import format_duration
 from ctrlplane.errors import ConfigError, CtrlplaneError
-from ctrlplane.security import MUTATING_ENDPOINTS, Role, nats_url
-from ctrlplane.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from ctrlplane.api import Reply
+    from ctrlplane.bus.connection import Bus
+    from ctrlplane.config import Config
+    from ctrlplane.security import Role
+
+# The runtime (NATS, the API, the config's validation) is imported by the
+# functions that use it, so that `ctrlplane --help` and a typo in a command
+# line cost no more than click.
 
 T = TypeVar("T")
-R = TypeVar("R", bound=Reply)
+R = TypeVar("R", bound="Reply")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Exit codes: 2 for bad input (as click uses for usage errors), 1 for a
@@ -54,6 +54,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 def load(config: Path | None, **overrides: object) -> Config:
     """Load the configuration, or exit 2 with the field that is wrong."""
+    from ctrlplane.config import load_config
+
     try:
         return load_config(config, overrides=overrides)
     except ConfigError as exc:
@@ -95,6 +97,11 @@ def run_async(coro: Coroutine[Any, Any, T], *, exit_if_abandoned: bool = False) 
             without limit. For ``run``, whose control plane is stopped (store
             closed, server stopped) by the time the loop closes.
     """
+    from ctrlplane.actors.errors import ActorError
+    from ctrlplane.bus.errors import BusError
+    from ctrlplane.cli.loop import Loop
+    from ctrlplane.store.errors import StoreError
+
     loop = Loop()
     message: str | None = None
     code = 0
@@ -127,13 +134,18 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-async def connect(config: Config, role: Role = Role.OBSERVER) -> Bus:
+async def connect(config: Config, role: Role | None = None) -> Bus:
     """Connect to the configured NATS, or find the embedded server via the data dir.
 
     On the embedded server the command connects as ``role``: ``observer`` for
     reading, ``admin`` for changing things. With ``nats_url`` it uses the
     credentials configured for it.
     """
+    from ctrlplane.bus.connection import Bus
+    from ctrlplane.bus.server import read_server_info
+    from ctrlplane.bus.subjects import Subjects
+    from ctrlplane.security import Role, nats_url
+
     bus = Bus(Subjects(config.subject_prefix), name="ctrlplane-cli")
     url = nats_url(config)
     if url is None:
@@ -143,7 +155,7 @@ async def connect(config: Config, role: Role = Role.OBSERVER) -> Bus:
                 f"no embedded nats-server is running for data dir {config.data_dir}: "
                 "start one with `ctrlplane run`, or pass --nats-url"
             )
-        url = info.role_url(role.value)
+        url = info.role_url((role or Role.OBSERVER).value)
     # A client command says within seconds that NATS is not there.
     timeout = min(config.connect_timeout, CLIENT_CONNECT_TIMEOUT)
     await bus.connect(url, connect_timeout=timeout)
@@ -157,9 +169,10 @@ CLIENT_CONNECT_TIMEOUT = timedelta(seconds=3)
 def with_bus(
     config: Config,
     action: Callable[[Bus], Coroutine[Any, Any, T]],
-    role: Role = Role.OBSERVER,
+    role: Role | None = None,
 ) -> T:
-    """Connect as ``role``, run ``action(bus)``, close; errors end the command with a message."""
+    """Connect as ``role`` (``observer`` by default), run ``action(bus)``, close;
+    errors end the command with a message."""
 
     async def go() -> T:
         bus = await connect(config, role)
@@ -183,6 +196,9 @@ def ask(
 
     A mutating endpoint is asked as ``admin``, any other as ``observer``.
     """
+
+    from ctrlplane.api import request
+    from ctrlplane.security import MUTATING_ENDPOINTS, Role
 
     async def send(bus: Bus) -> R:
         return await request(bus, name, body, reply_type, within=within)

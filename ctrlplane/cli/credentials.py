@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from ctrlplane.bus.errors import ServerError
-from ctrlplane.bus.private import private_dir, write_private
-from ctrlplane.bus.server import read_server_info
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.cli.common import EXIT_CONFIG, config_option, data_dir_option, fail, load
+from ctrlplane.files import private_dir, write_private
 from ctrlplane.security import (
     ROLES,
     Role,
@@ -32,6 +31,8 @@ def credentials(role: str, config_path: Path | None, data_dir: Path | None) -> N
     For other services on this host: `observer` reads events and the read-only
     API, `publisher` publishes events. Treat the output as a secret.
     """
+    from ctrlplane.bus.server import read_server_info
+
     config = load(config_path, data_dir=data_dir)
     try:
         info = read_server_info(config.data_dir)

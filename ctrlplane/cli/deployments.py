@@ -6,9 +6,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
-import msgspec
 
-from ctrlplane.api import MAX_LIMIT, DeploymentsReply, DeploymentsRequest
 from ctrlplane.cli.common import (
     ago,
     ask,
@@ -19,6 +17,7 @@ from ctrlplane.cli.common import (
     print_table,
 )
 from ctrlplane.durations import format_duration
+from ctrlplane.limits import MAX_LIMIT
 
 
 def _took(started: datetime, finished: datetime | None) -> str:
@@ -42,6 +41,10 @@ def deployments(
     as_json: bool,
 ) -> None:
     """List deployments, newest first: instance, spec, state, when, and why one failed."""
+    import msgspec
+
+    from ctrlplane.api import DeploymentsReply, DeploymentsRequest
+
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     body = DeploymentsRequest(instance=instance, limit=limit)

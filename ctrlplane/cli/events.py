@@ -6,16 +6,10 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import click
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ctrlplane.bus.codec import decode_event
-from ctrlplane.bus.connection import Bus
-from ctrlplane.bus.errors import DecodeError
 from ctrlplane.bus.subjects import is_valid_event_pattern
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
@@ -29,7 +23,11 @@ from ctrlplane.cli.common import (
 )
 from ctrlplane.durations import parse_duration
 from ctrlplane.errors import CtrlplaneError
-from ctrlplane.events import event_schema
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from ctrlplane.bus.connection import Bus
 
 DEFAULT_SINCE = "1h"
 FETCH_WAIT = 1.0
@@ -67,6 +65,9 @@ def events(
             start = datetime.now(UTC) - parse_duration(since or DEFAULT_SINCE)
         except ValueError as exc:
             fail(f"--since: {exc}", EXIT_CONFIG)
+    import nats.js.errors
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     async def read(bus: Bus) -> None:
@@ -126,6 +127,9 @@ def _print(subject: str, payload: bytes, as_json: bool) -> None:
         # The payload as published: already JSON.
         echo_json(payload.decode(errors="replace"))
     else:
+        from ctrlplane.bus.codec import decode_event
+        from ctrlplane.bus.errors import DecodeError
+
         try:
             ev = decode_event(payload, subject)
         except DecodeError as exc:
@@ -145,4 +149,6 @@ def schema() -> None:
 @schema.command(name="events")
 def schema_events() -> None:
     """The JSON Schema of the event envelope and of each event type's data."""
+    from ctrlplane.events import event_schema
+
     echo_json(json.dumps(event_schema(), indent=2, sort_keys=True))

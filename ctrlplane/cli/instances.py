@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import msgspec
 
-from ctrlplane.api import ApplyReply, ApplyRequest, HealthReply, InstancesReply
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     ago,
@@ -20,7 +18,6 @@ from ctrlplane.cli.common import (
     load,
     print_table,
 )
-from ctrlplane.config import load_config
 from ctrlplane.errors import ConfigError
 
 # Applying starts and stops processes: give it time.
@@ -47,6 +44,11 @@ def apply(
     as they are. Idempotent: applying the same file twice changes nothing the
     second time.
     """
+    import msgspec
+
+    from ctrlplane.api import ApplyReply, ApplyRequest
+    from ctrlplane.config import load_config
+
     try:
         loaded = load_config(file, env={})
     except ConfigError as exc:
@@ -98,6 +100,10 @@ def instances(
     """List instances with their recorded and desired state and their health."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
+    import msgspec
+
+    from ctrlplane.api import InstancesReply
+
     reply = ask(config, "instances", {}, InstancesReply)
     if as_json:
         echo_json(msgspec.json.encode(reply.instances).decode())
@@ -127,6 +133,10 @@ def health(
 ) -> None:
     """Per instance and check: the status, the last result and when it last changed."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+
+    import msgspec
+
+    from ctrlplane.api import HealthReply
 
     reply = ask(config, "health", {}, HealthReply)
     if as_json:

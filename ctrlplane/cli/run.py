@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
-import structlog
 
-from ctrlplane.app import ControlPlane
 from ctrlplane.cli.common import config_option, data_dir_option, load, nats_option, run_async
-from ctrlplane.config import Config
-from ctrlplane.logs import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from ctrlplane.app import ControlPlane
+    from ctrlplane.config import Config
+    from ctrlplane.logs import LogFormat
 
 
 @click.command()
@@ -38,6 +39,8 @@ def run(
     With no NATS URL, starts the bundled nats-server on 127.0.0.1 with its
     store under the data directory, and stops it on exit.
     """
+    from ctrlplane.logs import configure_logging
+
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     fmt: LogFormat = "json" if log_format == "json" else "console"
     configure_logging(fmt)
@@ -48,6 +51,10 @@ def run(
 
 async def _serve(config: Config) -> None:
     """Start, run until SIGINT or SIGTERM, stop; a signal during start-up stops it too."""
+    import asyncio
+
+    from ctrlplane.app import ControlPlane
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     cp = ControlPlane(config)
@@ -116,6 +123,8 @@ class _Backstop:
             self._timer.cancel()
 
     def _fire(self) -> None:
+        import structlog
+
         structlog.get_logger("ctrlplane").error(
             "stop took too long (is a worker blocking the event loop?); exiting now",
             after=self._within,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import msgspec
 
-from ctrlplane.api import MAX_SINCE, TelemetryReply, TelemetryRequest
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     ago,
@@ -22,7 +21,10 @@ from ctrlplane.cli.common import (
     print_table,
 )
 from ctrlplane.durations import format_duration, parse_duration
-from ctrlplane.store.telemetry import Metric, ResourceSnapshot
+from ctrlplane.limits import MAX_SINCE
+
+if TYPE_CHECKING:
+    from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
 DEFAULT_SINCE = "10m"
 
@@ -57,8 +59,11 @@ def telemetry(
         fail(f"--since: must be greater than zero, got {since!r}", EXIT_CONFIG)
     if window > MAX_SINCE:
         fail(f"--since: must be at most {format_duration(MAX_SINCE)}, got {since!r}", EXIT_CONFIG)
-    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+    import msgspec
 
+    from ctrlplane.api import TelemetryReply, TelemetryRequest
+
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     body = TelemetryRequest(instance=instance, since=window)
     reply = ask(config, "telemetry", body, TelemetryReply)
     if as_json:
@@ -102,6 +107,8 @@ def _series(m: Metric) -> str:
     """``name{key="value",...}``, as Prometheus writes a series."""
     if not m.labels:
         return m.name
+    import msgspec
+
     labels = ",".join(f"{k}={msgspec.json.encode(v).decode()}" for k, v in sorted(m.labels.items()))
     return f"{m.name}{{{labels}}}"
 

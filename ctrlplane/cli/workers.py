@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import msgspec
 
-from ctrlplane.actors.control import WorkersReply, list_workers
-from ctrlplane.bus.connection import Bus
 from ctrlplane.cli.common import (
     ago,
     connection_options,
@@ -21,6 +19,10 @@ from ctrlplane.cli.common import (
     with_bus,
 )
 from ctrlplane.durations import format_duration
+
+if TYPE_CHECKING:
+    from ctrlplane.actors.control import WorkersReply
+    from ctrlplane.bus.connection import Bus
 
 
 @click.command()
@@ -37,6 +39,10 @@ def workers(
     wait: float,
 ) -> None:
     """List every worker of every running process on that NATS."""
+    import msgspec
+
+    from ctrlplane.actors.control import list_workers
+
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     async def ask(bus: Bus) -> list[WorkersReply]:

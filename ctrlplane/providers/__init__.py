@@ -7,49 +7,18 @@ through the ``ctrlplane.providers`` entry-point group, and
 
 from __future__ import annotations
 
-from ctrlplane.errors import CtrlplaneError
+from typing import TYPE_CHECKING
 
-
-class ProviderError(CtrlplaneError):
-    """A provider could not do what was asked of it.
-
-    Attributes:
-        instance: The name of the instance concerned; ``None`` when the error
-            is not about one instance (a provider that cannot be loaded).
-        reason: What went wrong, naming the path or value at fault.
-    """
-
-    def __init__(self, instance: str | None, reason: str) -> None:
-        self.instance = instance
-        self.reason = reason
-        where = f"instance {instance!r}: " if instance is not None else ""
-        super().__init__(f"provider: {where}{reason}")
-
-    def __reduce__(self) -> tuple[type[ProviderError], tuple[str | None, str]]:
-        # Exceptions pickle their ``args`` by default: the message, not the fields.
-        return type(self), (self.instance, self.reason)
-
-
-class ProviderLoadError(ProviderError):
-    """A provider named by an entry point cannot be loaded.
-
-    Attributes:
-        ref: The entry point that failed, with the object it names.
-        reason: Why it could not be loaded.
-    """
-
-    def __init__(self, ref: str, reason: str) -> None:
-        super().__init__(None, f"{ref}: {reason}")
-        self.ref = ref
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[ProviderLoadError], tuple[str, str]]:
-        return type(self), (self.ref, self.reason)
-
-
-# The providers raise the errors above, so they are imported after them.
-from ctrlplane.providers.process import ProcessProvider  # noqa: E402
-from ctrlplane.providers.registry import ENTRY_POINT_GROUP, load_providers  # noqa: E402
+if TYPE_CHECKING:
+    from ctrlplane.providers.errors import (
+        ProviderError,
+        ProviderLoadError,
+    )
+    from ctrlplane.providers.process import ProcessProvider
+    from ctrlplane.providers.registry import (
+        ENTRY_POINT_GROUP,
+        load_providers,
+    )
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -58,3 +27,29 @@ __all__ = [
     "ProviderLoadError",
     "load_providers",
 ]
+
+# Each name is imported on first use (PEP 562), so that importing this package
+# pays only for what the caller touches.
+_EXPORTS = {
+    "ProviderError": "ctrlplane.providers.errors",
+    "ProviderLoadError": "ctrlplane.providers.errors",
+    "ProcessProvider": "ctrlplane.providers.process",
+    "ENTRY_POINT_GROUP": "ctrlplane.providers.registry",
+    "load_providers": "ctrlplane.providers.registry",
+}
+
+if not TYPE_CHECKING:
+    # Hidden from mypy, which reads the imports above and so still rejects a
+    # misspelt name instead of typing it as Any.
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

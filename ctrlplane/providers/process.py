@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psutil
 
-from ctrlplane.bus.private import private_dir
-from ctrlplane.providers import ProviderError
+from ctrlplane.files import private_dir
+from ctrlplane.providers.errors import ProviderError
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ctrlplane.plugins import entry_point_objects
-from ctrlplane.providers import ProviderLoadError
+from ctrlplane.providers.errors import ProviderLoadError
 from ctrlplane.providers.process import ProcessProvider
 from ctrlplane.types import Provider
 

@@ -9,7 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from ctrlplane.checks.tcp import describe_os_error
+from ctrlplane.oserrors import describe_os_error
 from ctrlplane.sessions import LoopSession
 from ctrlplane.store.instances import Instance
 from ctrlplane.store.telemetry import Metric, MetricType, ResourceSnapshot

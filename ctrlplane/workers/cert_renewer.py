@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
+from ctrlplane.certs.renewal import renewal_time
 from ctrlplane.errors import PartialFailure
 from ctrlplane.events import CertExpiring, CertIssued, CertRenewalFailed, data_of
 from ctrlplane.store.certs import Certificate, Domain, DomainNotFoundError
@@ -16,31 +16,12 @@ from ctrlplane.store.db import Store
 from ctrlplane.types import Router
 
 DEFAULT_INTERVAL = timedelta(hours=1)
-JITTER = 0.05
-"""At most this fraction of a certificate's lifetime is taken off its renewal time."""
 
 
 class CertRenewError(PartialFailure):
     """Some domains could not get a certificate; the others were seen to."""
 
     what = "certificates not renewed"
-
-
-def jitter(hostname: str, lifetime: timedelta) -> timedelta:
-    """A fixed share of up to :data:`JITTER` of ``lifetime``, from a hash of ``hostname``.
-
-    Deterministic, so every process (and every run) agrees on it; different
-    per name, so certificates issued together are not all renewed together.
-    """
-    share = int.from_bytes(hashlib.sha256(hostname.encode()).digest()[:8], "big") / 2**64
-    return lifetime * (JITTER * share)
-
-
-def renewal_time(cert: Certificate, domain: Domain) -> datetime:
-    """When ``cert`` is due: a third of its lifetime or ``renew_before`` before it expires,
-    whichever comes first, less :func:`jitter`."""
-    window = max(cert.lifetime / 3, domain.renew_before)
-    return cert.not_after - window - jitter(domain.hostname, cert.lifetime)
 
 
 def backoff(failures: int, base: timedelta, cap: timedelta) -> timedelta:
@@ -58,8 +39,9 @@ class CertRenewer:
     It runs every ``interval`` and at once when a domain is created or updated
     (``domain.created``, ``domain.updated``). A certificate is due when less
     than a third of its lifetime is left or ``renew_before`` is reached, less a
-    per-domain :func:`jitter`. The router issues and installs it (atomically);
-    it is recorded and ``cert.provisioned`` or ``cert.renewed`` is published. A
+    per-domain jitter (:mod:`ctrlplane.certs.renewal`). The router issues and
+    installs it (atomically); it is recorded and ``cert.provisioned`` or
+    ``cert.renewed`` is published. A
     failure publishes ``cert.renewal_failed`` and is retried after a back-off
     that doubles from ``backoff`` up to ``max_backoff`` (kept in the store, so it
     holds across processes) and resets after a success, or after the
