@@ -17,10 +17,14 @@ import ctrlplane
 
 ROOT = Path(ctrlplane.__file__).resolve().parent
 
+# Leaf modules below every layer: the standard library only (checked below),
+# so any package may use them without depending on another layer.
+NEUTRAL = {"files", "oserrors"}
+
 ALLOWED = {
-    "actors": {"actors", "bus"},
-    "bus": {"bus"},
-    "store": {"store"},
+    "actors": {"actors", "bus", *NEUTRAL},
+    "bus": {"bus", *NEUTRAL},
+    "store": {"store", *NEUTRAL},
 }
 
 
@@ -49,6 +53,11 @@ def test_a_package_imports_only_what_its_layer_allows(package: str) -> None:
         if (bad := _ctrlplane_imports(m) - ALLOWED[package])
     }
     assert wrong == {}
+
+
+@pytest.mark.parametrize("module", sorted(NEUTRAL))
+def test_a_neutral_module_imports_nothing_of_ctrlplane(module: str) -> None:
+    assert _ctrlplane_imports(ROOT / f"{module}.py") == set()
 
 
 def test_the_scan_sees_an_import_inside_a_function(tmp_path: Path) -> None:
