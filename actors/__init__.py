@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ctrlplane.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from ctrlplane.actors.context import RunContext
     from ctrlplane.actors.errors import (
@@ -61,15 +63,4 @@ _EXPORTS = {
 if not TYPE_CHECKING:
     # Hidden from mypy, which reads the imports above and so still rejects a
     # misspelt name instead of typing it as Any.
-    def __getattr__(name: str) -> object:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        from importlib import import_module
-
-        value = getattr(import_module(module), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
