@@ -18,7 +18,7 @@ import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane.actors import RunContext, Scheduler
-from ctrlplane.actors.consumers import UNSETTLED_MARGIN, ack_wait_for
+from ctrlplane.actors.consumers import UNSETTLED_MARGIN, ack_wait_for, tick_consumer
 from ctrlplane.actors.errors import Retry
 from ctrlplane.actors.spec import spec_of
 from ctrlplane.bus import Bus, BusLimits, Event, EventTooLargeError, Tick, encode
@@ -81,19 +81,6 @@ async def scheduler(bus: Bus, store: Store) -> AsyncIterator[Scheduler]:
         await s.stop(grace=timedelta(seconds=1))
 
 
-def _tick_consumer(subjects: Subjects, worker: Counter) -> ConsumerConfig:
-    """The tick consumer exactly as the actor declares it."""
-    return ConsumerConfig(
-        durable_name=subjects.tick_consumer(worker.name),
-        filter_subject=subjects.tick(worker.name),
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        max_ack_pending=1,
-        ack_wait=ack_wait_for(spec_of(worker)).total_seconds(),
-        max_deliver=-1,
-    )
-
-
 async def test_a_redelivered_tick_of_a_completed_slot_is_skipped(
     bus: Bus, store: Store, scheduler: Scheduler
 ) -> None:
@@ -112,7 +99,7 @@ async def test_a_redelivered_tick_of_a_completed_slot_is_skipped(
     await bus.publish_tick(tick)
     # Another process took the tick, ran it and recorded the slot, then died
     # before its ack reached NATS: the tick comes back as attempt 2.
-    await bus.js.add_consumer(s.ticks_stream, _tick_consumer(s, worker))
+    await bus.js.add_consumer(s.ticks_stream, tick_consumer(spec_of(worker), s))
     sub = await bus.js.pull_subscribe_bind(s.tick_consumer(worker.name), s.ticks_stream)
     (held,) = await sub.fetch(1, timeout=5)
     ledger = SlotLedger(bus, ttl=timedelta(days=1, minutes=5))
