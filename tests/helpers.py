@@ -10,10 +10,13 @@ from datetime import UTC, datetime
 
 import msgspec
 import nats
+import structlog
 from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from ctrlplane.actors import RunContext
+from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.messages import DeadLetter, Event
 from ctrlplane.bus.server import ServerInfo
@@ -108,3 +111,20 @@ async def dead_letters(bus: Bus, worker: str) -> list[DeadLetter]:
     finally:
         await sub.unsubscribe()
     return [msgspec.json.decode(m.data, type=DeadLetter) for m in msgs]
+
+
+def tick_context(worker: str, published: list[Event]) -> RunContext:
+    """A tick run's context for ``worker`` whose events land in ``published``."""
+
+    async def publish(event: Event) -> int:
+        published.append(event)
+        return len(published)
+
+    return RunContext(
+        worker=worker,
+        run_id="r1",
+        trigger=Trigger.TICK,
+        attempt=1,
+        publish=publish,
+        log=structlog.get_logger(),
+    )

@@ -48,7 +48,8 @@ from ctrlplane.config import Config
 from ctrlplane.errors import ConfigError
 from ctrlplane.store import Store
 from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError
-from tests.test_certs import HOST, Clock, _ctx, _domain, _types
+from tests.helpers import tick_context
+from tests.test_certs import HOST, Clock, _domain, _types
 from tests.test_reconciler import free_port
 
 PEBBLE = Path("/usr/bin/pebble")
@@ -225,7 +226,7 @@ async def test_acme_issuance_and_renewal_against_pebble(
     await store.domains.sync([domain])
     published: list[Event] = []
 
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.provisioned"]
     assert responder.served >= 1, "pebble never fetched the http-01 answer"
     assert account_key.stat().st_mode & 0o777 == 0o600
@@ -241,11 +242,11 @@ async def test_acme_issuance_and_renewal_against_pebble(
     assert format(leaf.serial_number, "x") == first.serial
 
     # Not due yet: nothing is ordered.
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.provisioned"]
 
     clock.now = renewal_time(first, domain) + timedelta(seconds=1)
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.provisioned", "cert.renewed"]
     second = await store.certificates.current(HOST)
     assert second is not None and second.serial != first.serial
@@ -457,14 +458,15 @@ async def test_cert_renewer_waits_out_a_rate_limit(tmp_path: Path, store: Store)
         await store.domains.sync([_domain(issuer="acme")])
         published: list[Event] = []
         with pytest.raises(CertRenewError):
-            await renewer.run(_ctx(published))
+            await renewer.run(tick_context("cert_renewer", published))
         # Longer than the renewer's own first back-off (5 minutes): the CA's three hours.
         domain = await store.domains.get(HOST)
         assert domain.next_attempt == clock.now + timedelta(hours=3)
         assert domain.last_error is not None and "rate limited" in domain.last_error
         assert _types(published) == ["cert.renewal_failed"]
         clock.now += timedelta(hours=2)
-        await renewer.run(_ctx(published))  # inside the wait: the CA is not asked
+        # Inside the wait: the CA is not asked.
+        await renewer.run(tick_context("cert_renewer", published))
         assert ca.accounts == 1
 
 

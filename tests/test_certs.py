@@ -14,12 +14,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import structlog
 from cryptography import x509
 
 from ctrlplane import Config, ControlPlane
-from ctrlplane.actors import RunContext
-from ctrlplane.actors.runs import Trigger
 from ctrlplane.api import CertsReply, request
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
@@ -33,7 +30,7 @@ from ctrlplane.domains import DomainDecl
 from ctrlplane.store import Store
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer, CertRenewError
-from tests.helpers import subscribe_events, wait_for
+from tests.helpers import subscribe_events, tick_context, wait_for
 from tests.processes import env_for, run_cli
 
 PEBBLE = Path("/usr/bin/pebble")
@@ -69,21 +66,6 @@ class FlakyIssuer:
         if self.broken:
             raise IssueError(hostname, self.name, "CA unreachable")
         return await self.inner.issue(hostname, lifetime)
-
-
-def _ctx(published: list[Event]) -> RunContext:
-    async def publish(event: Event) -> int:
-        published.append(event)
-        return len(published)
-
-    return RunContext(
-        worker="cert_renewer",
-        run_id="r1",
-        trigger=Trigger.TICK,
-        attempt=1,
-        publish=publish,
-        log=structlog.get_logger(),
-    )
 
 
 def _domain(hostname: str = HOST, *, issuer: str = "local", **kw: timedelta) -> Domain:
@@ -223,14 +205,14 @@ async def test_a_failing_issuer_backs_off_and_recovers(tmp_path: Path, store: St
     waits = []
     for _ in range(4):
         with pytest.raises(CertRenewError, match=f"{HOST}: .*CA unreachable"):
-            await renewer.run(_ctx(published))
+            await renewer.run(tick_context("cert_renewer", published))
         domain = await store.domains.get(HOST)
         assert domain.next_attempt is not None
         waits.append((domain.next_attempt - clock.now).total_seconds())
         # Inside the back-off nothing is tried, and a run is no failure.
         calls = issuer.calls
         clock.now += timedelta(milliseconds=500)
-        await renewer.run(_ctx(published))
+        await renewer.run(tick_context("cert_renewer", published))
         assert issuer.calls == calls
         clock.now = domain.next_attempt
     assert waits == [1, 2, 4, 4]  # doubling, capped
@@ -243,7 +225,7 @@ async def test_a_failing_issuer_backs_off_and_recovers(tmp_path: Path, store: St
 
     issuer.broken = False
     published.clear()
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.provisioned"]
     domain = await store.domains.get(HOST)
     assert (domain.failures, domain.next_attempt, domain.last_error) == (0, None, None)
@@ -252,16 +234,16 @@ async def test_a_failing_issuer_backs_off_and_recovers(tmp_path: Path, store: St
 
     # Not due: nothing happens.
     published.clear()
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert published == [] and issuer.calls == 5
 
     # Due, and the CA breaks: a failure, then `expiring` while backing off.
     clock.now = renewal_time(first, domain) + timedelta(seconds=1)
     issuer.broken = True
     with pytest.raises(CertRenewError):
-        await renewer.run(_ctx(published))
+        await renewer.run(tick_context("cert_renewer", published))
     clock.now += timedelta(milliseconds=500)
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.renewal_failed", "cert.expiring"]
     assert datetime.fromisoformat(published[0].data["not_after"]) == first.not_after
     expiring = published[1].data
@@ -273,7 +255,7 @@ async def test_a_failing_issuer_backs_off_and_recovers(tmp_path: Path, store: St
     issuer.broken = False
     clock.now += timedelta(seconds=1)
     published.clear()
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.renewed"]
     second = await store.certificates.current(HOST)
     assert second is not None and second.serial != first.serial
@@ -289,11 +271,12 @@ async def test_auto_renew_off_only_warns(tmp_path: Path, store: Store) -> None:
     domain = msgspec.structs.replace(_domain(), auto_renew=False)
     await store.domains.sync([domain])
     published: list[Event] = []
-    await renewer.run(_ctx(published))  # a first certificate is still provisioned
+    # A first certificate is still provisioned.
+    await renewer.run(tick_context("cert_renewer", published))
     cert = await store.certificates.current(HOST)
     assert cert is not None and _types(published) == ["cert.provisioned"]
     clock.now = cert.not_after - timedelta(seconds=1)
-    await renewer.run(_ctx(published))
+    await renewer.run(tick_context("cert_renewer", published))
     assert _types(published) == ["cert.provisioned", "cert.expiring"]
     assert published[1].data["reason"] == "auto_renew is off"
     assert (await store.certificates.current(HOST)) == cert

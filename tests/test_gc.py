@@ -10,15 +10,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import structlog
 
-from ctrlplane.actors.context import RunContext
-from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Event
 from ctrlplane.store import Store
 from ctrlplane.store.health import CheckResult, HealthStatus, Outcome
 from ctrlplane.workers.gc import GarbageCollector, GcError
-from tests.helpers import wait_for
+from tests.helpers import tick_context, wait_for
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -189,18 +186,7 @@ async def test_a_failing_kind_does_not_stop_the_others(store: Store) -> None:
 
     published: list[Event] = []
 
-    async def publish(event: Event) -> int:
-        published.append(event)
-        return len(published)
-
-    ctx = RunContext(
-        worker="gc",
-        run_id="r-1",
-        trigger=Trigger.TICK,
-        attempt=1,
-        publish=publish,
-        log=structlog.get_logger("test"),
-    )
+    ctx = tick_context("gc", published)
     with pytest.raises(GcError, match=r"gc incomplete: audit: OperationalError: no such table"):
         await _gc(store).run(ctx)
 

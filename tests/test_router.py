@@ -12,15 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import structlog
 
-from ctrlplane.actors import RunContext
-from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Event
 from ctrlplane.certs import FileRouter, HostnameError, LocalCA
 from ctrlplane.store import Store
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.workers.cert_renewer import CertRenewer
+from tests.helpers import tick_context
 
 HOST = "app.example.test"
 
@@ -170,18 +168,7 @@ async def test_a_renewal_racing_a_removal_leaves_the_domain_unrouted(
     renewer = CertRenewer(store, router, interval=timedelta(hours=1))
     published: list[Event] = []
 
-    async def publish(event: Event) -> int:
-        published.append(event)
-        return len(published)
-
-    ctx = RunContext(
-        worker="cert_renewer",
-        run_id="r1",
-        trigger=Trigger.TICK,
-        attempt=1,
-        publish=publish,
-        log=structlog.get_logger(),
-    )
+    ctx = tick_context("cert_renewer", published)
     await renewer.run(ctx)
 
     assert await router.routes() == []
