@@ -38,12 +38,13 @@ from ctrlplane.actors.settling import Settler
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
-from ctrlplane.bus.codec import MAX_REASON, clip, decode_event_msg, decode_tick
+from ctrlplane.bus.codec import MAX_REASON, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
+from ctrlplane.text import clip
 
 # How long a cancelled run may take to unwind before it is abandoned, so that
 # stop() returns within grace + 1 s even if a worker swallows cancellation.

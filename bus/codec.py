@@ -13,6 +13,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 from ctrlplane.bus.errors import DecodeError
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
+from ctrlplane.text import clip
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -227,13 +228,6 @@ def _reason(exc: Exception) -> str:
         return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def clip(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and a marker saying how much was cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [cut {len(text) - limit} characters]"
 
 
 def dead_letter(

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
+from ctrlplane.text import clip
+
 if TYPE_CHECKING:
     # Annotations only: the actors import Outcome and Trigger from here, and a
     # worker module must not pay for the database driver.
@@ -21,10 +23,6 @@ what untrusted input made it raise, must not fill the disk one row at a time."""
 
 MAX_REF = 256
 """Characters of a run's trigger reference (an event id) that are stored."""
-
-
-def _clip(text: str, limit: int) -> str:
-    return f"{text[:limit]}... [cut {len(text) - limit} characters]"
 
 
 class Outcome(StrEnum):
@@ -134,9 +132,9 @@ class RunStore:
         event id from anyone) to :data:`MAX_REF`, each with a marker.
         """
         if error is not None and len(error) > MAX_ERROR:
-            error = _clip(error, MAX_ERROR)
+            error = clip(error, MAX_ERROR)
         if trigger_ref is not None and len(trigger_ref) > MAX_REF:
-            trigger_ref = _clip(trigger_ref, MAX_REF)
+            trigger_ref = clip(trigger_ref, MAX_REF)
         self._writer.add(
             _INSERT,
             (

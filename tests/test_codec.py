@@ -23,11 +23,11 @@ from ctrlplane.bus import (
 from ctrlplane.bus.codec import (
     MAX_DEPTH,
     MAX_TICK_SIZE,
-    clip,
     dead_letter,
     decode_event_msg,
     nesting_depth,
 )
+from ctrlplane.text import clip
 
 TICK = Tick(worker="w", slot=7, scheduled=datetime(2026, 1, 1, tzinfo=UTC), interval=timedelta(1))
 

@@ -19,7 +19,7 @@ ROOT = Path(ctrlplane.__file__).resolve().parent
 
 # Leaf modules below every layer: the standard library only (checked below),
 # so any package may use them without depending on another layer.
-NEUTRAL = {"files", "lazy", "oserrors"}
+NEUTRAL = {"files", "lazy", "oserrors", "text"}
 
 ALLOWED = {
     "actors": {"actors", "bus", *NEUTRAL},
