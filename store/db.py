@@ -55,6 +55,16 @@ class Store:
         self._certificates: CertificateStore | None = None
         self._telemetry: TelemetryStore | None = None
         self._deployments: DeploymentStore | None = None
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """This store's identity: made once when the store is created, the
+        same for every process that opens it, so that nodes can tell whether
+        they share one store."""
+        if self._identity is None:
+            raise NotOpenError("read the store's identity")
+        return self._identity
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -142,9 +152,15 @@ class Store:
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await _migrate(db)
+            async with db.execute("SELECT value FROM meta WHERE key = 'store_id'") as cursor:
+                row = await cursor.fetchone()
         except BaseException:
             await db.close()
             raise
+        if row is None:
+            await db.close()
+            raise MigrationError(LATEST, "the meta table has no store_id")
+        self._identity = str(row[0])
         self._db = db
         self._writer = BatchWriter(db, interval=self._flush_interval)
         self._writer.start()

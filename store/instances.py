@@ -76,6 +76,8 @@ class Instance(Struct, frozen=True, kw_only=True):
         state: What was last recorded.
         handle: The provider's opaque handle (a process: ``pid:start_time``).
         state_error: Why it is ``failed``, when it is.
+        node: The node it is placed on, for a host-bound provider (``None``:
+            not placed, any node may run it).
         created: When it was first recorded.
         updated: When the record last changed.
     """
@@ -89,6 +91,7 @@ class Instance(Struct, frozen=True, kw_only=True):
     state: InstanceState
     handle: str | None = None
     state_error: str | None = None
+    node: str | None = None
     created: datetime
     updated: datetime
 
@@ -106,7 +109,8 @@ class InstanceNotFoundError(StoreError):
 
 
 _COLUMNS = (
-    "id, name, provider, spec, spec_hash, desired, state, handle, state_error, created, updated"
+    "id, name, provider, spec, spec_hash, desired, state, handle, state_error, created, updated, "
+    "node"
 )
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
 _UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
@@ -130,6 +134,7 @@ def _row(row: aiosqlite.Row | tuple[object, ...]) -> Instance:
         state_error=None if r[8] is None else str(r[8]),
         created=datetime.fromtimestamp(float(str(r[9])), UTC),
         updated=datetime.fromtimestamp(float(str(r[10])), UTC),
+        node=None if r[11] is None else str(r[11]),
     )
 
 
@@ -191,6 +196,7 @@ class InstanceStore:
                     instance.state_error,
                     instance.created.timestamp(),
                     instance.updated.timestamp(),
+                    instance.node,
                 ),
             )
             return cursor.rowcount > 0
@@ -223,6 +229,26 @@ class InstanceStore:
         async with self._writer.transaction() as db:
             cursor = await db.execute(sql, params)
             return cursor.rowcount > 0
+
+    async def place(self, instance_id: str, node: str | None, *, expect: str | None) -> bool:
+        """Place the instance on ``node``; False if it is no longer on ``expect``.
+
+        Conditional on the recorded node, so two nodes moving the same
+        instance off a dead node cannot both win.
+        """
+        async with self._writer.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE instances SET node = ?, updated = ? WHERE id = ? AND node IS ?",
+                (node, datetime.now(UTC).timestamp(), instance_id, expect),
+            )
+            return cursor.rowcount > 0
+
+    async def on_node(self, node: str) -> list[Instance]:
+        """The instances placed on ``node``, by name."""
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM instances WHERE node = ? ORDER BY name", (node,)
+        ) as cur:
+            return [_row(r) for r in await cur.fetchall()]
 
     async def delete(self, instance_id: str) -> None:
         """Forget the instance, its checks and their history."""

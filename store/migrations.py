@@ -175,6 +175,22 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX audit_by_time ON audit (time);
         """,
     ),
+    (
+        5,
+        # A cluster: a host-bound instance is placed on a node, and each store
+        # has an identity, which every node advertises, so that a node whose
+        # store differs from its cluster's refuses to join instead of
+        # splitting the state.
+        """
+        ALTER TABLE instances ADD COLUMN node TEXT;
+        CREATE INDEX instances_by_node ON instances (node);
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        INSERT INTO meta (key, value) VALUES ('store_id', 's-' || lower(hex(randomblob(16))));
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

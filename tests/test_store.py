@@ -31,6 +31,7 @@ from ctrlplane.store.db import (
 )
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF
+from tests.helpers import make_instance
 from tests.processes import ROOT
 
 
@@ -284,3 +285,26 @@ def test_a_migration_splits_only_between_whole_statements() -> None:
 
 def test_an_unfinished_statement_is_left_for_sqlite_to_refuse() -> None:
     assert split_statements("SELECT 1;; ;\nSELECT 'open;") == ["SELECT 1", "SELECT 'open;"]
+
+
+async def test_the_store_identity_is_made_once_and_kept(tmp_path: Path) -> None:
+    async with Store(tmp_path / "db.sqlite") as first:
+        identity = first.identity
+    async with Store(tmp_path / "db.sqlite") as again:
+        assert again.identity == identity
+    async with Store(tmp_path / "other.sqlite") as other:
+        assert other.identity != identity
+    assert identity.startswith("s-")
+
+
+async def test_placing_an_instance_is_conditional_on_its_node(store: Store) -> None:
+    instance = make_instance("web")
+    await store.instances.create(instance)
+    assert (await store.instances.get("web")).node is None
+    assert await store.instances.place(instance.id, "a", expect=None)
+    # Two nodes moving it off "a" at once: only the first wins.
+    assert await store.instances.place(instance.id, "b", expect="a")
+    assert not await store.instances.place(instance.id, "c", expect="a")
+    assert (await store.instances.get("web")).node == "b"
+    assert [i.name for i in await store.instances.on_node("b")] == ["web"]
+    assert await store.instances.on_node("a") == []
