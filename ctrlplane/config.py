@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
-from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_prefix
+from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_prefix, is_valid_token
 from ctrlplane.declarations import InstanceDecl, decl_problems
 from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
@@ -58,6 +59,14 @@ NATS's nanosecond limits and the date arithmetic of retention."""
 # Durations that may be zero; every other duration field must be positive, so
 # a new interval is protected from a busy loop without anyone remembering to.
 _MAY_BE_ZERO = frozenset({"stop_grace", "gc_batch_pause"})
+
+
+def default_node() -> str:
+    """This host's name as a node name: its first label in lowercase, with any
+    character a NATS subject token cannot hold replaced by ``-``."""
+    label = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9_-]", "-", label)
+    return name or "node"
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -199,6 +208,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             run (absolute paths, or names looked up on ``PATH``); an
             instance whose command runs anything else is refused on apply.
             Empty allows every executable.
+        store_url: The store: ``None`` is the SQLite file in ``data_dir``
+            (one process); ``postgresql://user@host:port/db`` is a
+            PostgreSQL database that every replica of a cluster shares.
+        node: The node this process belongs to (default: the host name).
+            Host-bound instances are placed on a node, and node-scoped
+            workers run once per node. Lowercase letters, digits, ``-``, ``_``.
+        node_timeout: How long a node may miss heartbeats before it counts
+            as dead, and its instances are placed on live nodes.
+        stream_replicas: Replicas of every stream and key-value bucket: 1
+            for one nats-server, 3 for a JetStream cluster of three or more.
     """
 
     nats_url: str | None = None
@@ -241,6 +260,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     publisher_event_types: list[str] | None = None
     api_apply: bool = True
     process_executables: list[str] = []
+    store_url: str | None = None
+    node: str = msgspec.field(default_factory=default_node)
+    node_timeout: timedelta = timedelta(seconds=30)
+    stream_replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:
@@ -301,6 +324,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for index, exe in enumerate(self.process_executables):
             if not exe or "\0" in exe:
                 raise ConfigError(f"process_executables[{index}]", "must be a non-empty path")
+        if not is_valid_token(self.node):
+            raise ConfigError(
+                "node",
+                f"{self.node!r} is not a node name: use lowercase letters, digits, '-' and '_'",
+            )
+        if not 1 <= self.stream_replicas <= 5:
+            raise ConfigError(
+                "stream_replicas", f"must be 1 to 5 (JetStream's limit), got {self.stream_replicas}"
+            )
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             problem = reference_problem(spec)

@@ -12,7 +12,15 @@ from typing import assert_type
 import msgspec
 import pytest
 
-from ctrlplane.config import Config, check_names, default_data_dir, describe, load_config
+from ctrlplane.bus.subjects import is_valid_token
+from ctrlplane.config import (
+    Config,
+    check_names,
+    default_data_dir,
+    default_node,
+    describe,
+    load_config,
+)
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.errors import ConfigError, CtrlplaneError
 
@@ -72,6 +80,7 @@ def test_duration_fields_are_found_from_the_annotations() -> None:
     assert set(DURATION_FIELDS) == {
         "reconcile_interval",
         "health_interval",
+        "node_timeout",
         "telemetry_flush_interval",
         "gc_interval",
         "cert_renew_interval",
@@ -671,6 +680,10 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "publisher_event_types": None,
         "api_apply": True,
         "process_executables": [],
+        "store_url": None,
+        "node": default_node(),
+        "node_timeout": "30s",
+        "stream_replicas": 1,
     }
 
 
@@ -820,3 +833,19 @@ def test_a_domain_hostname_that_could_name_no_certificate_is_refused(
         load_config(write(tmp_path, text), env=env)
     assert info.value.field == "domains[0].hostname"
     assert says in info.value.reason
+
+
+def test_node_defaults_to_the_host_name_and_must_be_a_subject_token() -> None:
+    assert is_valid_token(default_node())
+    assert Config(node="edge-1").node == "edge-1"
+    with pytest.raises(ConfigError) as caught:
+        Config(node="Edge 1")
+    assert caught.value.field == "node"
+
+
+def test_stream_replicas_is_bounded_by_jetstream() -> None:
+    assert Config(stream_replicas=3).stream_replicas == 3
+    for bad in (0, 6):
+        with pytest.raises(ConfigError) as caught:
+            Config(stream_replicas=bad)
+        assert caught.value.field == "stream_replicas"
