@@ -204,12 +204,13 @@ class Inventory:
                 if current is None:
                     changed = await self._create(d, self._place(d, counts))
                     (result.created if changed else result.unchanged).append(d.name)
-                    if changed is not None and not self.runs_here(changed):
+                    running = changed is not None and changed.desired is DesiredState.RUNNING
+                    if changed is not None and running and not self.runs_here(changed):
                         # Its node starts it (its reconciler): a process
                         # started here would run on the wrong host.
                         log.info("instance placed", instance=d.name, node=changed.node)
                         continue
-                    if changed is not None and changed.desired is DesiredState.RUNNING:
+                    if changed is not None and running:
                         deployment = await self._rollout.first(changed)
                 else:
                     changed, deployment = await self._update(current, d)

@@ -1,0 +1,357 @@
+"""Placement and failover end to end: two nodes' inventories and reconcilers on one
+store (a shared SQLite file), real processes through the process provider, real NATS.
+
+Each node has its own data dir, as each host of a cluster has, so each process
+provider keeps its own record of what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+import pytest_asyncio
+import structlog
+
+from ctrlplane.actors import RunContext
+from ctrlplane.actors.runs import Trigger
+from ctrlplane.bus import Bus, Event
+from ctrlplane.declarations import InstanceDecl
+from ctrlplane.events import event_schema
+from ctrlplane.inventory import Inventory, InventoryError
+from ctrlplane.providers import ProcessProvider
+from ctrlplane.store import Store
+from ctrlplane.store.instances import DesiredState, Instance, InstanceState
+from ctrlplane.workers.reconciler import Reconciler
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
+
+
+class FixedNodes:
+    """Stands for the node registry's view, so a test decides which nodes are live.
+
+    ``live_nodes`` is what ``live()`` answers, as the registry would after
+    heartbeats came in or stopped (a node silent for ``node_timeout``).
+    """
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        self._name = name
+        self.live_nodes = sorted(live)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def live(self) -> list[str]:
+        return list(self.live_nodes)
+
+
+@dataclass
+class Node:
+    """One node of the test cluster: its view, store connection, provider and workers."""
+
+    view: FixedNodes
+    store: Store
+    provider: ProcessProvider
+    inventory: Inventory
+    reconciler: Reconciler
+    published: list[Event]
+    """Every event this node published (its inventory's and its reconciler's)."""
+    publish: Callable[[Event], Awaitable[int]]
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    async def reconcile(self) -> None:
+        """One tick of this node's reconciler."""
+        await self.reconciler.run(
+            RunContext(
+                worker="reconciler",
+                run_id=f"{self.name}-run",
+                trigger=Trigger.TICK,
+                attempt=1,
+                publish=self.publish,
+                log=structlog.get_logger().bind(node=self.name),
+            )
+        )
+
+    async def local(self, name: str) -> str | None:
+        """The handle of this host's running process of instance ``name``."""
+        return await self.provider.local_handle(await self.store.instances.get(name))
+
+
+MakeNode = Callable[[str, list[str]], Awaitable[Node]]
+
+
+@pytest_asyncio.fixture
+async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
+    """Builds nodes on one shared store file; kills every process they started."""
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    nodes: list[Node] = []
+
+    async def make(name: str, live: list[str]) -> Node:
+        view = FixedNodes(name, live)
+        store = Store(tmp_path / "shared.db", flush_interval=timedelta(milliseconds=20))
+        await store.open()
+        provider = ProcessProvider(tmp_path / name)
+        published: list[Event] = []
+
+        async def publish(event: Event) -> int:
+            published.append(event)
+            return await bus.publish_event(event)
+
+        inventory = Inventory(
+            store,
+            {"process": provider},
+            publish,
+            source=f"node-{name}",
+            stop_grace=timedelta(seconds=2),
+            nodes=view,
+        )
+        reconciler = Reconciler(
+            store,
+            {"process": provider},
+            nodes=view,
+            inventory=inventory,
+            stop_grace=timedelta(seconds=2),
+            handoff_grace=timedelta(0),
+        )
+        node = Node(view, store, provider, inventory, reconciler, published, publish)
+        nodes.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            # Every process a provider started is its child: kill and reap them
+            # all, the ones another node's copy replaced too.
+            for child in node.provider._children.values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.popen.pid, signal.SIGKILL)
+                child.popen.wait(timeout=10)
+        for node in nodes:
+            await node.store.close()
+
+
+def decl(name: str, **kw: object) -> InstanceDecl:
+    return msgspec.convert({"name": name, "command": SLEEPER, **kw}, InstanceDecl)
+
+
+def of_type(events: list[Event], type_: str, name: str | None = None) -> list[Event]:
+    return [e for e in events if e.type == type_ and (name is None or e.data["name"] == name)]
+
+
+def pid(handle: str | None) -> int:
+    assert handle is not None
+    return int(handle.split(":")[0])
+
+
+def alive(handle: str | None) -> bool:
+    try:
+        os.kill(pid(handle), 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid(handle)}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+
+
+async def running(node: Node, name: str) -> Instance:
+    instance = await node.store.instances.get(name)
+    assert instance.state is InstanceState.RUNNING, instance
+    assert alive(instance.handle)
+    return instance
+
+
+async def test_apply_twice_through_either_node_makes_one_instance_started_once(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    # At once through both nodes, as two replicas answering two requests would.
+    first, again = await asyncio.gather(
+        a.inventory.apply([decl("web")]), b.inventory.apply([decl("web")])
+    )
+    third = await a.inventory.apply([decl("web")])
+    for _ in range(3):
+        await a.reconcile()
+        await b.reconcile()
+
+    assert sorted(first.created + again.created) == ["web"]
+    assert sorted(first.unchanged + again.unchanged + third.unchanged) == ["web", "web"]
+    assert first.errors == again.errors == third.errors == []
+    assert [i.name for i in await a.store.instances.all()] == ["web"]
+    web = await running(a, "web")
+    # The fewest instances, ties by name: a; started there once, by a's apply.
+    assert web.node == "a"
+    assert len(of_type(a.published + b.published, "instance.started")) == 1
+    assert await a.local("web") == web.handle and await b.local("web") is None
+
+
+async def test_a_new_instance_goes_to_the_emptiest_node_which_starts_it(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+
+    result = await a.inventory.apply([decl("one"), decl("two"), decl("three", node="a")])
+
+    assert result.errors == []
+    placed = {i.name: i.node for i in await a.store.instances.all()}
+    # "three" is declared on a; the others are spread, the fewest first.
+    assert placed == {"one": "a", "two": "b", "three": "a"}
+    # a started its own two; "two" waits for b, which alone may start it.
+    assert (await a.store.instances.get("two")).state is InstanceState.PROVISIONING
+    await a.reconcile()
+    assert (await a.store.instances.get("two")).state is InstanceState.PROVISIONING
+    await b.reconcile()
+    two = await running(b, "two")
+    assert await b.local("two") == two.handle and await a.local("two") is None
+    deployments = await b.store.deployments.list(instance="two")
+    assert [d.state.value for d in deployments] == ["succeeded"]
+
+    # Another node's instance is not this node's to stop, change or restart.
+    with pytest.raises(InventoryError, match="placed on node 'b'"):
+        await a.inventory.stop(two)
+    changed = await a.inventory.apply(
+        [decl("one"), decl("two", env={"X": "1"}), decl("three", node="a")]
+    )
+    assert len(changed.errors) == 1 and "node 'b'" in changed.errors[0]
+    assert (await running(b, "two")).handle == two.handle
+
+
+async def test_a_declared_node_must_be_a_live_node(
+    cluster: MakeNode,
+) -> None:
+    a = await cluster("a", ["a", "b"])
+    with pytest.raises(InventoryError, match="'c' is not a live node"):
+        await a.inventory.apply([decl("web", node="c")])
+    with pytest.raises(InventoryError, match=r"instances\[0\]\.node"):
+        await a.inventory.apply([decl("web", node="Not A Node")])
+    assert await a.store.instances.all() == []
+
+
+async def test_two_nodes_that_disagree_on_who_is_live_never_both_start_an_instance(
+    cluster: MakeNode,
+) -> None:
+    a, b, c = (
+        await cluster("a", ["a", "b", "c"]),
+        await cluster("b", ["a", "b", "c"]),
+        await cluster("c", ["a", "b", "c"]),
+    )
+    names = [f"w{n}" for n in range(6)]
+    await c.inventory.apply([decl(n, node="c") for n in names])
+    # c is gone; a and b each believe they are the only node left, so each
+    # plans to take all six: only the conditional placement keeps them apart.
+    a.view.live_nodes, b.view.live_nodes = ["a"], ["b"]
+    for handle in [i.handle for i in await a.store.instances.all()]:
+        os.killpg(pid(handle), signal.SIGKILL)
+
+    await asyncio.gather(a.reconcile(), b.reconcile())
+
+    rescheduled = of_type(a.published + b.published, "instance.rescheduled")
+    assert sorted(e.data["name"] for e in rescheduled) == names
+    # Each instance started once more, by the one node that won it, and runs there only.
+    started = of_type(a.published + b.published, "instance.started")
+    assert sorted(e.data["name"] for e in started) == names
+    for instance in await a.store.instances.all():
+        owner, other = (a, b) if instance.node == "a" else (b, a)
+        assert instance.state is InstanceState.RUNNING and alive(instance.handle)
+        assert await owner.local(instance.name) == instance.handle
+        assert await other.local(instance.name) is None
+
+    # Once their views agree again, nothing moves.
+    a.view.live_nodes = b.view.live_nodes = ["a", "b"]
+    await asyncio.gather(a.reconcile(), b.reconcile())
+    assert len(of_type(a.published + b.published, "instance.rescheduled")) == len(names)
+    assert len(of_type(a.published + b.published, "instance.started")) == len(names)
+
+
+async def test_a_silent_nodes_instances_move_and_it_lets_them_go_when_it_returns(
+    cluster: MakeNode, bus: Bus
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply(
+        [decl("web", node="a"), decl("idle", node="a", desired_state="stopped")]
+    )
+    old = await running(a, "web")
+
+    # a goes silent (its heartbeats stop) but its process goes on: a partition.
+    b.view.live_nodes = ["b"]
+    await b.reconcile()
+    await b.reconcile()
+
+    moved = await running(b, "web")
+    assert moved.node == "b" and moved.handle != old.handle
+    assert await b.local("web") == moved.handle
+    [event] = of_type(b.published, "instance.rescheduled")
+    assert (event.data, event.instance_id) == (
+        {"name": "web", "from": "a", "to": "b"},
+        old.id,
+    )
+    # What should stay stopped is not moved: nothing of it has to run.
+    idle = await b.store.instances.get("idle")
+    assert (idle.node, idle.state) == ("a", InstanceState.STOPPED)
+
+    # a returns: it stops its own copy of what moved away, keeps the rest.
+    b.view.live_nodes = a.view.live_nodes = ["a", "b"]
+    assert alive(old.handle)
+    await a.reconcile()
+    assert not alive(old.handle) and await a.local("web") is None
+    assert (await running(b, "web")).handle == moved.handle
+    assert (await a.store.instances.get("idle")).node == "a"
+    await a.reconcile()
+    await b.reconcile()
+    assert len(of_type(a.published + b.published, "instance.rescheduled")) == 1
+
+
+async def test_an_instance_placed_back_on_its_old_node_is_readopted_not_started_again(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="a"), decl("api", node="a")])
+    web, api = await running(a, "web"), await running(a, "api")
+
+    # a is cut off; b takes both over; then b dies with its copies, and a,
+    # whose processes lived on, is the only node left.
+    b.view.live_nodes = ["b"]
+    await b.reconcile()
+    b_copies = [(await running(b, n)).handle for n in ("web", "api")]
+    for handle in b_copies:
+        os.killpg(pid(handle), signal.SIGKILL)
+    a.view.live_nodes = ["a"]
+    await a.reconcile()
+
+    for before in (web, api):
+        back = await running(a, before.name)
+        assert (back.node, back.handle) == ("a", before.handle)
+    moves = [(e.data["from"], e.data["to"]) for e in of_type(a.published, "instance.rescheduled")]
+    assert moves == [("b", "a"), ("b", "a")]
+
+
+async def test_instances_recorded_before_placement_are_placed_on_the_first_reconcile(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="a"), decl("old", desired_state="stopped")])
+    # As an instance recorded before nodes existed: no node.
+    old = await a.store.instances.get("old")
+    assert await a.store.instances.place(old.id, None, expect=old.node)
+    await b.reconcile()
+    old = await a.store.instances.get("old")
+    assert (old.node, old.state, old.desired) == ("b", InstanceState.STOPPED, DesiredState.STOPPED)
+    assert of_type(b.published, "instance.rescheduled") == []
+
+
+def test_the_event_schema_has_rescheduled_with_from_and_to() -> None:
+    schema = event_schema()
+    ref = schema["x-event-types"]["instance.rescheduled"]["$ref"].removeprefix("#/$defs/")
+    assert set(schema["$defs"][ref]["properties"]) == {"name", "from", "to"}
