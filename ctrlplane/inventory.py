@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from msgspec import Struct, field
@@ -53,6 +53,23 @@ class ApplyResult(Struct, frozen=True, kw_only=True):
     errors: list[str] = field(default_factory=list)
 
 
+class Remote(Protocol):
+    """Starts and stops instances on the node they are placed on
+    (:class:`ctrlplane.cluster.remote.RemoteLifecycle` asks it over NATS)."""
+
+    async def start(self, instance: Instance, *, event: str, data: dict[str, Any]) -> Instance:
+        """Have ``instance``'s node start it; the instance as recorded once running."""
+        ...
+
+    async def stop(self, instance: Instance) -> Instance:
+        """Have ``instance``'s node stop it; the instance as recorded once stopped."""
+        ...
+
+    async def release(self, instance: Instance) -> None:
+        """Have ``instance``'s node stop its process, for a removal."""
+        ...
+
+
 class InventoryError(CtrlplaneError):
     """An instance could not be started, stopped or removed."""
 
@@ -81,6 +98,9 @@ class Inventory:
             placed on its own node: a process handle means something only on
             the host that started it. Without it (a control plane on its
             own) nothing is placed and every instance is this process's.
+        remote: How to have another node start or stop an instance placed
+            on it; without it such a change is refused (and a new instance
+            placed there is left for that node's reconciler to start).
     """
 
     def __init__(
@@ -93,9 +113,11 @@ class Inventory:
         stop_grace: timedelta = timedelta(seconds=10),
         process_executables: Sequence[str] = (),
         nodes: NodeView | None = None,
+        remote: Remote | None = None,
     ) -> None:
         self._executables = tuple(process_executables)
         self._nodes = nodes
+        self._remote = remote
         self._store = store
         self.providers = providers
         self._publish = publish
@@ -118,11 +140,11 @@ class Inventory:
             ) from None
 
     def runs_here(self, instance: Instance) -> bool:
-        """Whether this process may start and stop ``instance`` through its provider.
+        """Whether this process starts and stops ``instance`` through its own provider.
 
         Not when it is host-bound and placed on another node: only that node
-        runs it. An unplaced one (recorded before placement existed) is any
-        node's until the reconciler places it.
+        runs it (asked through ``remote``). An unplaced one (recorded before
+        placement existed) is any node's until the reconciler places it.
         """
         if self._nodes is None or instance.node is None:
             return True
@@ -205,7 +227,12 @@ class Inventory:
                     changed = await self._create(d, self._place(d, counts))
                     (result.created if changed else result.unchanged).append(d.name)
                     running = changed is not None and changed.desired is DesiredState.RUNNING
-                    if changed is not None and running and not self.runs_here(changed):
+                    if (
+                        changed is not None
+                        and running
+                        and self._remote is None
+                        and not self.runs_here(changed)
+                    ):
                         # Its node starts it (its reconciler): a process
                         # started here would run on the wrong host.
                         log.info("instance placed", instance=d.name, node=changed.node)
@@ -304,7 +331,7 @@ class Inventory:
         )
         if not changed and checks_before == checks_after:
             return None, None
-        if changed:
+        if changed and self._remote is None:
             # Refused before anything is written: another node's process.
             self._ensure_here(current, "change")
         # Before anything is written: refused while a deployment is in progress.
@@ -401,6 +428,8 @@ class Inventory:
         """Start ``instance`` through its provider; records ``starting`` then ``running``
         (or ``failed`` with the reason) and publishes ``event`` or ``instance.failed``."""
         provider = self.provider(instance)
+        if not self.runs_here(instance) and self._remote is not None:
+            return await self._remote.start(instance, event=event, data=data)
         self._ensure_here(instance, "start")
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.STARTING)
@@ -420,6 +449,8 @@ class Inventory:
     async def stop(self, instance: Instance) -> Instance:
         """Stop ``instance``; records ``stopping`` then ``stopped``."""
         provider = self.provider(instance)
+        if not self.runs_here(instance) and self._remote is not None:
+            return await self._remote.stop(instance)
         self._ensure_here(instance, "stop")
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.STOPPING)
@@ -428,6 +459,17 @@ class Inventory:
             stopped = await self._store.instances.get(instance.id)
         await self.emit("instance.stopped", stopped)
         return stopped
+
+    async def release(self, instance: Instance) -> None:
+        """Stop the process of ``instance``, which another node is removing.
+
+        Raises:
+            InventoryError: it is not this node's, or its provider failed.
+        """
+        provider = self.provider(instance)
+        self._ensure_here(instance, "remove")
+        async with self.lock(instance.id):
+            await self._provider_stop(provider, instance, "remove")
 
     def _on_dead_node(self, instance: Instance) -> bool:
         """Whether ``instance`` is another node's, and that node is not live."""
@@ -454,14 +496,17 @@ class Inventory:
         provider = self.provider(instance)
         async with self.lock(instance.id):
             instance = await self._current(instance)
-            dead = self._on_dead_node(instance)
-            if not dead:
+            here = self.runs_here(instance)
+            dead = not here and self._on_dead_node(instance)
+            if not here and not dead and self._remote is None:
                 self._ensure_here(instance, "remove")
             await self._begin(instance, InstanceState.DESTROYING)
             if dead:
                 # Its host is gone or cut off: nothing here can stop its
                 # process, and waiting for the node would keep it forever.
                 log.warning("removed from a dead node", instance=instance.name, node=instance.node)
+            elif not here and self._remote is not None:
+                await self._remote.release(await self._current(instance))
             else:
                 await self._provider_stop(provider, instance, "remove")
             await self._store.instances.delete(instance.id)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 import pytest
@@ -25,6 +26,14 @@ import structlog
 from ctrlplane.actors import RunContext
 from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Bus, Event
+from ctrlplane.cluster.remote import (
+    Action,
+    LifecycleReply,
+    LifecycleRequest,
+    NodeLifecycle,
+    RemoteLifecycle,
+    lifecycle_subject,
+)
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.events import event_schema
 from ctrlplane.inventory import Inventory, InventoryError
@@ -67,6 +76,8 @@ class Node:
     published: list[Event]
     """Every event this node published (its inventory's and its reconciler's)."""
     publish: Callable[[Event], Awaitable[int]]
+    server: NodeLifecycle
+    """Takes the lifecycle requests other nodes send for this node's instances."""
 
     @property
     def name(self) -> str:
@@ -90,7 +101,8 @@ class Node:
         return await self.provider.local_handle(await self.store.instances.get(name))
 
 
-MakeNode = Callable[[str, list[str]], Awaitable[Node]]
+class MakeNode(Protocol):
+    async def __call__(self, name: str, live: list[str], *, remote: bool = True) -> Node: ...
 
 
 @pytest_asyncio.fixture
@@ -98,8 +110,9 @@ async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
     """Builds nodes on one shared store file; kills every process they started."""
     await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
     nodes: list[Node] = []
+    servers: list[NodeLifecycle] = []
 
-    async def make(name: str, live: list[str]) -> Node:
+    async def make(name: str, live: list[str], *, remote: bool = True) -> Node:
         view = FixedNodes(name, live)
         store = Store(tmp_path / "shared.db", flush_interval=timedelta(milliseconds=20))
         await store.open()
@@ -117,7 +130,11 @@ async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
             source=f"node-{name}",
             stop_grace=timedelta(seconds=2),
             nodes=view,
+            remote=RemoteLifecycle(bus, stop_grace=timedelta(seconds=2)) if remote else None,
         )
+        server = NodeLifecycle(bus, store, inventory, name)
+        await server.start()
+        servers.append(server)
         reconciler = Reconciler(
             store,
             {"process": provider},
@@ -126,13 +143,15 @@ async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
             stop_grace=timedelta(seconds=2),
             handoff_grace=timedelta(0),
         )
-        node = Node(view, store, provider, inventory, reconciler, published, publish)
+        node = Node(view, store, provider, inventory, reconciler, published, publish, server)
         nodes.append(node)
         return node
 
     try:
         yield make
     finally:
+        for server in servers:
+            await server.stop()
         for node in nodes:
             # Every process a provider started is its child: kill and reap them
             # all, the ones another node's copy replaced too.
@@ -197,10 +216,12 @@ async def test_apply_twice_through_either_node_makes_one_instance_started_once(
     assert await a.local("web") == web.handle and await b.local("web") is None
 
 
-async def test_a_new_instance_goes_to_the_emptiest_node_which_starts_it(
+async def test_a_new_instance_goes_to_the_emptiest_node_whose_reconciler_starts_it(
     cluster: MakeNode,
 ) -> None:
-    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    # Without a way to ask b, a leaves b's new instance for b's reconciler.
+    a = await cluster("a", ["a", "b"], remote=False)
+    b = await cluster("b", ["a", "b"], remote=False)
 
     result = await a.inventory.apply([decl("one"), decl("two"), decl("three", node="a")])
 
@@ -226,6 +247,73 @@ async def test_a_new_instance_goes_to_the_emptiest_node_which_starts_it(
     )
     assert len(changed.errors) == 1 and "node 'b'" in changed.errors[0]
     assert (await running(b, "two")).handle == two.handle
+
+
+async def test_changes_through_any_node_are_carried_out_by_the_instances_own_node(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    everything = [decl("one"), decl("two")]
+
+    created = await a.inventory.apply(everything)
+
+    assert created.errors == []
+    two = await running(b, "two")
+    assert (two.node, await b.local("two"), await a.local("two")) == ("b", two.handle, None)
+    assert len(of_type(b.published, "instance.started", "two")) == 1
+    assert of_type(a.published, "instance.started", "two") == []
+
+    # A changed spec through a: rolled out by b, on b's host.
+    changed = await a.inventory.apply([decl("one"), decl("two", env={"X": "1"})])
+    assert (changed.updated, changed.errors) == (["two"], [])
+    rolled = await running(b, "two")
+    assert rolled.handle != two.handle and not alive(two.handle)
+    assert await b.local("two") == rolled.handle and await a.local("two") is None
+    deployments = await a.store.deployments.list(instance="two")
+    assert [d.state.value for d in deployments] == ["succeeded", "succeeded"]
+
+    # Stopped and removed through a: by b.
+    stopped = await a.inventory.stop(rolled)
+    assert stopped.state is InstanceState.STOPPED and not alive(rolled.handle)
+    await a.inventory.start(stopped)
+    again = await running(b, "two")
+    removed = await a.inventory.apply([decl("one")])
+    assert (removed.removed, removed.errors) == (["two"], [])
+    assert not alive(again.handle)
+    assert [i.name for i in await a.store.instances.all()] == ["one"]
+
+
+async def test_a_change_to_an_unreachable_nodes_instance_fails_with_its_name(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="b")])
+    web = await running(b, "web")
+    # b's control plane is gone, but the registry has not yet called it dead.
+    await b.server.stop()
+
+    with pytest.raises(InventoryError, match="its node 'b' is not reachable"):
+        await a.inventory.stop(web)
+
+
+async def test_a_node_refuses_bad_requests_and_other_nodes_instances(
+    cluster: MakeNode, bus: Bus
+) -> None:
+    a = await cluster("a", ["a", "b"])
+    await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="a")])
+    web = await running(a, "web")
+
+    async def ask(payload: bytes) -> LifecycleReply:
+        msg = await bus.nc.request(lifecycle_subject(bus, "b"), payload, timeout=10)
+        return msgspec.json.decode(msg.data, type=LifecycleReply)
+
+    garbage = await ask(b"[" * 10_000)
+    assert garbage.error is not None and garbage.error.startswith("bad lifecycle request")
+    request = LifecycleRequest(action=Action.STOP, instance_id=web.id)
+    wrong = await ask(msgspec.json.encode(request))
+    assert wrong.error is not None and "placed on node 'a'" in wrong.error
+    assert (await running(a, "web")).handle == web.handle
 
 
 async def test_a_declared_node_must_be_a_live_node(

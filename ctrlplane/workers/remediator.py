@@ -34,9 +34,8 @@ class Remediator:
     it (its spec, or its desired state), which starts the count afresh, or
     removes it.
 
-    In a cluster it acts only on instances this node may start and stop
-    (:meth:`Inventory.runs_here`): a host-bound instance placed on another
-    node is that node's to restart.
+    In a cluster it may handle an event about another node's host-bound
+    instance: the inventory has that node restart it.
     """
 
     name = "remediator"
@@ -61,10 +60,6 @@ class Remediator:
             return
         instance = await self._store.instances.find(event.instance_id)
         if instance is None or instance.desired is not DesiredState.RUNNING:
-            return
-        if not self._inventory.runs_here(instance):
-            # Another node's instance: its process is on that host, and that
-            # node's remediator restarts it.
             return
         if not await self._needs_restart(instance, event.type, event.data, event.time):
             return
