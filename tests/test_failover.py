@@ -41,6 +41,8 @@ from ctrlplane.providers import ProcessProvider
 from ctrlplane.store import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
 from ctrlplane.workers.reconciler import Reconciler
+from ctrlplane.workers.remediator import Remediator
+from tests.helpers import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
 
@@ -294,6 +296,42 @@ async def test_a_change_to_an_unreachable_nodes_instance_fails_with_its_name(
 
     with pytest.raises(InventoryError, match="its node 'b' is not reachable"):
         await a.inventory.stop(web)
+
+
+async def test_a_drift_on_another_nodes_instance_is_remedied_by_that_node(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="b")])
+    web = await running(b, "web")
+    os.killpg(pid(web.handle), signal.SIGKILL)
+
+    async def dead() -> bool:
+        return (await b.provider.status([web]))[web.id].state is not InstanceState.RUNNING
+
+    await wait_for(dead, within=10)
+    await b.reconcile()  # b sees its process gone: drift, recorded failed
+    [drift] = of_type(b.published, "instance.drift", "web")
+
+    # The drift event reaches a's remediator (events go to any process).
+    remediator = Remediator(a.store, a.inventory)
+    await remediator.run(
+        RunContext(
+            worker="remediator",
+            run_id="r1",
+            trigger=Trigger.EVENT,
+            attempt=1,
+            publish=a.publish,
+            log=structlog.get_logger(),
+            event=drift,
+        )
+    )
+
+    back = await running(b, "web")
+    assert back.handle != web.handle and await b.local("web") == back.handle
+    [restarted] = of_type(b.published, "instance.restarted", "web")
+    assert restarted.data["attempt"] == 1
+    assert await a.local("web") is None
 
 
 async def test_a_node_refuses_bad_requests_and_other_nodes_instances(
