@@ -4,9 +4,11 @@ A host-bound instance's process can only be started, signalled and watched on
 its own host. ``apply`` and the remediator may run on any node (the API is a
 queue group; events go to whichever process takes them), so when they must
 start or stop another node's instance they ask that node, with a request on
-``<prefix>.node.<node>.lifecycle``, and it does the work through its own
+``<prefix>.api.node.<node>.lifecycle``, and it does the work through its own
 inventory: recording each step and publishing the events as it would for a
-change of its own. Only the ``service`` role may use that subject.
+change of its own. Only the ``service`` role may use that subject (the
+``admin`` and ``observer`` users may call only the endpoints named in
+:mod:`ctrlplane.security`), and no stream captures ``<prefix>.api.>``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class LifecycleReply(Struct, frozen=True, kw_only=True):
 
 def lifecycle_subject(bus: Bus, node: str) -> str:
     """Where ``node`` takes lifecycle requests."""
-    return f"{bus.subjects.prefix}.node.{node}.lifecycle"
+    return bus.subjects.api(f"node.{node}.lifecycle")
 
 
 class RemoteLifecycle:
