@@ -42,6 +42,11 @@ async def test_nodes_lists_this_node_its_process_and_store(tmp_path: Path) -> No
         assert header.split()[:3] == ["NODE", "STATE", "PROCESSES"]
         assert row.split()[:2] == ["edge-1", "live"] and reply["store_id"] in row
 
+        live = await asyncio.to_thread(run_cli, ["nodes", "--check", "edge-1", *listing[2:]], env)
+        assert live.returncode == 0, live.stderr
+        gone = await asyncio.to_thread(run_cli, ["nodes", "--check", "edge-9", *listing[2:]], env)
+        assert gone.returncode == 1 and "edge-9" in gone.stderr
+
         # A second replica with a store of its own (its own SQLite file) on
         # the same NATS would split the state: it refuses to start.
         info = read_server_info(data)

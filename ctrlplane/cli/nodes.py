@@ -10,7 +10,9 @@ from ctrlplane.cli.common import (
     ago,
     ask,
     connection_options,
+    echo,
     echo_json,
+    fail,
     json_option,
     load,
     print_table,
@@ -20,8 +22,18 @@ from ctrlplane.cli.common import (
 @click.command()
 @connection_options
 @json_option
+@click.option(
+    "--check",
+    "check",
+    metavar="NODE",
+    help="Exit 0 if NODE is live, 1 if not (a container health check).",
+)
 def nodes(
-    config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+    check: str | None,
 ) -> None:
     """List the cluster's nodes: live or dead, processes, last heartbeat, instances, store.
 
@@ -35,6 +47,12 @@ def nodes(
     from ctrlplane.api import NodesReply
 
     reply = ask(config, "nodes", {}, NodesReply)
+    if check is not None:
+        found = next((n for n in reply.nodes if n.name == check), None)
+        if found is None or not found.live:
+            fail(f"node {check!r} is {'dead' if found else 'not in the cluster'}")
+        echo(f"node {check!r} is live")
+        return
     if as_json:
         echo_json(msgspec.json.encode(reply).decode())
         return
