@@ -23,9 +23,12 @@ import pytest
 import pytest_asyncio
 import structlog
 
+from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
 from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus import Bus, Event
+from ctrlplane.bus.server import ServerInfo
+from ctrlplane.bus.subjects import Subjects
 from ctrlplane.cluster.remote import (
     Action,
     LifecycleReply,
@@ -42,7 +45,7 @@ from ctrlplane.store import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
 from ctrlplane.workers.reconciler import Reconciler
 from ctrlplane.workers.remediator import Remediator
-from tests.helpers import wait_for
+from tests.helpers import subscribe_events, wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
 
@@ -481,3 +484,145 @@ def test_the_event_schema_has_rescheduled_with_from_and_to() -> None:
     schema = event_schema()
     ref = schema["x-event-types"]["instance.rescheduled"]["$ref"].removeprefix("#/$defs/")
     assert set(schema["$defs"][ref]["properties"]) == {"name", "from", "to"}
+
+
+# Whole control planes: the node registry's heartbeats decide who is dead.
+
+NODE_TIMEOUT = timedelta(seconds=3)
+RECONCILE = timedelta(seconds=1)
+
+
+def node_config(config: Config, tmp_path: Path, node: str) -> Config:
+    """Node ``node`` of a cluster: its own data dir, the cluster's store."""
+    return msgspec.structs.replace(
+        config,
+        node=node,
+        data_dir=tmp_path / node,
+        store_url=f"sqlite://{tmp_path / 'cluster.db'}",
+        node_timeout=NODE_TIMEOUT,
+        reconcile_interval=RECONCILE,
+        # Only what failover needs: fewer writers on the one SQLite file.
+        disabled_workers=[
+            "audit_recorder",
+            "health_runner",
+            "telemetry_collector",
+            "gc",
+            "cert_renewer",
+        ],
+    )
+
+
+@contextlib.asynccontextmanager
+async def control_plane(cfg: Config) -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(cfg, load_plugins=False)
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop()
+
+
+async def _kill(*handles: str | None) -> None:
+    """Kill the processes and wait until they are gone (their Popen objects reap them)."""
+    for handle in handles:
+        with contextlib.suppress(ProcessLookupError, PermissionError, AssertionError):
+            os.killpg(pid(handle), signal.SIGKILL)
+    await wait_for(lambda: not any(h is not None and alive(h) for h in handles), within=10)
+
+
+async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_a_tick(
+    config: Config, nats_server: ServerInfo, subjects: Subjects, tmp_path: Path
+) -> None:
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
+    handles: list[str | None] = []
+    try:
+        async with control_plane(node_config(config, tmp_path, "b")) as b:
+            cp_a = ControlPlane(node_config(config, tmp_path, "a"), load_plugins=False)
+            await cp_a.start()
+            try:
+                assert cp_a.inventory is not None
+                await wait_for(lambda: b.nodes.live() == ["a", "b"])
+                result = await cp_a.inventory.apply(
+                    [decl("lost", node="a"), decl("cut-off", node="a")]
+                )
+                assert result.errors == []
+                lost = await b.store.instances.get("lost")
+                cut_off = await b.store.instances.get("cut-off")
+                handles += [lost.handle, cut_off.handle]
+            finally:
+                # a dies: its heartbeats stop, and with its host goes the
+                # process of "lost"; that of "cut-off" lives on, as behind a
+                # network partition.
+                await cp_a.stop()
+                await _kill(lost.handle)
+            loop = asyncio.get_running_loop()
+            died = loop.time()
+
+            async def moved() -> bool:
+                instances = await b.store.instances.all()
+                return all(
+                    i.node == "b" and i.state is InstanceState.RUNNING and alive(i.handle)
+                    for i in instances
+                )
+
+            await wait_for(moved, within=NODE_TIMEOUT.total_seconds() + 20, interval=0.05)
+            took = loop.time() - died
+            handles += [i.handle for i in await b.store.instances.all()]
+            # Dead once silent for node_timeout; then taken on b's next tick.
+            assert NODE_TIMEOUT.total_seconds() * 0.8 <= took
+            assert took <= (NODE_TIMEOUT + RECONCILE).total_seconds() + 2.0, took
+            print(f"failover took {took:.2f}s (node_timeout 3s, reconcile_interval 1s)")
+
+            await wait_for(lambda: len(of_type(seen, "instance.rescheduled")) == 2)
+            rescheduled = of_type(seen, "instance.rescheduled")
+            assert sorted((e.data["name"], e.data["from"], e.data["to"]) for e in rescheduled) == [
+                ("cut-off", "a", "b"),
+                ("lost", "a", "b"),
+            ]
+
+            # a comes back: it stops its own copy of what moved away.
+            assert alive(cut_off.handle)
+            async with control_plane(node_config(config, tmp_path, "a")):
+                await wait_for(lambda: not alive(cut_off.handle), within=20)
+            for i in await b.store.instances.all():
+                assert (i.node, i.state) == ("b", InstanceState.RUNNING) and alive(i.handle)
+            assert len(of_type(seen, "instance.rescheduled")) == 2
+    finally:
+        await _kill(*handles)
+        await nc.close()
+
+
+async def test_a_node_restarted_within_the_timeout_keeps_its_instances(
+    config: Config, nats_server: ServerInfo, subjects: Subjects, tmp_path: Path
+) -> None:
+    nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
+    web: Instance | None = None
+    try:
+        async with control_plane(node_config(config, tmp_path, "b")) as b:
+            async with control_plane(node_config(config, tmp_path, "a")) as a:
+                assert a.inventory is not None
+                await a.inventory.apply([decl("web", node="a")])
+                web = await b.store.instances.get("web")
+            # a restarts: its node stays live until node_timeout, so nothing moves.
+            async with control_plane(node_config(config, tmp_path, "a")) as a:
+                runs = _runs(b, "reconciler") + _runs(a, "reconciler")
+                await wait_for(
+                    lambda: _runs(b, "reconciler") + _runs(a, "reconciler") >= runs + 3,
+                    within=20,
+                )
+                again = await b.store.instances.get("web")
+                assert (again.node, again.state, again.handle) == (
+                    "a",
+                    InstanceState.RUNNING,
+                    web.handle,
+                )
+                assert alive(web.handle)
+        assert of_type(seen, "instance.rescheduled") == []
+        assert len(of_type(seen, "instance.started")) == 1
+    finally:
+        await _kill(None if web is None else web.handle)
+        await nc.close()
+
+
+def _runs(cp: ControlPlane, worker: str) -> int:
+    return next(w.run_count for w in cp.scheduler.workers() if w.name == worker)
