@@ -121,7 +121,8 @@ async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
         view = FixedNodes(name, live)
         store = Store(tmp_path / "shared.db", flush_interval=timedelta(milliseconds=20))
         await store.open()
-        provider = ProcessProvider(tmp_path / name)
+        # Each process its own data dir, as each host (or process) of a cluster has.
+        provider = ProcessProvider(tmp_path / f"{name}-{len(nodes)}")
         published: list[Event] = []
 
         async def publish(event: Event) -> int:
@@ -357,6 +358,23 @@ async def test_a_node_refuses_bad_requests_and_other_nodes_instances(
     assert (await running(a, "web")).handle == web.handle
 
 
+async def test_of_two_processes_of_one_node_one_acts_on_a_request(
+    cluster: MakeNode, bus: Bus
+) -> None:
+    a = await cluster("a", ["a", "b"])
+    b1 = await cluster("b", ["a", "b"])
+    # A second process of node b: same host, its own data dir, its own server.
+    b2 = await cluster("b", ["a", "b"])
+    assert b2.provider is not b1.provider
+    await a.inventory.apply([decl("web", node="b")])
+
+    web = await a.store.instances.get("web")
+    assert web.state is InstanceState.RUNNING and alive(web.handle)
+    started = of_type(b1.published + b2.published, "instance.started", "web")
+    assert len(started) == 1
+    assert [await b1.local("web"), await b2.local("web")].count(web.handle) == 1
+
+
 async def test_a_declared_node_must_be_a_live_node(
     cluster: MakeNode,
 ) -> None:
@@ -513,8 +531,11 @@ def node_config(config: Config, tmp_path: Path, node: str) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(cfg: Config) -> AsyncIterator[ControlPlane]:
+async def control_plane(cfg: Config, keep: list[ControlPlane]) -> AsyncIterator[ControlPlane]:
+    """A started control plane, kept in ``keep`` after it stops: its provider holds
+    the processes it started, which outlive it and are killed (and reaped) last."""
     cp = ControlPlane(cfg, load_plugins=False)
+    keep.append(cp)
     await cp.start()
     try:
         yield cp
@@ -523,11 +544,24 @@ async def control_plane(cfg: Config) -> AsyncIterator[ControlPlane]:
 
 
 async def _kill(*handles: str | None) -> None:
-    """Kill the processes and wait until they are gone (their Popen objects reap them)."""
+    """Kill the processes and wait until they are gone."""
     for handle in handles:
         with contextlib.suppress(ProcessLookupError, PermissionError, AssertionError):
             os.killpg(pid(handle), signal.SIGKILL)
     await wait_for(lambda: not any(h is not None and alive(h) for h in handles), within=10)
+
+
+def _reap(planes: list[ControlPlane]) -> None:
+    """Kill what the control planes' providers started, and reap it: no zombie,
+    no Popen collected unwaited."""
+    for cp in planes:
+        assert cp.inventory is not None
+        provider = cp.inventory.providers["process"]
+        assert isinstance(provider, ProcessProvider)
+        for child in provider._children.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.popen.pid, signal.SIGKILL)
+            child.popen.wait(timeout=10)
 
 
 async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_a_tick(
@@ -535,9 +569,11 @@ async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_
 ) -> None:
     nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     handles: list[str | None] = []
+    keep: list[ControlPlane] = []
     try:
-        async with control_plane(node_config(config, tmp_path, "b")) as b:
+        async with control_plane(node_config(config, tmp_path, "b"), keep) as b:
             cp_a = ControlPlane(node_config(config, tmp_path, "a"), load_plugins=False)
+            keep.append(cp_a)
             await cp_a.start()
             try:
                 assert cp_a.inventory is not None
@@ -582,13 +618,14 @@ async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_
 
             # a comes back: it stops its own copy of what moved away.
             assert alive(cut_off.handle)
-            async with control_plane(node_config(config, tmp_path, "a")):
+            async with control_plane(node_config(config, tmp_path, "a"), keep):
                 await wait_for(lambda: not alive(cut_off.handle), within=20)
             for i in await b.store.instances.all():
                 assert (i.node, i.state) == ("b", InstanceState.RUNNING) and alive(i.handle)
             assert len(of_type(seen, "instance.rescheduled")) == 2
     finally:
         await _kill(*handles)
+        _reap(keep)
         await nc.close()
 
 
@@ -597,14 +634,15 @@ async def test_a_node_restarted_within_the_timeout_keeps_its_instances(
 ) -> None:
     nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     web: Instance | None = None
+    keep: list[ControlPlane] = []
     try:
-        async with control_plane(node_config(config, tmp_path, "b")) as b:
-            async with control_plane(node_config(config, tmp_path, "a")) as a:
+        async with control_plane(node_config(config, tmp_path, "b"), keep) as b:
+            async with control_plane(node_config(config, tmp_path, "a"), keep) as a:
                 assert a.inventory is not None
                 await a.inventory.apply([decl("web", node="a")])
                 web = await b.store.instances.get("web")
             # a restarts: its node stays live until node_timeout, so nothing moves.
-            async with control_plane(node_config(config, tmp_path, "a")) as a:
+            async with control_plane(node_config(config, tmp_path, "a"), keep) as a:
                 runs = _runs(b, "reconciler") + _runs(a, "reconciler")
                 await wait_for(
                     lambda: _runs(b, "reconciler") + _runs(a, "reconciler") >= runs + 3,
@@ -621,6 +659,7 @@ async def test_a_node_restarted_within_the_timeout_keeps_its_instances(
         assert len(of_type(seen, "instance.started")) == 1
     finally:
         await _kill(None if web is None else web.handle)
+        _reap(keep)
         await nc.close()
 
 

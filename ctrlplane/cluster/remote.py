@@ -37,6 +37,9 @@ __all__ = ["Action", "LifecycleReply", "LifecycleRequest", "NodeLifecycle", "Rem
 
 log = structlog.get_logger("ctrlplane.cluster.remote")
 
+QUEUE = "ctrlplane-node"
+"""The queue group of a node's processes for its lifecycle requests."""
+
 START_WAIT = timedelta(seconds=30)
 """How long a node is given to start an instance (a process starts in milliseconds)."""
 
@@ -158,8 +161,9 @@ class NodeLifecycle:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        # A queue group: of several processes of one node, one acts on each request.
         self._sub = await self._bus.nc.subscribe(
-            lifecycle_subject(self._bus, self._node), cb=self._on_request
+            lifecycle_subject(self._bus, self._node), queue=QUEUE, cb=self._on_request
         )
 
     async def _on_request(self, msg: Msg) -> None:
