@@ -30,7 +30,7 @@ from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers
 from ctrlplane.security import ROLES, embedded_authorization, nats_url
-from ctrlplane.store.db import Store
+from ctrlplane.store.db import DB_FILE, Store
 from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
 from ctrlplane.workers import (
@@ -45,7 +45,8 @@ from ctrlplane.workers import (
 
 log = structlog.get_logger("ctrlplane")
 
-DB_FILE = "ctrlplane.db"
+__all__ = ["DB_FILE", "LOCK_FILE", "ControlPlane", "store_for"]
+
 LOCK_FILE = "ctrlplane.lock"
 """Held (``flock``) by the one process that uses a data dir; names it (pid, host)."""
 
@@ -65,7 +66,8 @@ class ControlPlane:
     """The control plane of one process: its workers, its bus and its store.
 
     ``start`` connects to NATS (or starts the embedded ``nats-server`` when
-    ``config.nats_url`` is None), opens the SQLite store, loads the custom
+    ``config.nats_url`` is None), opens the store (``config.store_url``:
+    the SQLite file in the data dir, or PostgreSQL), loads the custom
     workers named in ``config.workers`` and in the ``ctrlplane.workers``
     entry-point group, and starts the scheduler. ``stop`` undoes it all,
     giving runs in flight ``config.stop_grace`` to finish.
@@ -94,7 +96,7 @@ class ControlPlane:
                 dlq_max_bytes=self.config.dlq_max_bytes,
             ),
         )
-        self.store = Store(self.config.data_dir / DB_FILE)
+        self.store = store_for(self.config)
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
@@ -178,6 +180,7 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
+        log.info("store opened", store=self.store.location, identity=self.store.identity)
         providers = load_providers(cfg.data_dir, executables=cfg.process_executables)
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.
@@ -307,6 +310,17 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def store_for(config: Config) -> Store:
+    """The store ``config`` names, not yet open: ``store_url`` (PostgreSQL), or
+    the SQLite file :data:`DB_FILE` in ``data_dir``.
+
+    Every part that opens the store from a configuration goes through here.
+    """
+    return Store.from_url(
+        config.store_url, data_dir=config.data_dir, password_file=config.store_password_file
+    )
 
 
 class _DataDirLock:

@@ -9,7 +9,7 @@ from types import TracebackType
 from ctrlplane.store.audit import AuditStore
 from ctrlplane.store.certs import CertificateStore, DomainStore
 from ctrlplane.store.deployments import DeploymentStore
-from ctrlplane.store.errors import MigrationError, NotOpenError
+from ctrlplane.store.errors import MigrationError, NotOpenError, StoreUnavailableError
 from ctrlplane.store.health import HealthStore
 from ctrlplane.store.instances import InstanceStore
 from ctrlplane.store.migrations import LATEST
@@ -40,6 +40,8 @@ class Store:
         location: The SQLite file (its folder is created if missing), or a
             PostgreSQL URL.
         password: The PostgreSQL password, when it is kept out of the URL.
+        password_file: A file whose first line is that password, read at
+            :meth:`open` (so that it is in neither argv nor the environment).
         busy_timeout: How long a SQLite write waits for another writer.
         flush_interval: How often batched writes are flushed.
         pool_size: PostgreSQL connections at most.
@@ -50,6 +52,7 @@ class Store:
         location: Path | str,
         *,
         password: str | None = None,
+        password_file: Path | None = None,
         busy_timeout: timedelta = timedelta(seconds=10),
         flush_interval: timedelta = timedelta(milliseconds=200),
         pool_size: int = 10,
@@ -60,6 +63,7 @@ class Store:
         self.path = None if self._url is not None else Path(location)
         """The SQLite file; ``None`` for PostgreSQL."""
         self._password = password
+        self._password_file = password_file
         self._busy_timeout = busy_timeout
         self._flush_interval = flush_interval
         self._pool_size = pool_size
@@ -82,6 +86,7 @@ class Store:
         *,
         data_dir: Path,
         password: str | None = None,
+        password_file: Path | None = None,
         flush_interval: timedelta = timedelta(milliseconds=200),
     ) -> Store:
         """The store ``url`` names: ``None`` is the SQLite file :data:`DB_FILE` in
@@ -89,6 +94,7 @@ class Store:
         return cls(
             data_dir / DB_FILE if url is None else url,
             password=password,
+            password_file=password_file,
             flush_interval=flush_interval,
         )
 
@@ -189,7 +195,7 @@ class Store:
             from ctrlplane.store.postgres import PostgresDatabase
 
             db = await PostgresDatabase.open(
-                self._url, password=self._password, pool_size=self._pool_size
+                self._url, password=self._read_password(), pool_size=self._pool_size
             )
         else:
             from ctrlplane.store.sqlite import SqliteDatabase
@@ -217,6 +223,22 @@ class Store:
         self._telemetry = TelemetryStore(db, self._writer)
         self._deployments = DeploymentStore(db, self._writer)
         return self
+
+    def _read_password(self) -> str | None:
+        if self._password_file is None:
+            return self._password
+        assert self._url is not None
+        try:
+            with self._password_file.open("rb") as f:
+                # Bounded: a password file, not whatever the path was mistaken for.
+                first = f.read(4096).decode().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = f"cannot read the password file {self._password_file}: {exc}"
+            raise StoreUnavailableError(redact_store_url(self._url), reason) from None
+        if not first or not first[0]:
+            reason = f"the password file {self._password_file} is empty"
+            raise StoreUnavailableError(redact_store_url(self._url), reason)
+        return first[0]
 
     async def flush(self) -> None:
         """Write everything batched so far."""

@@ -681,6 +681,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "api_apply": True,
         "process_executables": [],
         "store_url": None,
+        "store_password_file": None,
         "node": default_node(),
         "node_timeout": "30s",
         "stream_replicas": 1,
@@ -849,3 +850,56 @@ def test_stream_replicas_is_bounded_by_jetstream() -> None:
         with pytest.raises(ConfigError) as caught:
             Config(stream_replicas=bad)
         assert caught.value.field == "stream_replicas"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://cp:s3cret@db:5432/ctrlplane", "postgresql://cp:***@db:5432/ctrlplane"),
+        ("postgres://cp:pa%2Fss%40word@db/ctrlplane", "postgres://cp:***@db/ctrlplane"),
+        (
+            "postgresql://cp@db/ctrlplane?password=s3cret&sslmode=require",
+            "postgresql://cp@db/ctrlplane?password=***&sslmode=require",
+        ),
+        ("postgresql://cp@db/ctrlplane", "postgresql://cp@db/ctrlplane"),
+    ],
+)
+def test_a_store_password_is_never_shown(url: str, shown: str, env: dict[str, str]) -> None:
+    config = load_config(env={**env, "CTRLPLANE_STORE_URL": url})
+    assert config.store_url == url
+    assert describe(config)["store_url"] == shown
+    for text in (repr(config), str(config)):
+        assert "s3cret" not in text and "pa%2F" not in text
+        assert repr(shown) in text
+
+
+def test_repr_hides_a_nats_password_too(env: dict[str, str]) -> None:
+    config = load_config(env=env, overrides={"nats_url": "nats://u:s3cret@h:4222"})
+    assert "s3cret" not in repr(config)
+    assert "nats://u:***@h:4222" in repr(config)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://cp:s3cret@db/x", "db.example:5432", "sqlite:///tmp/x.db", "postgresql://h:x/db"],
+)
+def test_a_store_url_that_is_not_postgresql_is_refused_by_name(
+    url: str, env: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match=r"store_url") as caught:
+        load_config(env=env, overrides={"store_url": url})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_an_empty_store_url_in_the_environment_means_sqlite(env: dict[str, str]) -> None:
+    assert load_config(env={**env, "CTRLPLANE_STORE_URL": ""}).store_url is None
+
+
+def test_a_store_password_file_needs_a_store_url(env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"store_password_file: is used only with store_url"):
+        load_config(env=env, overrides={"store_password_file": str(tmp_path / "pw")})
+    config = load_config(
+        env={**env, "CTRLPLANE_STORE_PASSWORD_FILE": str(tmp_path / "pw")},
+        overrides={"store_url": "postgresql://cp@db/ctrlplane"},
+    )
+    assert config.store_password_file == tmp_path / "pw"
