@@ -224,9 +224,9 @@ class HealthStore:
 
     def record(self, results: list[CheckResult], states: list[CheckState]) -> None:
         """Queue a sweep's results, and the states that changed: one batched write."""
-        for r in results:
-            self._writer.add(
-                _INSERT_RESULT,
+        self._writer.add_many(
+            _INSERT_RESULT,
+            [
                 (
                     r.instance_id,
                     r.check,
@@ -235,8 +235,10 @@ class HealthStore:
                     r.status.value,
                     _ms(r.latency),
                     r.message,
-                ),
-            )
+                )
+                for r in results
+            ],
+        )
         for s in states:
             self._writer.add(
                 _UPDATE_STATE,

@@ -21,6 +21,12 @@ _INSERT_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _DO_UPDATE_RE = re.compile(r"\bDO\s+UPDATE\b", re.IGNORECASE)
+# "INSERT INTO table (a, b) VALUES (?, ?)" and nothing more: rows a COPY can take.
+_PLAIN_INSERT_RE = re.compile(
+    r"^\s*INSERT\s+INTO\s+(?P<table>\w+)\s*\((?P<columns>\s*\w+(?:\s*,\s*\w+)*\s*)\)"
+    r"\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*$",
+    re.IGNORECASE,
+)
 
 MAX_ROWS_PER_STATEMENT = 500
 """Rows one multi-row INSERT takes at most: past this the statement text and
@@ -51,6 +57,22 @@ def numbered(sql: str) -> str:
             continue
         out.append(ch)
     return "".join(out)
+
+
+def copy_target(sql: str) -> tuple[str, list[str]] | None:
+    """The table and columns of ``sql`` if it is a plain INSERT of one row of
+    placeholders (no conflict clause, no literal values), else ``None``.
+
+    Rows for such a statement may go by ``COPY`` instead: the same rows in
+    the same columns, the same defaults for the others, far less work per row.
+    """
+    match = _PLAIN_INSERT_RE.match(sql)
+    if match is None:
+        return None
+    columns = [c.strip() for c in match["columns"].split(",")]
+    if len(columns) != sql.count("?"):
+        return None
+    return match["table"], columns
 
 
 def multi_row(

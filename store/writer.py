@@ -88,6 +88,18 @@ class BatchWriter:
         if self._count >= self._max_rows:
             self._wake.set()
 
+    def add_many(self, sql: str, rows: Sequence[Row]) -> None:
+        """:meth:`add` for many rows of one statement (none with a callback),
+        without a call per row: a sweep's results, a collector's metrics."""
+        if not rows:
+            return
+        self._pending.setdefault(sql, []).extend(rows)
+        self._count += len(rows)
+        if self._failing and self._count > self._max_pending:
+            self._drop_oldest(self._count - self._max_pending)
+        if self._count >= self._max_rows:
+            self._wake.set()
+
     def flush_soon(self) -> None:
         """Write what is queued within :data:`SOON` seconds, not at the interval's end.
 

@@ -15,6 +15,7 @@ import pytest
 from ctrlplane.store import MigrationError, Store
 from ctrlplane.store.deployments import Deployment, DeploymentState
 from ctrlplane.store.errors import StoreUnavailableError
+from ctrlplane.store.health import CheckResult, HealthStatus, Outcome
 from ctrlplane.store.migrations import LATEST as SQLITE_LATEST
 from ctrlplane.store.postgres_migrations import LATEST
 from tests.helpers import make_instance
@@ -120,7 +121,7 @@ async def test_both_backends_have_the_same_schema(postgres_url: str, tmp_path: P
     assert {t: sorted(c) for t, c in pg_columns.items()} == sqlite_columns
 
 
-async def test_a_flush_is_one_transaction_of_multi_row_inserts(postgres_url: str) -> None:
+async def test_a_flush_is_one_transaction(postgres_url: str) -> None:
     async with Store(postgres_url, flush_interval=timedelta(seconds=30)) as store:
         for _ in range(1234):
             store.runs.record(_run())
@@ -130,6 +131,30 @@ async def test_a_flush_is_one_transaction_of_multi_row_inserts(postgres_url: str
             "SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM worker_runs"
         )
         assert tuple(row or ()) == (1234, 1)
+        # Results go by COPY, also in one transaction, with their own ids.
+        now = datetime.now(UTC)
+        store.health.record(
+            [
+                CheckResult(
+                    instance_id="i-1",
+                    check="http",
+                    time=now + timedelta(seconds=i),
+                    outcome=Outcome.PASS,
+                    status=HealthStatus.HEALTHY,
+                    latency=timedelta(milliseconds=i) if i % 2 else None,
+                    message="200 OK",
+                )
+                for i in range(300)
+            ],
+            [],
+        )
+        await store.flush()
+        row = await store.db.fetchone(
+            "SELECT COUNT(*), COUNT(DISTINCT xmin::text), COUNT(DISTINCT id) FROM health_results"
+        )
+        assert tuple(row or ()) == (300, 1, 300)
+        newest = (await store.health.results("i-1", limit=1))[0]
+        assert newest.latency == timedelta(milliseconds=299) and newest.message == "200 OK"
 
 
 async def test_rows_survive_lost_connections_and_land_later(postgres_url: str) -> None:

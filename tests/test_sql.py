@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctrlplane.store.sql import MAX_ROWS_PER_STATEMENT, multi_row, numbered
+from ctrlplane.store.sql import MAX_ROWS_PER_STATEMENT, copy_target, multi_row, numbered
 from ctrlplane.store.urls import is_postgres_url, redact_store_url, store_url_problem
 
 
@@ -68,6 +68,20 @@ def test_an_upsert_stays_one_row_per_statement_where_the_backend_needs_it() -> N
 def test_anything_else_is_one_executemany(sql: str) -> None:
     rows = [(1, 2), (3, 4)]
     assert multi_row(sql, rows, max_params=100, upsert_rows=True) == [(sql, rows, True)]
+
+
+def test_a_plain_insert_may_go_by_copy() -> None:
+    sql = "INSERT INTO health_results (instance_id, time) VALUES (?, ?)"
+    assert copy_target(sql) == ("health_results", ["instance_id", "time"])
+    # Anything a COPY would not do the same way stays a statement.
+    for other in (
+        "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING",
+        "INSERT INTO t (a, b) VALUES (?, 'x')",
+        "INSERT INTO t VALUES (?, ?)",
+        "INSERT INTO t (a, b) SELECT ?, ?",
+        "UPDATE t SET a = ?",
+    ):
+        assert copy_target(other) is None, other
 
 
 @pytest.mark.parametrize(

@@ -373,6 +373,10 @@ async def test_a_failing_writer_drops_the_oldest_and_tells_their_callbacks(store
             await writer.flush()
     assert outcomes == [("a", False)]
     assert writer.dropped == 1
+    # Many rows at once are bounded the same way, oldest first.
+    writer.add_many("INSERT INTO no_such_table (body) VALUES (?)", [("d",), ("e",)])
+    assert outcomes == [("a", False), ("b", False), ("c", False)]
+    assert writer.dropped == 3
 
 
 async def test_checks_removed_to_none_are_gone(store: Store) -> None:
