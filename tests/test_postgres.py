@@ -17,9 +17,10 @@ from ctrlplane.store.deployments import Deployment, DeploymentState
 from ctrlplane.store.errors import StoreUnavailableError
 from ctrlplane.store.health import CheckResult, HealthStatus, Outcome
 from ctrlplane.store.migrations import LATEST as SQLITE_LATEST
+from ctrlplane.store.postgres import WRITE_LOCK
 from ctrlplane.store.postgres_migrations import LATEST
-from tests.helpers import make_instance
-from tests.postgres import PASSWORD, PostgresServer
+from tests.helpers import make_instance, wait_for
+from tests.postgres import PASSWORD, PostgresServer, missing
 from tests.test_store import _run
 
 
@@ -263,3 +264,44 @@ async def test_the_password_may_come_from_a_file(
         assert store.location == postgres_server.url(name, password=False)
     with pytest.raises(StoreUnavailableError, match="cannot read the password file"):
         await Store(postgres_url, password_file=tmp_path / "missing").open()
+
+
+async def test_a_write_cancelled_while_waiting_for_its_turn_leaves_nothing_behind(
+    postgres_url: str,
+) -> None:
+    async with Store(postgres_url) as store:
+        holder = await _raw(postgres_url)
+        try:
+            # Another replica's exclusive transaction holds the turn.
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            writing = asyncio.create_task(store.instances.create(make_instance("never")))
+            waiting = (
+                "SELECT COUNT(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+
+            async def blocked() -> bool:
+                return bool(await holder.fetchval(waiting))
+
+            await wait_for(blocked, interval=0.01)
+            writing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writing
+            await tx.rollback()
+        finally:
+            await holder.close()
+        # The pool is usable, and the cancelled write did not happen.
+        assert await store.instances.create(make_instance("after"))
+        assert [i.name for i in await store.instances.all()] == ["after"]
+
+
+def test_without_postgresql_a_test_skips_but_in_ci_it_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server"):
+        missing("no server")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have PostgreSQL"):
+        missing("no server")
