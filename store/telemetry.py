@@ -133,23 +133,21 @@ class TelemetryStore:
         Returns:
             How many metrics were left out.
         """
-        skipped = 0
-        for m in metrics:
-            if not math.isfinite(m.value):
-                skipped += 1
-                continue
-            self._writer.add(
-                _INSERT_METRIC,
-                (
-                    instance_id,
-                    collector,
-                    m.name,
-                    m.type.value,
-                    m.value,
-                    msgspec.json.encode(m.labels, order="sorted").decode(),
-                    m.time.timestamp(),
-                ),
+        rows = [
+            (
+                instance_id,
+                collector,
+                m.name,
+                m.type.value,
+                m.value,
+                msgspec.json.encode(m.labels, order="sorted").decode(),
+                m.time.timestamp(),
             )
+            for m in metrics
+            if math.isfinite(m.value)
+        ]
+        self._writer.add_many(_INSERT_METRIC, rows)
+        skipped = len(metrics) - len(rows)
         if snapshot is not None:
             s = snapshot
             self._writer.add(
