@@ -180,7 +180,12 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
-        log.info("store opened", store=self.store.location, identity=self.store.identity)
+        log.info(
+            "store opened",
+            backend=str(self.store.db.dialect),
+            store=self.store.location,
+            identity=self.store.identity,
+        )
         providers = load_providers(cfg.data_dir, executables=cfg.process_executables)
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.

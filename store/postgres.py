@@ -18,11 +18,12 @@ from ctrlplane.store.urls import redact_store_url
 _MAX_PARAMS = 32000
 
 _COPY_FROM = 8
-"""Rows from which a plain INSERT goes by COPY: below, a statement costs less
-than COPY's own round trips."""
+"""Rows from which a plain INSERT goes by COPY. A few rows go as a statement:
+COPY has round trips of its own to set up (a threshold with room, not a
+measured edge)."""
 
 # Advisory lock keys (per database: another database on the same server does
-# not share them). Arbitrary, fixed, and ours: "ctrl" and "plan" in ASCII.
+# not share them). Arbitrary, fixed, and ours: "ctrl" in ASCII, then a number.
 MIGRATION_LOCK = 0x6374726C_00000001
 """Held while migrating, so two processes opening a new database apply each migration once."""
 WRITE_LOCK = 0x6374726C_00000002

@@ -23,7 +23,7 @@ from ctrlplane.bus import Event
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.errors import ConfigError, DataDirInUseError
-from ctrlplane.store import Outcome, Store
+from ctrlplane.store import Dialect, Outcome, Store
 from tests.helpers import make_instance, wait_for
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
@@ -171,6 +171,7 @@ async def test_a_control_plane_on_a_postgresql_store(config: Config, postgres_ur
     cfg = msgspec.structs.replace(config, store_url=postgres_url)
     async with Store(postgres_url) as shared, ControlPlane(cfg, load_plugins=False) as cp:
         assert cp.store.path is None
+        assert cp.store.db.dialect is Dialect.POSTGRESQL
         assert cp.store.identity == shared.identity
         assert "s3cret" not in cp.store.location
         await cp.store.instances.create(make_instance("web"))
