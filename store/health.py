@@ -13,8 +13,7 @@ from msgspec import Struct
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database, Executor, Row
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -155,7 +154,7 @@ def _spec(text: str) -> CheckSpec:
     return _spec_decoder.decode(text)
 
 
-def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
+def _state(row: Row) -> CheckState:
     r = tuple(row)
     return CheckState(
         instance_id=str(r[0]),
@@ -174,7 +173,7 @@ def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
 class HealthStore:
     """Check settings and status, and the result history (written in batches)."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -184,14 +183,16 @@ class HealthStore:
         async with self._writer.transaction() as db:
             await self._set_checks(db, instance_id, specs)
 
-    async def _set_checks(
-        self, db: aiosqlite.Connection, instance_id: str, specs: list[CheckSpec]
-    ) -> None:
-        await db.execute(
-            f"DELETE FROM health_checks WHERE instance_id = ? AND name NOT IN "
-            f"({', '.join('?' for _ in specs) or 'NULL'})",
-            (instance_id, *(s.name for s in specs)),
-        )
+    async def _set_checks(self, db: Executor, instance_id: str, specs: list[CheckSpec]) -> None:
+        if specs:
+            await db.execute(
+                f"DELETE FROM health_checks WHERE instance_id = ? AND name NOT IN "
+                f"({', '.join('?' for _ in specs)})",
+                (instance_id, *(s.name for s in specs)),
+            )
+        else:
+            # Not "NOT IN (NULL)", which is never true: no checks left means none kept.
+            await db.execute("DELETE FROM health_checks WHERE instance_id = ?", (instance_id,))
         for spec in specs:
             await db.execute(
                 "INSERT INTO health_checks (instance_id, name, spec, status) VALUES (?, ?, ?, ?) "
@@ -219,14 +220,13 @@ class HealthStore:
             sql += " WHERE c.instance_id = ?"
             params = (instance_id,)
         sql += " ORDER BY c.instance_id, c.name"
-        async with self._db.execute(sql, params) as cur:
-            return [_state(r) for r in await cur.fetchall()]
+        return [_state(r) for r in await self._db.fetch(sql, params)]
 
     def record(self, results: list[CheckResult], states: list[CheckState]) -> None:
         """Queue a sweep's results, and the states that changed: one batched write."""
-        for r in results:
-            self._writer.add(
-                _INSERT_RESULT,
+        self._writer.add_many(
+            _INSERT_RESULT,
+            [
                 (
                     r.instance_id,
                     r.check,
@@ -235,8 +235,10 @@ class HealthStore:
                     r.status.value,
                     _ms(r.latency),
                     r.message,
-                ),
-            )
+                )
+                for r in results
+            ],
+        )
         for s in states:
             self._writer.add(
                 _UPDATE_STATE,
@@ -265,8 +267,7 @@ class HealthStore:
             params.append(check)
         sql += " ORDER BY time DESC, id DESC LIMIT ?"
         params.append(limit)
-        async with self._db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.fetch(sql, params)
         return [
             CheckResult(
                 instance_id=str(r[0]),
