@@ -111,15 +111,16 @@ class MakeNode(Protocol):
 
 
 @pytest_asyncio.fixture
-async def cluster(bus: Bus, tmp_path: Path) -> AsyncIterator[MakeNode]:
-    """Builds nodes on one shared store file; kills every process they started."""
+async def cluster(bus: Bus, tmp_path: Path, store_location: Path | str) -> AsyncIterator[MakeNode]:
+    """Builds nodes on one shared store (a SQLite file, then a PostgreSQL
+    database); kills every process they started."""
     await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
     nodes: list[Node] = []
     servers: list[NodeLifecycle] = []
 
     async def make(name: str, live: list[str], *, remote: bool = True) -> Node:
         view = FixedNodes(name, live)
-        store = Store(tmp_path / "shared.db", flush_interval=timedelta(milliseconds=20))
+        store = Store(store_location, flush_interval=timedelta(milliseconds=20))
         await store.open()
         # Each process its own data dir, as each host (or process) of a cluster has.
         provider = ProcessProvider(tmp_path / f"{name}-{len(nodes)}")
@@ -386,7 +387,7 @@ async def test_a_declared_node_must_be_a_live_node(
     assert await a.store.instances.all() == []
 
 
-async def test_two_nodes_that_disagree_on_who_is_live_never_both_start_an_instance(
+async def test_nodes_that_disagree_on_who_is_live_never_both_take_an_instance(
     cluster: MakeNode,
 ) -> None:
     a, b, c = (
@@ -396,9 +397,9 @@ async def test_two_nodes_that_disagree_on_who_is_live_never_both_start_an_instan
     )
     names = [f"w{n}" for n in range(6)]
     await c.inventory.apply([decl(n, node="c") for n in names])
-    # c is gone; a and b each believe they are the only node left, so each
-    # plans to take all six: only the conditional placement keeps them apart.
-    a.view.live_nodes, b.view.live_nodes = ["a"], ["b"]
+    # c is gone, and a has not heard from b yet: a plans to take all six, b
+    # its half. Only the conditional placement keeps them apart.
+    a.view.live_nodes, b.view.live_nodes = ["a"], ["a", "b"]
     for handle in [i.handle for i in await a.store.instances.all()]:
         os.killpg(pid(handle), signal.SIGKILL)
 
@@ -510,13 +511,13 @@ NODE_TIMEOUT = timedelta(seconds=3)
 RECONCILE = timedelta(seconds=1)
 
 
-def node_config(config: Config, tmp_path: Path, node: str) -> Config:
+def node_config(config: Config, tmp_path: Path, node: str, store: Path | str) -> Config:
     """Node ``node`` of a cluster: its own data dir, the cluster's store."""
     return msgspec.structs.replace(
         config,
         node=node,
         data_dir=tmp_path / node,
-        store_url=f"sqlite://{tmp_path / 'cluster.db'}",
+        store_url=store if isinstance(store, str) else f"sqlite://{store}",
         node_timeout=NODE_TIMEOUT,
         reconcile_interval=RECONCILE,
         # Only what failover needs: fewer writers on the one SQLite file.
@@ -565,14 +566,19 @@ def _reap(planes: list[ControlPlane]) -> None:
 
 
 async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_a_tick(
-    config: Config, nats_server: ServerInfo, subjects: Subjects, tmp_path: Path
+    config: Config,
+    nats_server: ServerInfo,
+    subjects: Subjects,
+    tmp_path: Path,
+    store_location: Path | str,
 ) -> None:
     nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     handles: list[str | None] = []
     keep: list[ControlPlane] = []
     try:
-        async with control_plane(node_config(config, tmp_path, "b"), keep) as b:
-            cp_a = ControlPlane(node_config(config, tmp_path, "a"), load_plugins=False)
+        async with control_plane(node_config(config, tmp_path, "b", store_location), keep) as b:
+            cfg_a = node_config(config, tmp_path, "a", store_location)
+            cp_a = ControlPlane(cfg_a, load_plugins=False)
             keep.append(cp_a)
             await cp_a.start()
             try:
@@ -618,7 +624,7 @@ async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_
 
             # a comes back: it stops its own copy of what moved away.
             assert alive(cut_off.handle)
-            async with control_plane(node_config(config, tmp_path, "a"), keep):
+            async with control_plane(node_config(config, tmp_path, "a", store_location), keep):
                 await wait_for(lambda: not alive(cut_off.handle), within=20)
             for i in await b.store.instances.all():
                 assert (i.node, i.state) == ("b", InstanceState.RUNNING) and alive(i.handle)
@@ -630,19 +636,23 @@ async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_
 
 
 async def test_a_node_restarted_within_the_timeout_keeps_its_instances(
-    config: Config, nats_server: ServerInfo, subjects: Subjects, tmp_path: Path
+    config: Config,
+    nats_server: ServerInfo,
+    subjects: Subjects,
+    tmp_path: Path,
+    store_location: Path | str,
 ) -> None:
     nc, seen = await subscribe_events(nats_server, subjects.event("instance.>"))
     web: Instance | None = None
     keep: list[ControlPlane] = []
     try:
-        async with control_plane(node_config(config, tmp_path, "b"), keep) as b:
-            async with control_plane(node_config(config, tmp_path, "a"), keep) as a:
+        async with control_plane(node_config(config, tmp_path, "b", store_location), keep) as b:
+            async with control_plane(node_config(config, tmp_path, "a", store_location), keep) as a:
                 assert a.inventory is not None
                 await a.inventory.apply([decl("web", node="a")])
                 web = await b.store.instances.get("web")
             # a restarts: its node stays live until node_timeout, so nothing moves.
-            async with control_plane(node_config(config, tmp_path, "a"), keep) as a:
+            async with control_plane(node_config(config, tmp_path, "a", store_location), keep) as a:
                 runs = _runs(b, "reconciler") + _runs(a, "reconciler")
                 await wait_for(
                     lambda: _runs(b, "reconciler") + _runs(a, "reconciler") >= runs + 3,
