@@ -85,9 +85,15 @@ class HostBoundProvider(Provider, Protocol):
 
     host_bound: bool
 
-    async def local_handle(self, instance: Instance) -> str | None:
-        """The handle of this host's running process of ``instance``, whatever the
-        store records for it; ``None`` when this host runs none."""
+    async def local_instances(self) -> dict[str, str]:
+        """Instance id to handle of each running process this host started for an
+        instance, whatever the store records now (another node's handle, or no
+        instance at all)."""
+        ...
+
+    async def stop_local(self, instance_id: str, grace: timedelta) -> None:
+        """Stop this host's process of instance ``instance_id`` if one runs, as
+        :meth:`Provider.stop` would; the store need not know it any more."""
         ...
 
 

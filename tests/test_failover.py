@@ -103,7 +103,8 @@ class Node:
 
     async def local(self, name: str) -> str | None:
         """The handle of this host's running process of instance ``name``."""
-        return await self.provider.local_handle(await self.store.instances.get(name))
+        instance = await self.store.instances.get(name)
+        return (await self.provider.local_instances()).get(instance.id)
 
 
 class MakeNode(Protocol):
@@ -459,6 +460,27 @@ async def test_a_silent_nodes_instances_move_and_it_lets_them_go_when_it_returns
     await a.reconcile()
     await b.reconcile()
     assert len(of_type(a.published + b.published, "instance.rescheduled")) == 1
+
+
+async def test_an_instance_removed_while_its_node_was_silent_is_stopped_when_it_returns(
+    cluster: MakeNode,
+) -> None:
+    a, b = await cluster("a", ["a", "b"]), await cluster("b", ["a", "b"])
+    await a.inventory.apply([decl("web", node="a"), decl("api", node="a")])
+    web = await running(a, "web")
+
+    # a is silent; b removes web, which nobody can stop now.
+    b.view.live_nodes = ["b"]
+    removed = await b.inventory.apply([decl("api", node="a")])
+    assert (removed.removed, removed.errors) == (["web"], [])
+    assert alive(web.handle)
+
+    b.view.live_nodes = a.view.live_nodes = ["a", "b"]
+    await a.reconcile()
+    assert not alive(web.handle)
+    # What is still a's runs on.
+    api = await running(a, "api")
+    assert await a.local("api") == api.handle
 
 
 async def test_an_instance_placed_back_on_its_old_node_is_readopted_not_started_again(

@@ -272,22 +272,24 @@ async def test_this_host_remembers_what_it_started_whatever_the_store_says(
     runner: Runner, data_dir: Path
 ) -> None:
     instance = await runner.start(make_instance(SLEEPER))
+    exited = await runner.start(make_instance([PY, "-c", "pass"], name="brief"))
+    await runner.until_exited(exited)
     assert instance.handle is not None
-    # Another node took the instance over: the store no longer holds our handle.
-    elsewhere = msgspec.structs.replace(instance, handle="4242:1", node="b")
+    # Another node took the instance over, or it was removed: the store no
+    # longer holds our handle. A new provider (a restarted control plane)
+    # still finds what this host runs, and only that.
     restarted = ProcessProvider(data_dir)
 
     assert restarted.host_bound is True
-    assert await restarted.local_handle(elsewhere) == instance.handle
-    # Another instance that took the name (a new id) is not ours to stop.
-    other = msgspec.structs.replace(elsewhere, id="i-other")
-    assert await restarted.local_handle(other) is None
-    # Nor is another host's record: its data dir has none.
-    assert await ProcessProvider(data_dir.parent / "b").local_handle(elsewhere) is None
+    assert await restarted.local_instances() == {instance.id: instance.handle}
+    # Another host's data dir has no record of it.
+    assert await ProcessProvider(data_dir.parent / "b").local_instances() == {}
 
-    await restarted.stop(msgspec.structs.replace(elsewhere, handle=instance.handle), timedelta(0))
+    await restarted.stop_local("i-unknown", timedelta(0))
+    assert await restarted.local_instances() == {instance.id: instance.handle}
+    await restarted.stop_local(instance.id, timedelta(seconds=2))
+    assert await restarted.local_instances() == {}
     await runner.until_exited(instance)
-    assert await restarted.local_handle(elsewhere) is None
 
 
 async def test_a_reused_pid_is_neither_running_nor_signalled(
@@ -574,7 +576,7 @@ def test_load_providers_from_entry_points(declare: Declare, data_dir: Path) -> N
         ("not_a_provider", "is not a provider"),
         ("Exploding", "calling it with the data dir failed"),
         ("SyncStart", "'start' must be an async method"),
-        ("BoundWithoutHandles", "is host-bound, so it needs an async 'local_handle'"),
+        ("BoundWithoutHandles", "needs async 'local_instances' and 'stop_local'"),
     ],
 )
 def test_a_broken_entry_point_is_named(

@@ -269,21 +269,37 @@ class ProcessProvider:
         self._remember(folder, instance.id, handle)
         return handle
 
-    async def local_handle(self, instance: Instance) -> str | None:
-        """The handle of the process this host last started for ``instance``, if it
-        still runs; whatever the store records (another node's handle, or none).
+    async def local_instances(self) -> dict[str, str]:
+        """Instance id to handle of every process this host started that still runs,
+        whatever the store records now (another node's handle, or no instance).
 
-        A node uses it to find its own copy of an instance that was placed
-        elsewhere while it was silent, and to re-adopt one placed back on it.
+        A node uses it to find its own copies of instances placed elsewhere,
+        or removed, while it was silent, and to re-adopt one placed back on it.
         """
+        return await asyncio.to_thread(self._local)
+
+    async def stop_local(self, instance_id: str, grace: timedelta) -> None:
+        """Stop this host's process of the instance ``instance_id``, if one runs,
+        as :meth:`stop` does; the store need not know the instance any more."""
+        handle = (await self.local_instances()).get(instance_id)
+        if handle is not None:
+            await self._stop(handle, grace)
+
+    def _local(self) -> dict[str, str]:
+        found: dict[str, str] = {}
         try:
-            record = (self._folder(instance) / _HANDLE_FILE).read_text()
-        except (OSError, ProviderError, UnicodeDecodeError):
-            return None
-        instance_id, _, handle = record.strip().partition(" ")
-        if instance_id != instance.id or _incarnation(handle) is None:
-            return None
-        return handle
+            folders = list(self._root.iterdir())
+        except OSError:
+            return found  # nothing started on this host yet
+        for folder in folders:
+            try:
+                record = (folder / _HANDLE_FILE).read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            instance_id, _, handle = record.strip().partition(" ")
+            if instance_id and _incarnation(handle) is not None:
+                found[instance_id] = handle
+        return found
 
     def _remember(self, folder: Path, instance_id: str, handle: str) -> None:
         """Write this host's record of the instance's process (atomically)."""
@@ -318,13 +334,17 @@ class ProcessProvider:
         started for the instance, so a reused pid is never signalled. Returns
         when they are all gone, or about two seconds after the SIGKILL.
         """
-        child = None if instance.handle is None else self._children.get(instance.handle)
+        if instance.handle is not None:
+            await self._stop(instance.handle, grace)
+
+    async def _stop(self, handle: str, grace: timedelta) -> None:
+        child = self._children.get(handle)
         if child is not None and child.popen.poll() is not None:
             return
-        parsed = _incarnation(instance.handle)
+        parsed = _incarnation(handle)
         if parsed is None:
             return
-        family = await asyncio.to_thread(self._family, instance.handle)
+        family = await asyncio.to_thread(self._family, handle)
         if not family:
             return
         if child is not None:

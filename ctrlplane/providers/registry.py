@@ -58,9 +58,13 @@ def _provider(ref: str, obj: object) -> Provider:
         if not inspect.iscoroutinefunction(getattr(obj, method)):
             raise ProviderLoadError(ref, f"{method!r} must be an async method")
     if getattr(obj, "host_bound", False) is True and not (
-        isinstance(obj, HostBoundProvider) and inspect.iscoroutinefunction(obj.local_handle)
+        isinstance(obj, HostBoundProvider)
+        and inspect.iscoroutinefunction(obj.local_instances)
+        and inspect.iscoroutinefunction(obj.stop_local)
     ):
-        raise ProviderLoadError(ref, "is host-bound, so it needs an async 'local_handle'")
+        raise ProviderLoadError(
+            ref, "is host-bound, so it needs async 'local_instances' and 'stop_local'"
+        )
     return obj
 
 

@@ -11,8 +11,6 @@ import asyncio
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
-import msgspec
-
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
 from ctrlplane.cluster.placement import Move, Placement, plan
@@ -74,10 +72,10 @@ class Reconciler:
       instance was on, so one node wins each. It publishes
       ``instance.rescheduled`` (from, to) and starts the instance here;
     - it starts new instances that another node's ``apply`` placed here;
-    - it stops this host's own process of an instance now placed on another
-      node (it was moved away while this node was silent), found through the
-      provider's own record (:meth:`HostBoundProvider.local_handle`), and
-      re-adopts such a process when the instance is placed back here.
+    - it stops this host's own processes of instances now placed on another
+      node or removed (while this node was silent), found through the
+      provider's own record (:meth:`HostBoundProvider.local_instances`), and
+      re-adopts such a process when its instance is placed back here.
 
     Args:
         store: The open store.
@@ -218,7 +216,7 @@ class Reconciler:
         instance = await self._store.instances.get(instance_id)
         provider = self._host_bound(instance)
         assert provider is not None  # only host-bound instances are placed
-        local = await provider.local_handle(instance)
+        local = (await provider.local_instances()).get(instance.id)
         if local is not None:
             # This host's own process of it, from before it was moved away: keep it.
             await self._store.instances.set_state(instance.id, InstanceState.RUNNING, handle=local)
@@ -240,28 +238,32 @@ class Reconciler:
     async def _let_go(
         self, ctx: RunContext, instances: list[Instance], failures: dict[str, str]
     ) -> None:
-        """Stop this host's processes of instances now placed on another node."""
+        """Stop this host's processes of instances now placed on another node, or
+        removed, while this node was silent."""
         assert self._nodes is not None
         me = self._nodes.name
-        for instance in instances:
-            provider = self._host_bound(instance)
-            if provider is None or instance.node is None or instance.node == me:
-                continue
-            local = await provider.local_handle(instance)
-            if local is None:
-                continue
-            ctx.log.warning(
-                "stopping a copy of an instance placed elsewhere",
-                instance=instance.name,
-                node=instance.node,
-                handle=local,
-            )
-            try:
-                await provider.stop(
-                    msgspec.structs.replace(instance, handle=local), self._stop_grace
+        by_id = {i.id: i for i in instances}
+        providers = {id(p): p for p in map(host_bound, self._providers.values()) if p}
+        for provider in providers.values():
+            for instance_id, handle in (await provider.local_instances()).items():
+                instance = by_id.get(instance_id)
+                if instance is not None and instance.node in (me, None):
+                    continue
+                # Read again: one created (or placed here) since our read has
+                # its record before its process, so it is never taken for gone.
+                current = await self._store.instances.find(instance_id)
+                if current is not None and current.node in (me, None):
+                    continue
+                ctx.log.warning(
+                    "stopping a copy of an instance placed elsewhere or removed",
+                    instance=instance_id if current is None else current.name,
+                    node=None if current is None else current.node,
+                    handle=handle,
                 )
-            except Exception as exc:  # one instance's failure does not stop the others
-                failures[f"stop local copy of {instance.name!r}"] = f"{type(exc).__name__}: {exc}"
+                try:
+                    await provider.stop_local(instance_id, self._stop_grace)
+                except Exception as exc:  # one instance's failure does not stop the others
+                    failures[f"stop local copy of {instance_id}"] = f"{type(exc).__name__}: {exc}"
 
     async def _start_handed_over(
         self, ctx: RunContext, instances: list[Instance], failures: dict[str, str]
