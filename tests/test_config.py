@@ -684,6 +684,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "node": default_node(),
         "node_timeout": "30s",
         "stream_replicas": 1,
+        "max_consumers": 10_000,
     }
 
 
@@ -849,3 +850,12 @@ def test_stream_replicas_is_bounded_by_jetstream() -> None:
         with pytest.raises(ConfigError) as caught:
             Config(stream_replicas=bad)
         assert caught.value.field == "stream_replicas"
+
+
+def test_max_consumers_must_be_positive() -> None:
+    assert Config(max_consumers=20_000).max_consumers == 20_000
+    assert load_config(env={"CTRLPLANE_MAX_CONSUMERS": "5000"}).max_consumers == 5000
+    for bad in (0, -1):
+        with pytest.raises(ConfigError) as caught:
+            Config(max_consumers=bad)
+        assert caught.value.field == "max_consumers"
