@@ -152,13 +152,19 @@ class Bus:
         *,
         token: str | None = None,
         connect_timeout: timedelta = timedelta(seconds=10),
+        randomize: bool = True,
     ) -> None:
         """Connect to NATS at ``url`` (a comma-separated list is allowed).
 
         The client reconnects forever once connected: a control plane outlives
-        broker restarts. The first connection is retried until
+        broker restarts, and with several servers it moves to another when
+        its own goes away. The first connection is retried until
         ``connect_timeout``; a server that refuses the credentials ends it at
         once. Cancelling the call closes the half-made connection.
+
+        ``randomize`` picks among the servers at random (spreading replicas
+        over a cluster's nodes); ``False`` tries them in the order given, for
+        a replica that should use the node on its own host while it is up.
 
         Raises:
             BusError: ``cannot connect to NATS at URL: reason`` (with any
@@ -205,6 +211,7 @@ class Bus:
                 # connect is bounded by ``total`` below.
                 connect_timeout=max(1, math.ceil(min(total, 5))),
                 allow_reconnect=True,
+                dont_randomize=not randomize,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
                 error_cb=on_error,
@@ -394,7 +401,9 @@ class Bus:
             attempt += 1
             try:
                 return await self.js.publish(subject, payload, timeout=2.0, headers=headers)
-            except RETRYABLE as exc:
+            except (*RETRYABLE, nats.js.errors.APIError) as exc:
+                if isinstance(exc, nats.js.errors.APIError) and not _in_process(exc):
+                    raise
                 now = asyncio.get_running_loop().time()
                 if now + delay > deadline:
                     raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
@@ -524,6 +533,19 @@ _NOT_CLUSTERED = 10074  # JetStream: replicas > 1 not supported in non-clustered
 _NO_PEERS = 10005  # JetStream: no suitable peers for placement (fewer servers than replicas)
 _NO_RESOURCES = 10023  # JetStream: insufficient resources
 _MAX_CONSUMERS = 10026  # JetStream: maximum consumers limit reached
+_MSG_ID_IN_PROCESS = 10158  # JetStream: duplicate message id is in process
+
+
+def _in_process(exc: nats.js.errors.APIError) -> bool:
+    """Whether a replicated stream is still storing a message of the same id.
+
+    Several processes publish each tick with one ``Nats-Msg-Id``; a stream
+    of more than one replica answers "duplicate message id is in process"
+    to all but the first while that one is being replicated, and only then
+    "duplicate". Asked again a moment later, it says which: stored (a
+    duplicate ack) or lost with its leader (stored now, from this publish).
+    """
+    return exc.err_code == _MSG_ID_IN_PROCESS
 
 
 def _wider_limit(current: int | None, wanted: int | None) -> int | None:
