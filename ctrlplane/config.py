@@ -342,9 +342,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             )
         if self.max_consumers < 1:
             # JetStream reads <= 0 as its own default (1,000), not "unlimited".
-            raise ConfigError(
-                "max_consumers", f"must be at least 1, got {self.max_consumers}"
-            )
+            raise ConfigError("max_consumers", f"must be at least 1, got {self.max_consumers}")
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             problem = reference_problem(spec)
