@@ -56,6 +56,18 @@ RETRYABLE = (
     asyncio.TimeoutError,
 )
 
+# Answers of a JetStream that is there but busy (electing leaders, loaded):
+# stream and consumer set-up is asked again (see Bus.patiently).
+_SETUP_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+SETUP_PATIENCE = timedelta(seconds=30)
+"""How long stream and consumer set-up keeps asking a busy JetStream."""
+
 MSG_ID = "Nats-Msg-Id"
 
 
@@ -309,7 +321,7 @@ class Bus:
             num_replicas=limits.stream_replicas,
             max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(ticks)
+        await self.patiently(lambda: self._add_or_widen(ticks), f"stream {ticks.name}")
         events = StreamConfig(
             name=s.events_stream,
             subjects=[s.all_events],
@@ -323,7 +335,7 @@ class Bus:
             num_replicas=limits.stream_replicas,
             max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(events)
+        await self.patiently(lambda: self._add_or_widen(events), f"stream {events.name}")
         dlq = StreamConfig(
             name=s.dlq_stream,
             subjects=[s.all_dlq],
@@ -335,7 +347,7 @@ class Bus:
             num_replicas=limits.stream_replicas,
             max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(dlq)
+        await self.patiently(lambda: self._add_or_widen(dlq), f"stream {dlq.name}")
 
     async def _add_or_widen(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one in line with ``config``.
@@ -497,11 +509,42 @@ class Bus:
             ConsumerLimitError: the stream already holds as many consumers as
                 its ``max_consumers`` admits.
         """
-        assert config.durable_name is not None
-        try:
-            await self.js.add_consumer(stream, config)
-        except nats.js.errors.APIError as exc:
-            raise consumer_refusal(stream, config.durable_name, exc) from exc
+        durable = config.durable_name
+        assert durable is not None
+
+        async def add() -> None:
+            try:
+                await self.js.add_consumer(stream, config)
+            except nats.js.errors.APIError as exc:
+                raise consumer_refusal(stream, durable, exc) from exc
+
+        await self.patiently(add, f"consumer {durable} on {stream}")
+
+    async def patiently(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run a stream or consumer set-up call again while JetStream is busy.
+
+        Creating or updating a replicated stream or consumer waits for its
+        raft group, and a cluster electing leaders (a node just died) answers
+        "unavailable" or not at all for a few seconds; a loaded server can
+        take longer than the API timeout too. The calls are idempotent (an
+        existing stream or consumer of the same config is no error), so they
+        are repeated for up to :data:`SETUP_PATIENCE`, then the error stands.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETUP_PATIENCE.total_seconds()
+        delay = 0.1
+        while True:
+            try:
+                await call()
+                return
+            except _SETUP_TRANSIENT as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.info(
+                    "jetstream busy; trying again", what=what, error=str(exc) or type(exc).__name__
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
         """Drain the connection: flush what is buffered, then close. Idempotent."""

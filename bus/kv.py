@@ -100,6 +100,11 @@ class SlotLedger:
         Raises:
             ReplicasError: JetStream has fewer servers than ``stream_replicas``.
         """
+        await self._bus.patiently(self._open, f"bucket {self._bus.subjects.slots_bucket}")
+        self._suspect()
+        self._bus.on_reconnect(self._reconnected)
+
+    async def _open(self) -> None:
         bucket = self._bus.subjects.slots_bucket
         js = self._bus.js
         replicas = self._bus.limits.stream_replicas
@@ -124,8 +129,6 @@ class SlotLedger:
                     raise stream_refusal(config, exc) from exc
                 kv = await js.key_value(bucket)
         self._kv = kv
-        self._suspect()
-        self._bus.on_reconnect(self._reconnected)
 
     async def _create(self, bucket: str) -> KeyValue:
         config = KeyValueConfig(

@@ -345,3 +345,40 @@ async def test_a_full_stream_refuses_a_consumer_naming_max_consumers(bus: Bus) -
     with pytest.raises(ConsumerLimitError, match="max_consumers") as caught:
         await bus.ensure_consumer(s.ticks_stream, ConsumerConfig(durable_name="two"))
     assert (caught.value.stream, caught.value.durable) == (s.ticks_stream, "two")
+
+
+async def test_set_up_is_asked_again_while_jetstream_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[BaseException | None] = [
+        nats.errors.TimeoutError(),
+        nats.js.errors.ServiceUnavailableError(),
+        None,
+    ]
+    calls = 0
+
+    async def create() -> None:
+        nonlocal calls
+        calls += 1
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    await Bus().patiently(create, "stream X")
+    assert calls == 3
+    # A refusal that is no busy server is not asked again; a busy one, only so long.
+    monkeypatch.setattr("ctrlplane.bus.connection.SETUP_PATIENCE", timedelta(milliseconds=300))
+
+    async def refused() -> None:
+        raise nats.js.errors.BadRequestError()
+
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await Bus().patiently(refused, "stream X")
+
+    async def busy() -> None:
+        raise nats.errors.TimeoutError()
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(nats.errors.TimeoutError):
+        await Bus().patiently(busy, "stream X")
+    assert asyncio.get_running_loop().time() - started < 1.0
