@@ -28,6 +28,7 @@ from ctrlplane.actors.spec import spec_of
 from ctrlplane.bus import Bus, BusError, BusLimits, Event, Subjects, Tick
 from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 from ctrlplane.bus.server import find_binary
+from ctrlplane.cluster.nodes import NodeRegistry
 from ctrlplane.security import ROLES, embedded_authorization
 from tests import natscluster
 from tests.conftest import TEST_LIMITS, TEST_PREFIX
@@ -113,11 +114,16 @@ async def test_streams_buckets_and_consumers_have_three_replicas(cluster: NatsCl
     scheduler = Scheduler(bus, process="p0")
     scheduler.register(Slots("beat", "p0", []))
     scheduler.register(Sink([]))
+    registry = NodeRegistry(
+        bus, node="a", process="p0", store_id="s-1", timeout=timedelta(seconds=10)
+    )
     try:
         await scheduler.start()
+        await registry.start()
         s = subjects
         nodes = {n.name for n in cluster.nodes}
-        for stream in (s.ticks_stream, s.events_stream, s.dlq_stream, f"KV_{s.slots_bucket}"):
+        buckets = (f"KV_{s.slots_bucket}", f"KV_{s.nodes_bucket}")
+        for stream in (s.ticks_stream, s.events_stream, s.dlq_stream, *buckets):
             info = await natscluster.replicated(bus.js, stream, 3)
             assert info.config.num_replicas == 3, stream
             assert info.cluster is not None and info.cluster.replicas is not None
@@ -132,6 +138,7 @@ async def test_streams_buckets_and_consumers_have_three_replicas(cluster: NatsCl
             assert consumer.cluster is not None and consumer.cluster.replicas is not None
             assert len(consumer.cluster.replicas) == 2, (durable, consumer.cluster)
     finally:
+        await registry.stop()
         await scheduler.stop(grace=timedelta(seconds=1))
         await bus.close()
 
