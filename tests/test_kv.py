@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ctrlplane.bus import Bus
+import msgspec
+import pytest
+
+from ctrlplane.bus import Bus, ReplicasError
 from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 
 RUN = SlotCompletion(run_id="run-1", process="host:1", attempt=1, started=10.0, finished=11.5)
@@ -45,3 +48,11 @@ async def test_a_second_process_binds_to_the_bucket_and_widens_its_ttl(bus: Bus)
     assert await longer.completed("gc", 1) == RUN
     short.close()
     longer.close()
+
+
+async def test_a_bucket_with_more_replicas_than_servers_names_the_setting(bus: Bus) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, stream_replicas=2)
+    ledger = SlotLedger(bus, ttl=timedelta(minutes=3))
+    with pytest.raises(ReplicasError, match="stream_replicas") as caught:
+        await ledger.open()
+    assert caught.value.stream == f"KV_{bus.subjects.slots_bucket}"
