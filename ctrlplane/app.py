@@ -95,7 +95,7 @@ class ControlPlane:
             ),
         )
         self.store = Store(self.config.data_dir / DB_FILE)
-        self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
+        self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
         self._api: DomainApi | None = None

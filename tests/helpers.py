@@ -128,3 +128,19 @@ def tick_context(worker: str, published: list[Event]) -> RunContext:
         publish=publish,
         log=structlog.get_logger(),
     )
+
+
+class FixedNodes:
+    """A NodeView whose live list the test sets: it stands for the node
+    registry's view (heartbeats), so a test controls which nodes are live."""
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        self._name = name
+        self.alive = list(live)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def live(self) -> list[str]:
+        return sorted(self.alive)
