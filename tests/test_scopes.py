@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from ctrlplane.actors import RunContext, Scheduler, SchedulerStateError, Scope
-from ctrlplane.bus import Bus
+from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
@@ -201,6 +201,44 @@ async def test_a_tick_held_by_a_dead_process_goes_to_its_nodes_other_process(
     assert len(b_runs) == 1 and b_runs[0]["process"] in ("b-1", "b-2")
     assert b_runs[0]["attempt"] == 1
     assert {r["node"] for r in runs} == set(NODES)
+
+
+class NodeEvents:
+    """A node-scoped event worker: each node handles every event once."""
+
+    name = "node-events"
+    interval = timedelta(0)
+    subscriptions = ("thing.*",)
+    scope = "node"
+
+    def __init__(self, node: str, seen: list[tuple[str, str]]) -> None:
+        self._node = node
+        self._seen = seen
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        self._seen.append((self._node, ctx.event.id))
+
+
+async def test_a_node_scoped_event_worker_handles_each_event_once_per_node(
+    buses: list[Bus],
+) -> None:
+    seen: list[tuple[str, str]] = []
+    schedulers = []
+    for i, bus in enumerate(buses):
+        node = NODES[i // 2]
+        s = Scheduler(bus, process=f"{node}-p{i % 2}", node=node)
+        s.register(NodeEvents(node, seen))
+        schedulers.append(s)
+    await asyncio.gather(*(s.start() for s in schedulers))
+    try:
+        events = [Event(type="thing.happened", source="test") for _ in range(20)]
+        await buses[0].publish_events(events)
+        await wait_for(lambda: len(seen) >= 40, within=30)
+        await asyncio.sleep(0.5)  # room for a wrong extra delivery to show
+    finally:
+        await asyncio.gather(*(s.stop(grace=timedelta(seconds=1)) for s in schedulers))
+    assert Counter(seen) == Counter((n, e.id) for n in NODES for e in events)
 
 
 async def test_a_node_scoped_worker_needs_the_node_of_its_process(bus: Bus) -> None:
