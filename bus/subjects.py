@@ -79,6 +79,11 @@ class Subjects(Struct, frozen=True):
         """The key-value bucket that records completed slots of periodic workers."""
         return f"{self._stream_base}_SLOTS"
 
+    @property
+    def nodes_bucket(self) -> str:
+        """The key-value bucket of the cluster's node heartbeats."""
+        return f"{self._stream_base}_NODES"
+
     def tick(self, worker: str, node: str | None = None) -> str:
         """The subject of ticks for ``worker``; for a node-scoped worker, those
         of its runs on ``node`` (``<prefix>.tick.<worker>.<node>``)."""

@@ -22,6 +22,7 @@ from ctrlplane.bus.codec import decode, encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
 from ctrlplane.certs.renewal import renewal_time
+from ctrlplane.cluster.nodes import NodeInfo, NodeRegistry
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl, DomainError, apply_domains, domain_problems
 from ctrlplane.errors import CtrlplaneError
@@ -191,6 +192,20 @@ class TelemetryReply(Reply, frozen=True, kw_only=True):
     metrics: list[Metric] = []
 
 
+class NodesReply(Reply, frozen=True, kw_only=True):
+    """The cluster's nodes, as the answering process sees them.
+
+    Attributes:
+        node: The answering process's node.
+        store_id: The identity of the answering process's store.
+        nodes: Every node heard from lately, live or not.
+    """
+
+    node: str = ""
+    store_id: str = ""
+    nodes: list[NodeInfo] = []
+
+
 def check_view(instance: Instance, state: CheckState) -> CheckView:
     return CheckView(
         instance=instance.name,
@@ -223,8 +238,10 @@ class DomainApi:
         *,
         router: Router | None = None,
         allow_apply: bool = True,
+        nodes: NodeRegistry | None = None,
     ) -> None:
         self._allow_apply = allow_apply
+        self._nodes = nodes
         self._bus = bus
         self._store = store
         self._inventory = inventory
@@ -239,6 +256,7 @@ class DomainApi:
             "telemetry": self._telemetry,
             "deployments": self._deployments,
             "certs": self._certs,
+            "nodes": self._nodes_reply,
         }
         for name, handler in routes.items():
             sub = await self._bus.nc.subscribe(
@@ -365,6 +383,15 @@ class DomainApi:
             snapshot=await self._store.telemetry.latest_snapshot(instance.id),
             metrics=await self._store.telemetry.latest_metrics(instance.id, since),
         )
+
+    async def _nodes_reply(self, payload: bytes) -> NodesReply:
+        if self._nodes is None:
+            raise CtrlplaneError("this process keeps no node registry")
+        counts = await self._store.instances.count_by_node()
+        nodes = [
+            msgspec.structs.replace(n, instances=counts.get(n.name, 0)) for n in self._nodes.nodes()
+        ]
+        return NodesReply(node=self._nodes.name, store_id=self._store.identity, nodes=nodes)
 
     async def stop(self) -> None:
         for sub in self._subs:

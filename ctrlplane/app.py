@@ -22,7 +22,8 @@ from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs.registry import load_router
 from ctrlplane.checks.registry import close_checkers, load_checkers
-from ctrlplane.config import Config, check_names
+from ctrlplane.cluster.nodes import NodeRegistry
+from ctrlplane.config import Config, check_names, sqlite_path
 from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError, DataDirInUseError
 from ctrlplane.files import private_dir
@@ -45,7 +46,6 @@ from ctrlplane.workers import (
 
 log = structlog.get_logger("ctrlplane")
 
-DB_FILE = "ctrlplane.db"
 LOCK_FILE = "ctrlplane.lock"
 """Held (``flock``) by the one process that uses a data dir; names it (pid, host)."""
 
@@ -94,13 +94,17 @@ class ControlPlane:
                 dlq_max_bytes=self.config.dlq_max_bytes,
             ),
         )
-        self.store = Store(self.config.data_dir / DB_FILE)
+        path = sqlite_path(self.config)
+        if path is None:
+            raise CtrlplaneError("store_url: PostgreSQL is not supported by this build yet")
+        self.store = Store(path)
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
         self._api: DomainApi | None = None
         self._checkers: dict[str, Checker] = {}
         self.inventory: Inventory | None = None
+        self._nodes: NodeRegistry | None = None
         self._router: Router | None = None
         # Exists before start, so that cp.telemetry.register_collector(...)
         # can add collectors; the built-in and plugin ones are added at start.
@@ -116,6 +120,13 @@ class ControlPlane:
     def server(self) -> EmbeddedServer | None:
         """The embedded nats-server, when this control plane started one."""
         return self._server
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        """This process's node and its view of the cluster's nodes. Made at start."""
+        if self._nodes is None:
+            raise CtrlplaneError("the node registry is made at start: start the control plane")
+        return self._nodes
 
     @property
     def router(self) -> Router:
@@ -178,6 +189,16 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
+        # Before any worker runs: a process whose store differs from its
+        # cluster's must refuse to start rather than split the state.
+        self._nodes = NodeRegistry(
+            self.bus,
+            node=cfg.node,
+            process=self.scheduler.process,
+            store_id=self.store.identity,
+            timeout=cfg.node_timeout,
+        )
+        await self._nodes.start()
         providers = load_providers(cfg.data_dir, executables=cfg.process_executables)
         self._router = load_router(cfg)
         # Who lifecycle and domain events come from: this process.
@@ -198,7 +219,12 @@ class ControlPlane:
         self._control = ControlApi(self.bus, self.scheduler)
         await self._control.start()
         self._api = DomainApi(
-            self.bus, self.store, self.inventory, router=self.router, allow_apply=cfg.api_apply
+            self.bus,
+            self.store,
+            self.inventory,
+            router=self.router,
+            allow_apply=cfg.api_apply,
+            nodes=self._nodes,
         )
         await self._api.start()
         if cfg.instances is not None:
@@ -236,6 +262,8 @@ class ControlPlane:
             process=self.scheduler.process,
             workers=[w.name for w in self.scheduler.workers()],
             data_dir=str(cfg.data_dir),
+            node=cfg.node,
+            store=self.store.identity,
         )
 
     def _builtin_workers(
@@ -243,6 +271,8 @@ class ControlPlane:
     ) -> list[Worker]:
         cfg = self.config
         self.telemetry.register_defaults(load_collectors(providers))
+        # Node-scoped: each node sweeps and collects its shard of the instances.
+        self.telemetry.nodes = self.nodes
         return [
             Reconciler(self.store, providers, interval=cfg.reconcile_interval),
             HealthRunner(
@@ -250,6 +280,7 @@ class ControlPlane:
                 self._checkers,
                 interval=cfg.health_interval,
                 concurrency=cfg.health_concurrency,
+                nodes=self.nodes,
             ),
             Remediator(self.store, inventory, cfg.remediation),
             AuditRecorder(self.store),
@@ -283,6 +314,8 @@ class ControlPlane:
             self._control = self._api = None
             await self.scheduler.stop(grace)
         finally:
+            if self._nodes is not None:
+                await self._nodes.stop()
             try:
                 await close_checkers(self._checkers)
                 await self.telemetry.close()

@@ -41,6 +41,9 @@ __all__ = [
     "redact_nats_url",
 ]
 
+DB_FILE = "ctrlplane.db"
+"""The SQLite file in the data dir, the store when no ``store_url`` is given."""
+
 ENV_PREFIX = "CTRLPLANE_"
 """Environment variables named ``CTRLPLANE_<FIELD>`` set the field ``<field>``."""
 
@@ -59,6 +62,30 @@ NATS's nanosecond limits and the date arithmetic of retention."""
 # Durations that may be zero; every other duration field must be positive, so
 # a new interval is protected from a busy loop without anyone remembering to.
 _MAY_BE_ZERO = frozenset({"stop_grace", "gc_batch_pause"})
+
+
+def sqlite_path(config: Config) -> Path | None:
+    """The SQLite file the store is in, or ``None`` when it is not SQLite."""
+    if config.store_url is None:
+        return config.data_dir / DB_FILE
+    parts = urlsplit(config.store_url)
+    if parts.scheme != "sqlite":
+        return None
+    return Path(parts.path)
+
+
+def _store_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path.endswith("/"):
+            return "a SQLite store is sqlite:///ABSOLUTE/PATH/FILE.db"
+        return None
+    if parts.scheme in ("postgresql", "postgres"):
+        return None
+    return (
+        f"scheme {parts.scheme!r} is not a store: use sqlite:///ABSOLUTE/PATH.db or "
+        "postgresql://USER@HOST:PORT/DATABASE"
+    )
 
 
 def default_node() -> str:
@@ -208,8 +235,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             run (absolute paths, or names looked up on ``PATH``); an
             instance whose command runs anything else is refused on apply.
             Empty allows every executable.
-        store_url: The store: ``None`` is the SQLite file in ``data_dir``
-            (one process); ``postgresql://user@host:port/db`` is a
+        store_url: The store: ``None`` is the SQLite file in ``data_dir``;
+            ``sqlite:///abs/path.db`` is a SQLite file that the processes of
+            one host may share; ``postgresql://user@host:port/db`` is a
             PostgreSQL database that every replica of a cluster shares.
         node: The node this process belongs to (default: the host name).
             Host-bound instances are placed on a node, and node-scoped
@@ -324,6 +352,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for index, exe in enumerate(self.process_executables):
             if not exe or "\0" in exe:
                 raise ConfigError(f"process_executables[{index}]", "must be a non-empty path")
+        if self.store_url is not None:
+            problem = _store_url_problem(self.store_url)
+            if problem is not None:
+                raise ConfigError("store_url", problem)
         if not is_valid_token(self.node):
             raise ConfigError(
                 "node",

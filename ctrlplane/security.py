@@ -62,6 +62,7 @@ READ_ENDPOINTS: tuple[str, ...] = (
     "telemetry",
     "deployments",
     "certs",
+    "nodes",
 )
 """``<prefix>.api.<name>`` endpoints that change nothing: observers may call them."""
 

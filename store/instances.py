@@ -250,6 +250,13 @@ class InstanceStore:
         ) as cur:
             return [_row(r) for r in await cur.fetchall()]
 
+    async def count_by_node(self) -> dict[str, int]:
+        """How many instances are placed on each node (unplaced ones left out)."""
+        async with self._db.execute(
+            "SELECT node, COUNT(*) FROM instances WHERE node IS NOT NULL GROUP BY node"
+        ) as cur:
+            return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+
     async def delete(self, instance_id: str) -> None:
         """Forget the instance, its checks and their history."""
         async with self._writer.transaction() as db:

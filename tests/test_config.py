@@ -20,6 +20,7 @@ from ctrlplane.config import (
     default_node,
     describe,
     load_config,
+    sqlite_path,
 )
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.errors import ConfigError, CtrlplaneError
@@ -849,3 +850,14 @@ def test_stream_replicas_is_bounded_by_jetstream() -> None:
         with pytest.raises(ConfigError) as caught:
             Config(stream_replicas=bad)
         assert caught.value.field == "stream_replicas"
+
+
+def test_store_url_is_the_data_dir_file_a_shared_sqlite_file_or_postgresql(tmp_path: Path) -> None:
+    assert sqlite_path(Config(data_dir=tmp_path)) == tmp_path / "ctrlplane.db"
+    shared = Config(data_dir=tmp_path, store_url=f"sqlite://{tmp_path}/shared.db")
+    assert sqlite_path(shared) == tmp_path / "shared.db"
+    assert sqlite_path(Config(store_url="postgresql://ctrl@127.0.0.1:5432/ctrl")) is None
+    for bad in ("mysql://x/y", "sqlite://relative.db", "sqlite:///", "/plain/path.db"):
+        with pytest.raises(ConfigError) as caught:
+            Config(store_url=bad)
+        assert caught.value.field == "store_url"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import msgspec
@@ -12,15 +12,18 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from ctrlplane.bus.connection import Bus
 from ctrlplane.checks.registry import builtin_checkers, close_checkers
+from ctrlplane.cluster.nodes import NodeRegistry
 from ctrlplane.cluster.shards import owner
+from ctrlplane.cluster.types import NodeView
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.store import Store
 from ctrlplane.store.health import CheckSpec, HealthStatus
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Checker, Probe
 from ctrlplane.workers.health_runner import HealthRunner
-from tests.helpers import FixedNodes, make_instance, serving
+from tests.helpers import FixedNodes, make_instance, serving, wait_for
 
 
 class Target:
@@ -238,7 +241,9 @@ class Fleet:
             await self.store.instances.put(instance)
             await self.store.health.set_checks(instance.id, decl.checks)
 
-    def runners(self, checkers: dict[str, Checker], views: list[FixedNodes]) -> list[HealthRunner]:
+    def runners(
+        self, checkers: dict[str, Checker], views: Sequence[NodeView]
+    ) -> list[HealthRunner]:
         return [
             HealthRunner(
                 self.store,
@@ -322,3 +327,37 @@ async def test_a_dead_nodes_share_moves_at_the_next_sweep_and_nothing_else_moves
     # The instances placed on node-c are among them, checked on a live node.
     on_c = {i.id for i in await fleet.store.instances.all() if i.node == "node-c"}
     assert {i for i, _ in moved} >= on_c
+
+
+async def test_with_the_node_registry_a_stopped_nodes_share_moves_once_it_is_dead(
+    fleet: Fleet, checkers: dict[str, Checker], bus: Bus
+) -> None:
+    # The real heartbeats, with a short timeout: a node is dead 2 s after
+    # its last beat, and the next sweep of each live node takes its share.
+    timeout, every = timedelta(seconds=2), timedelta(milliseconds=200)
+    registries = [
+        NodeRegistry(bus, node=n, process=f"h:{k}", store_id="s", timeout=timeout, every=every)
+        for k, n in enumerate(NODES)
+    ]
+    for registry in registries:
+        await registry.start()
+    try:
+        await wait_for(lambda: all(r.live() == NODES for r in registries))
+        runners = fleet.runners(checkers, registries)
+        before = {(i, c): node for node, i, c in await fleet.interval(runners)}
+        _assert_each_check_once(fleet, list(fleet.ran))
+        await registries[2].stop()
+        loop = asyncio.get_running_loop()
+        stopped = loop.time()
+        await wait_for(lambda: all(r.live() == NODES[:2] for r in registries[:2]), within=15)
+        # Dead within the timeout and a few beats' slack, not later.
+        assert loop.time() - stopped < timeout.total_seconds() + 3
+        ran = await fleet.interval(runners[:2])
+        _assert_each_check_once(fleet, ran)
+        after = {(i, c): node for node, i, c in ran}
+        assert {k for k in after if after[k] != before[k]} == {
+            k for k, node in before.items() if node == "node-c"
+        }
+    finally:
+        for registry in registries[:2]:
+            await registry.stop()

@@ -30,7 +30,9 @@ def _config(tmp_path: Path, subjects: Subjects, worker: str) -> Path:
 def _replicas(
     stack: ExitStack, n: int, tmp_path: Path, nats_server: ServerInfo, config: Path, logs: Path
 ) -> list[subprocess.Popen[bytes]]:
-    env = env_for(logs)
+    # One store for all (a SQLite file the processes of one host may share):
+    # replicas on stores of their own would refuse to join each other.
+    env = env_for(logs, CTRLPLANE_STORE_URL=f"sqlite://{tmp_path / 'store.db'}")
     # A data dir each: one process per data dir is the rule (a lock holds it).
     return [
         stack.enter_context(

@@ -11,6 +11,7 @@ from ctrlplane.cli.credentials import credentials, nats_config
 from ctrlplane.cli.deployments import deployments
 from ctrlplane.cli.events import events, schema
 from ctrlplane.cli.instances import apply, health, instances
+from ctrlplane.cli.nodes import nodes
 from ctrlplane.cli.run import run
 from ctrlplane.cli.telemetry import telemetry
 from ctrlplane.cli.workers import workers
@@ -35,6 +36,7 @@ for command in (
     apply,
     instances,
     health,
+    nodes,
     telemetry,
     deployments,
     certs,

@@ -83,14 +83,22 @@ class Nats:
 
 
 class Replica:
-    """One ``ctrlplane run`` process on its own data dir, restartable."""
+    """One ``ctrlplane run`` process on its own data dir, restartable.
 
-    def __init__(self, name: str, root: Path, config: Path, env: dict[str, str]) -> None:
+    Every replica of a cluster uses the one store ``store`` (a SQLite file
+    the processes of one host may share): replicas on stores of their own
+    would refuse to join each other.
+    """
+
+    def __init__(
+        self, name: str, root: Path, config: Path, env: dict[str, str], store: Path
+    ) -> None:
         self.name = name
         self.data_dir = root / name
+        self.store = store
         self.log = root / f"{name}.log"
         self._config = config
-        self._env = env
+        self._env = {**env, "CTRLPLANE_STORE_URL": f"sqlite://{store}"}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.exit_seconds: list[float] = []
@@ -168,11 +176,8 @@ class Replica:
             self.proc.kill()
             self.proc.wait(10)
 
-    def rows(self) -> list[Row]:
-        return read_rows(self.data_dir / "ctrlplane.db")
-
     def integrity(self) -> str:
-        return integrity_check(self.data_dir / "ctrlplane.db")
+        return integrity_check(self.store)
 
     def log_events(self, event: str) -> list[dict[str, object]]:
         """The JSON log records of every incarnation whose ``event`` is ``event``."""
@@ -245,6 +250,7 @@ class Cluster:
         self.root = root
         self.run_log = root / "runs.jsonl"
         self.run_log.touch()
+        self.store = root / "store.db"
         self.prefix = f"chaos{uuid.uuid4().hex[:8]}"
         self.config = write_config(root / "ctrlplane.toml", self.prefix, workers)
         self.env = env_for(None, **{RUN_LOG_ENV: str(self.run_log)})
@@ -277,7 +283,7 @@ class Cluster:
             _reset_log_fd()
 
     def replica(self, name: str, env: dict[str, str] | None = None) -> Replica:
-        rep = Replica(name, self.root, self.config, env or self.env)
+        rep = Replica(name, self.root, self.config, env or self.env, self.store)
         self.replicas[name] = rep
         return rep
 
@@ -301,10 +307,10 @@ class Cluster:
         return parse_run_log(self.run_log.read_text(encoding="utf-8").splitlines())
 
     def rows(self) -> list[Row]:
-        return [row for rep in self.replicas.values() for row in rep.rows()]
+        return read_rows(self.store)
 
     def integrity(self) -> dict[str, str]:
-        return {name: rep.integrity() for name, rep in self.replicas.items()}
+        return {"store": integrity_check(self.store)}
 
     def exit_seconds(self) -> list[float]:
         return [s for rep in self.replicas.values() for s in rep.exit_seconds]
