@@ -29,6 +29,7 @@ from ctrlplane.store.db import (
     _migrate,  # the step Store.open() runs, cancelled mid-way
     split_statements,
 )
+from ctrlplane.store.health import CheckSpec
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF
 from tests.helpers import make_instance
@@ -308,3 +309,19 @@ async def test_placing_an_instance_is_conditional_on_its_node(store: Store) -> N
     assert (await store.instances.get("web")).node == "b"
     assert [i.name for i in await store.instances.on_node("b")] == ["web"]
     assert await store.instances.on_node("a") == []
+
+
+async def test_the_states_of_some_instances_only(store: Store) -> None:
+    # A node's sweep reads its shard's states, however many ids that is.
+    ids = [f"i-{n:04d}" for n in range(1200)]
+    for instance_id in ids[:3]:
+        await store.instances.put(make_instance(instance_id, id=instance_id))
+        await store.health.set_checks(
+            instance_id,
+            [CheckSpec(name="a", target="http://x/"), CheckSpec(name="b", target="http://x/")],
+        )
+    states = await store.health.states(with_last=False, instance_ids=[*ids[1:], "nope"])
+    assert [(s.instance_id, s.name) for s in states] == [
+        (i, n) for i in ids[1:3] for n in ("a", "b")
+    ]
+    assert await store.health.states(instance_ids=[]) == []

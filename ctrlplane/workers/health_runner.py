@@ -77,9 +77,9 @@ class HealthRunner:
     async def sweep(self) -> list[Event]:
         """Execute this node's checks once, store the results, return the change events."""
         running = {i.id: i for i in await self._responsible_for()}
-        states = [
-            s for s in await self._store.health.states(with_last=False) if s.instance_id in running
-        ]
+        if not running:
+            return []
+        states = await self._store.health.states(with_last=False, instance_ids=running.keys())
         if not states:
             return []
         results: list[CheckResult | None] = [None] * len(states)
