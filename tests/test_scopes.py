@@ -190,17 +190,17 @@ async def test_a_tick_held_by_a_dead_process_goes_to_its_nodes_other_process(
             child.wait(timeout=10)
 
     runs = runs_of(log)
-    a_runs = [r for r in runs if r["node"] == "node-a"]
     # The dead process's slot ran again on the other process of its node,
     # as a redelivery of the same tick, and nowhere else.
-    assert [(r["process"], r["slot"], r["attempt"]) for r in a_runs] == [
-        ("a-dies", held["slot"], 1),
-        ("a-lives", held["slot"], 2),
-    ]
-    b_runs = [r for r in runs if r["node"] == "node-b"]
-    assert len(b_runs) == 1 and b_runs[0]["process"] in ("b-1", "b-2")
-    assert b_runs[0]["attempt"] == 1
-    assert {r["node"] for r in runs} == set(NODES)
+    held_runs = [r for r in runs if (r["node"], r["slot"]) == ("node-a", held["slot"])]
+    assert [(r["process"], r["attempt"]) for r in held_runs] == [("a-dies", 1), ("a-lives", 2)]
+    # Every other (node, slot) ran once (one, unless an hour's slot boundary
+    # fell inside the test), on a process of its own node.
+    others = Counter((r["node"], r["slot"]) for r in runs if r not in held_runs)
+    assert set(others.values()) == {1}
+    home = {"a-dies": "node-a", "a-lives": "node-a", "b-1": "node-b", "b-2": "node-b"}
+    assert all(home[str(r["process"])] == r["node"] for r in runs)
+    assert any(r["node"] == "node-b" for r in runs)
 
 
 class NodeEvents:
