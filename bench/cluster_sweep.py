@@ -408,6 +408,12 @@ async def bench(args: argparse.Namespace) -> int:
         for k, v in runs.items()
     }
     print(f"  replica CPU per check (steady, all replicas): 1: {cpu[1]:.0f} us, 2: {cpu[2]:.0f} us")
+    # What the wall-clock ratio would be with a core per replica and a free
+    # target: how evenly the work divides, whatever else the machine runs.
+    division = statistics.median(sum(s.cpu_s) for s in runs[1] if not s.first) / statistics.median(
+        max(s.cpu_s) for s in runs[2] if not s.first
+    )
+    print(f"  work division (1 replica's CPU / the busiest of 2's): {division:.2f}")
     if server_cpu is not None and server_cpu0 is not None:
         total = sum(len(v) for v in runs.values()) * n
         print(f"  target server CPU per request: {(server_cpu - server_cpu0) / total * 1e6:.0f} us")
@@ -429,6 +435,7 @@ async def bench(args: argparse.Namespace) -> int:
                 "load_after": load_after[0],
                 "goal": GOAL,
                 "cpu_us_per_check": cpu,
+                "work_division": division,
                 "python": platform.python_version(),
                 "runs": {str(k): [asdict(s) for s in v] for k, v in runs.items()},
             }
