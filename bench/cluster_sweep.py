@@ -43,17 +43,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,6 +68,9 @@ from ctrlplane.checks import HttpChecker
 from ctrlplane.cluster.shards import shard
 from ctrlplane.store import Store
 from ctrlplane.workers.health_runner import HealthRunner
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
 
 SCRIPT = Path(__file__).resolve()
 GOAL = 1.5
@@ -173,7 +175,7 @@ async def start_lean_target() -> tuple[asyncio.subprocess.Process, int]:
 # ----------------------------------------------------------------- replica
 
 
-async def replica(store_path: Path, node: str, nodes: list[str], concurrency: int) -> int:
+async def replica(store_path: str, node: str, nodes: list[str], concurrency: int) -> int:
     """A replica: sweeps its shard on each ``sweep`` line of stdin, answers
     ``DONE {json}``; stops when stdin closes."""
     quiet_logs()
@@ -220,7 +222,7 @@ class Replicas:
     def __init__(self) -> None:
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def start(self, store_path: Path, count: int, concurrency: int) -> None:
+    async def start(self, store_path: str, count: int, concurrency: int) -> None:
         nodes = [f"node-{k}" for k in range(count)]
         for node in nodes:
             proc = await asyncio.create_subprocess_exec(
@@ -268,33 +270,64 @@ class Replicas:
         self.procs.clear()
 
 
-def _results(store_path: Path) -> int:
-    with contextlib.closing(sqlite3.connect(store_path, timeout=30)) as db:
-        (count,) = db.execute("SELECT COUNT(*) FROM health_results").fetchone()
-        return int(count)
+async def _results(store: Store) -> int:
+    row = await store.db.fetchone("SELECT COUNT(*) FROM health_results")
+    return int(row[0]) if row else 0
+
+
+class Stores:
+    """Where each measurement's store is: a fresh SQLite file, a fresh
+    database on a temporary PostgreSQL server, or a PostgreSQL database of
+    the caller's (emptied before each measurement)."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self._kind = "url" if args.store_url else args.store
+        self._url = args.store_url
+        self._tmp = tmp
+        self._server: PostgresServer | None = None
+
+    async def __aenter__(self) -> Stores:
+        if self._kind == "postgresql":
+            from tests.postgres import PostgresServer
+
+            self._server = PostgresServer()
+            await self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await self._server.stop()
+
+    async def fresh(self, tag: str) -> str:
+        if self._server is not None:
+            return self._server.url(await self._server.create_database())
+        if self._url:
+            async with Store(self._url) as store:
+                for table in ("health_results", "health_checks", "instances"):
+                    await store.db.execute(f"DELETE FROM {table}")
+            return str(self._url)
+        return str(self._tmp / f"{tag}.db")
 
 
 async def measure(
-    replicas: int, args: argparse.Namespace, url: str, tmp: Path, tag: str
+    replicas: int, args: argparse.Namespace, url: str, stores: Stores, tag: str
 ) -> list[Sweep]:
     """A fresh store of N checks swept 1 + ``args.sweeps`` times by ``replicas`` replicas."""
-    store_path = tmp / f"{tag}-{replicas}.db"
-    store = Store(store_path)
-    await store.open()
-    try:
+    store_path = await stores.fresh(f"{tag}-{replicas}")
+    async with Store(store_path) as store:
         await populate(store, args.checks, args.per_instance, url)
-    finally:
-        await store.close()
     instances = -(-args.checks // args.per_instance)
     group = Replicas()
     sweeps: list[Sweep] = []
+    counter = Store(store_path)
+    await counter.open()
     try:
         await group.start(store_path, replicas, args.concurrency)
         for k in range(1 + args.sweeps):
-            before = await asyncio.to_thread(_results, store_path)
+            before = await _results(counter)
             started, answers = await group.sweep()
             ended = max(a["ended"] for a in answers)
-            after = await asyncio.to_thread(_results, store_path)
+            after = await _results(counter)
             shards = [int(a["instances"]) for a in answers]
             if after - before != args.checks or sum(shards) != instances:
                 raise RuntimeError(
@@ -314,6 +347,7 @@ async def measure(
             )
     finally:
         await group.stop()
+        await counter.close()
     return sweeps
 
 
@@ -332,6 +366,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="lean",
         help="what answers the checks: a minimal asyncio responder (default), or "
         "bench/health_sweep.py's aiohttp server",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the shared store: a SQLite file (default), or a database on a temporary "
+        "PostgreSQL server (tests/postgres.py)",
+    )
+    parser.add_argument(
+        "--store-url",
+        help="a PostgreSQL database of your own (postgresql://...) instead; its instances, "
+        "checks and results are deleted before each measurement",
     )
     parser.add_argument("--serve-lean", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--replica", nargs=4, help=argparse.SUPPRESS)
@@ -353,21 +399,24 @@ async def bench(args: argparse.Namespace) -> int:
     server_cpu0 = process_cpu_s(target.pid)
     try:
         with tempfile.TemporaryDirectory(prefix="cluster-sweep-") as tmp:
-            for r in range(args.rounds):
-                order = (1, 2) if r % 2 == 0 else (2, 1)
-                steady: dict[int, float] = {}
-                for replicas in order:
-                    sweeps = await measure(replicas, args, url, Path(tmp), f"r{r}")
-                    runs[replicas] += sweeps
-                    steady[replicas] = statistics.median(s.seconds for s in sweeps if not s.first)
-                    print(
-                        f"round {r + 1}: {replicas} replica(s): first sweep "
-                        f"{sweeps[0].seconds:.2f} s, steady {steady[replicas]:.2f} s "
-                        f"(shards {sweeps[-1].per_replica_checks})",
-                        flush=True,
-                    )
-                # Back to back, so other load on the machine hits both alike.
-                round_ratios.append(steady[1] / steady[2])
+            async with Stores(args, Path(tmp)) as stores:
+                for r in range(args.rounds):
+                    order = (1, 2) if r % 2 == 0 else (2, 1)
+                    steady: dict[int, float] = {}
+                    for replicas in order:
+                        sweeps = await measure(replicas, args, url, stores, f"r{r}")
+                        runs[replicas] += sweeps
+                        steady[replicas] = statistics.median(
+                            s.seconds for s in sweeps if not s.first
+                        )
+                        print(
+                            f"round {r + 1}: {replicas} replica(s): first sweep "
+                            f"{sweeps[0].seconds:.2f} s, steady {steady[replicas]:.2f} s "
+                            f"(shards {sweeps[-1].per_replica_checks})",
+                            flush=True,
+                        )
+                    # Back to back, so other load on the machine hits both alike.
+                    round_ratios.append(steady[1] / steady[2])
     finally:
         server_cpu = process_cpu_s(target.pid)
         await stop_target(target)
@@ -424,6 +473,7 @@ async def bench(args: argparse.Namespace) -> int:
                 "checks": n,
                 "concurrency": args.concurrency,
                 "target": args.target,
+                "store": "url" if args.store_url else args.store,
                 "rounds": args.rounds,
                 "sweeps": args.sweeps,
                 "steady_s": {"1": steady1, "2": steady2},
@@ -450,7 +500,7 @@ def main() -> int:
         return asyncio.run(serve_lean())
     if args.replica:
         store_path, node, nodes, concurrency = args.replica
-        return asyncio.run(replica(Path(store_path), node, nodes.split(","), int(concurrency)))
+        return asyncio.run(replica(store_path, node, nodes.split(","), int(concurrency)))
     return asyncio.run(bench(args))
 
 

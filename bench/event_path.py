@@ -244,11 +244,10 @@ async def run_ours(
 
         # Check that everything was really done.
         await wait_settled(bus.js, subjects.events_stream, subjects.event_consumer(WORKER_NAME))
-        async with store.db.execute(
+        row = await store.db.fetchone(
             "SELECT COUNT(*) FROM worker_runs WHERE worker = ? AND outcome = 'ok'",
             (WORKER_NAME,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         recorded = int(row[0]) if row else 0
         if worker.count != n or recorded != n:
             raise RuntimeError(f"ours: {worker.count} runs, {recorded} recorded, expected {n}")

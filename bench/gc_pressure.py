@@ -227,8 +227,7 @@ class Writer:
 
 
 async def count_results(store: Store) -> int:
-    async with store.db.execute("SELECT COUNT(*) FROM health_results") as cur:
-        row = await cur.fetchone()
+    row = await store.db.fetchone("SELECT COUNT(*) FROM health_results")
     return int(row[0]) if row else 0
 
 
@@ -300,8 +299,7 @@ def gc_deletion(args: argparse.Namespace) -> Deletion:
 def naive_deletion(args: argparse.Namespace) -> Deletion:
     async def run(store: Store) -> tuple[int, int]:
         async with store.writer.transaction() as db:
-            cursor = await db.execute(NAIVE_DELETE, (args.limit,))
-            return cursor.rowcount, 1
+            return await db.execute(NAIVE_DELETE, (args.limit,)), 1
 
     return run
 

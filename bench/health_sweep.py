@@ -361,14 +361,12 @@ async def run_ours(
                 f"{second.events} from the second (expected 0)"
             )
         stream = await bus.js.stream_info(bus.subjects.events_stream)
-        async with store.db.execute("SELECT COUNT(*) FROM health_results") as cur:
-            row = await cur.fetchone()
+        row = await store.db.fetchone("SELECT COUNT(*) FROM health_results")
         results = int(row[0]) if row else 0
-        async with store.db.execute(
+        row = await store.db.fetchone(
             "SELECT COUNT(*) FROM health_checks WHERE status = ? AND consecutive_passes >= 1",
             (HealthStatus.HEALTHY.value,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         healthy = int(row[0]) if row else 0
         if stream.state.messages != n or results != 2 * n or healthy != n:
             raise RuntimeError(
@@ -450,8 +448,7 @@ async def store_ours(path: Path, results: list[CheckResult]) -> StoreWrite:
             store.health.record(chunk, [])
             await store.flush()
         seconds = time.perf_counter() - started
-        async with store.db.execute("SELECT COUNT(*) FROM health_results") as cur:
-            row = await cur.fetchone()
+        row = await store.db.fetchone("SELECT COUNT(*) FROM health_results")
         written = int(row[0]) if row else 0
         if written != len(results) or store.writer.dropped:
             raise RuntimeError(

@@ -23,7 +23,7 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs.registry import load_router
 from ctrlplane.checks.registry import close_checkers, load_checkers
 from ctrlplane.cluster.nodes import NodeRegistry
-from ctrlplane.config import Config, check_names, sqlite_path
+from ctrlplane.config import Config, check_names
 from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError, DataDirInUseError
 from ctrlplane.files import private_dir
@@ -31,7 +31,7 @@ from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
 from ctrlplane.providers.registry import load_providers
 from ctrlplane.security import ROLES, embedded_authorization, nats_url
-from ctrlplane.store.db import Store
+from ctrlplane.store.db import DB_FILE, Store
 from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
 from ctrlplane.workers import (
@@ -45,6 +45,8 @@ from ctrlplane.workers import (
 )
 
 log = structlog.get_logger("ctrlplane")
+
+__all__ = ["DB_FILE", "LOCK_FILE", "ControlPlane", "store_for"]
 
 LOCK_FILE = "ctrlplane.lock"
 """Held (``flock``) by the one process that uses a data dir; names it (pid, host)."""
@@ -65,7 +67,8 @@ class ControlPlane:
     """The control plane of one process: its workers, its bus and its store.
 
     ``start`` connects to NATS (or starts the embedded ``nats-server`` when
-    ``config.nats_url`` is None), opens the SQLite store, loads the custom
+    ``config.nats_url`` is None), opens the store (``config.store_url``:
+    the SQLite file in the data dir, or PostgreSQL), loads the custom
     workers named in ``config.workers`` and in the ``ctrlplane.workers``
     entry-point group, and starts the scheduler. ``stop`` undoes it all,
     giving runs in flight ``config.stop_grace`` to finish.
@@ -94,10 +97,7 @@ class ControlPlane:
                 dlq_max_bytes=self.config.dlq_max_bytes,
             ),
         )
-        path = sqlite_path(self.config)
-        if path is None:
-            raise CtrlplaneError("store_url: PostgreSQL is not supported by this build yet")
-        self.store = Store(path)
+        self.store = store_for(self.config)
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
@@ -189,6 +189,12 @@ class ControlPlane:
             log.info("embedded nats-server started", url=info.url, pid=info.pid)
         await self.bus.connect(url, connect_timeout=cfg.connect_timeout)
         await self.store.open()
+        log.info(
+            "store opened",
+            backend=str(self.store.db.dialect),
+            store=self.store.location,
+            identity=self.store.identity,
+        )
         # Before any worker runs: a process whose store differs from its
         # cluster's must refuse to start rather than split the state.
         self._nodes = NodeRegistry(
@@ -340,6 +346,18 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def store_for(config: Config) -> Store:
+    """The store ``config`` names, not yet open: ``store_url`` (PostgreSQL, or a
+    SQLite file several processes of one host share), or the SQLite file
+    :data:`DB_FILE` in ``data_dir``.
+
+    Every part that opens the store from a configuration goes through here.
+    """
+    return Store.from_url(
+        config.store_url, data_dir=config.data_dir, password_file=config.store_password_file
+    )
 
 
 class _DataDirLock:

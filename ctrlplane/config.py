@@ -30,6 +30,7 @@ from ctrlplane.domains import DomainDecl, domain_problems
 from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
 from ctrlplane.plugins import reference_problem
+from ctrlplane.store.urls import is_postgres_url, redact_store_url, store_url_problem
 
 __all__ = [
     "Config",
@@ -40,9 +41,6 @@ __all__ = [
     "load_config",
     "redact_nats_url",
 ]
-
-DB_FILE = "ctrlplane.db"
-"""The SQLite file in the data dir, the store when no ``store_url`` is given."""
 
 ENV_PREFIX = "CTRLPLANE_"
 """Environment variables named ``CTRLPLANE_<FIELD>`` set the field ``<field>``."""
@@ -62,30 +60,6 @@ NATS's nanosecond limits and the date arithmetic of retention."""
 # Durations that may be zero; every other duration field must be positive, so
 # a new interval is protected from a busy loop without anyone remembering to.
 _MAY_BE_ZERO = frozenset({"stop_grace", "gc_batch_pause"})
-
-
-def sqlite_path(config: Config) -> Path | None:
-    """The SQLite file the store is in, or ``None`` when it is not SQLite."""
-    if config.store_url is None:
-        return config.data_dir / DB_FILE
-    parts = urlsplit(config.store_url)
-    if parts.scheme != "sqlite":
-        return None
-    return Path(parts.path)
-
-
-def _store_url_problem(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        if parts.netloc or not parts.path.startswith("/") or parts.path.endswith("/"):
-            return "a SQLite store is sqlite:///ABSOLUTE/PATH/FILE.db"
-        return None
-    if parts.scheme in ("postgresql", "postgres"):
-        return None
-    return (
-        f"scheme {parts.scheme!r} is not a store: use sqlite:///ABSOLUTE/PATH.db or "
-        "postgresql://USER@HOST:PORT/DATABASE"
-    )
 
 
 def default_node() -> str:
@@ -238,7 +212,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         store_url: The store: ``None`` is the SQLite file in ``data_dir``;
             ``sqlite:///abs/path.db`` is a SQLite file that the processes of
             one host may share; ``postgresql://user@host:port/db`` is a
-            PostgreSQL database that every replica of a cluster shares.
+            PostgreSQL database that every replica of a cluster shares. A
+            password in it is never shown (logs, ``ctrlplane config``,
+            errors); better, keep it out: in ``store_password_file``, or in
+            libpq's ``PGPASSFILE`` (``~/.pgpass``) or ``PGPASSWORD``.
+        store_password_file: A file holding the PostgreSQL password (its
+            first line), so that no secret is in argv, the environment or
+            the config. Only with a PostgreSQL ``store_url``.
         node: The node this process belongs to (default: the host name).
             Host-bound instances are placed on a node, and node-scoped
             workers run once per node. Lowercase letters, digits, ``-``, ``_``.
@@ -289,6 +269,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     api_apply: bool = True
     process_executables: list[str] = []
     store_url: str | None = None
+    store_password_file: Path | None = None
     node: str = msgspec.field(default_factory=default_node)
     node_timeout: timedelta = timedelta(seconds=30)
     stream_replicas: int = 1
@@ -353,9 +334,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if not exe or "\0" in exe:
                 raise ConfigError(f"process_executables[{index}]", "must be a non-empty path")
         if self.store_url is not None:
-            problem = _store_url_problem(self.store_url)
+            problem = store_url_problem(self.store_url)
             if problem is not None:
                 raise ConfigError("store_url", problem)
+        if self.store_password_file is not None and (
+            self.store_url is None or not is_postgres_url(self.store_url)
+        ):
+            raise ConfigError(
+                "store_password_file",
+                "is used only with a PostgreSQL store_url (SQLite has no password)",
+            )
         if not is_valid_token(self.node):
             raise ConfigError(
                 "node",
@@ -375,6 +363,24 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f"workers[{index}]", f"{spec!r} is already listed as workers[{seen[spec]}]"
                 )
             seen[spec] = index
+
+    def __repr__(self) -> str:
+        # The default repr would show a password in nats_url or store_url.
+        shown = ", ".join(
+            f"{name}={_redacted(name, getattr(self, name))!r}" for name in self.__struct_fields__
+        )
+        return f"Config({shown})"
+
+
+def _redacted(name: str, value: object) -> object:
+    """``value`` of the field ``name`` without the secret it may hold."""
+    if value is None:
+        return value
+    if name == "nats_url":
+        return redact_nats_url(str(value))
+    if name == "store_url":
+        return redact_store_url(str(value))
+    return value
 
 
 def _limit_problems(config: Config) -> list[tuple[str, str]]:
@@ -486,7 +492,7 @@ def describe(config: Config) -> dict[str, object]:
     """A JSON-friendly view of ``config`` for logs and ``--show-config``.
 
     Durations are formatted as ``30s``, ``1h30m``; paths become strings; a
-    password or token in ``nats_url`` is replaced by ``***``.
+    password or token in ``nats_url`` or ``store_url`` is replaced by ``***``.
 
     Args:
         config: The configuration to describe.
@@ -497,9 +503,7 @@ def describe(config: Config) -> dict[str, object]:
     described: dict[str, object] = {}
     for name in _FIELDS:
         value = getattr(config, name)
-        if name == "nats_url" and value is not None:
-            value = redact_nats_url(value)
-        described[name] = _describe_value(value)
+        described[name] = _describe_value(_redacted(name, value))
     return described
 
 

@@ -1,4 +1,4 @@
-"""The SQLite side of ctrlplane: schema, migrations and one module per table family."""
+"""The store: one interface, SQLite or PostgreSQL behind it, one module per table family."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
         MigrationError,
         NotOpenError,
         StoreError,
+        StoreUnavailableError,
     )
     from ctrlplane.store.runs import (
         Outcome,
@@ -19,16 +20,20 @@ if TYPE_CHECKING:
         Trigger,
         WorkerRun,
     )
+    from ctrlplane.store.types import Database, Dialect
     from ctrlplane.store.writer import BatchWriter
 
 __all__ = [
     "BatchWriter",
+    "Database",
+    "Dialect",
     "MigrationError",
     "NotOpenError",
     "Outcome",
     "RunStore",
     "Store",
     "StoreError",
+    "StoreUnavailableError",
     "Trigger",
     "WorkerRun",
 ]
@@ -40,6 +45,9 @@ _EXPORTS = {
     "MigrationError": "ctrlplane.store.errors",
     "NotOpenError": "ctrlplane.store.errors",
     "StoreError": "ctrlplane.store.errors",
+    "StoreUnavailableError": "ctrlplane.store.errors",
+    "Database": "ctrlplane.store.types",
+    "Dialect": "ctrlplane.store.types",
     "Outcome": "ctrlplane.store.runs",
     "RunStore": "ctrlplane.store.runs",
     "Trigger": "ctrlplane.store.runs",

@@ -11,8 +11,7 @@ from msgspec import Struct
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -27,18 +26,18 @@ class AuditEntry(Struct, frozen=True, kw_only=True):
     data: dict[str, Any]
 
 
-# OR IGNORE: events are delivered at least once; (source, event id) keeps one
+# DO NOTHING: events are delivered at least once; (source, event id) keeps one
 # entry, and the same id from two sources is two events.
 _INSERT = (
-    "INSERT OR IGNORE INTO audit (event_id, type, source, instance_id, time, data) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO audit (event_id, type, source, instance_id, time, data) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING"
 )
 
 
 class AuditStore:
     """Writes audit entries in batches and reads them back."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -66,8 +65,7 @@ class AuditStore:
             params.append(instance_id)
         sql += " ORDER BY time DESC, id DESC LIMIT ?"
         params.append(limit)
-        async with self._db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.fetch(sql, params)
         return [
             AuditEntry(
                 event_id=str(r[0]),

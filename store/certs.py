@@ -13,8 +13,7 @@ from ctrlplane.store.errors import StoreError
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database, Row
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -117,9 +116,13 @@ _DOMAIN_COLUMNS = (
 _CERT_COLUMNS = (
     "serial, hostname, issuer, not_before, not_after, cert_path, key_path, chain_path, issued"
 )
+# A serial recorded again: the newer record wins, updated in place.
+_CERT_UPSERT = "ON CONFLICT (serial) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _CERT_COLUMNS.split(", ") if c != "serial"
+)
 
 
-def _domain(row: aiosqlite.Row | tuple[object, ...]) -> Domain:
+def _domain(row: Row) -> Domain:
     r = tuple(row)
     return Domain(
         hostname=str(r[0]),
@@ -134,7 +137,7 @@ def _domain(row: aiosqlite.Row | tuple[object, ...]) -> Domain:
     )
 
 
-def _certificate(row: aiosqlite.Row | tuple[object, ...]) -> Certificate:
+def _certificate(row: Row) -> Certificate:
     r = tuple(row)
     return Certificate(
         serial=str(r[0]),
@@ -156,16 +159,14 @@ class DomainStore:
     on disk before the event that tells of it is published.
     """
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
     async def all(self) -> list[Domain]:
         """Every domain, by hostname."""
-        async with self._db.execute(
-            f"SELECT {_DOMAIN_COLUMNS} FROM domains ORDER BY hostname"
-        ) as cur:
-            return [_domain(r) for r in await cur.fetchall()]
+        rows = await self._db.fetch(f"SELECT {_DOMAIN_COLUMNS} FROM domains ORDER BY hostname")
+        return [_domain(r) for r in rows]
 
     async def get(self, hostname: str) -> Domain:
         """The domain ``hostname``.
@@ -173,10 +174,9 @@ class DomainStore:
         Raises:
             DomainNotFoundError: there is none.
         """
-        async with self._db.execute(
+        row = await self._db.fetchone(
             f"SELECT {_DOMAIN_COLUMNS} FROM domains WHERE hostname = ?", (hostname,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             raise DomainNotFoundError(hostname)
         return _domain(row)
@@ -190,8 +190,8 @@ class DomainStore:
         """
         result = DomainSync()
         async with self._writer.transaction() as db:
-            async with db.execute(f"SELECT {_DOMAIN_COLUMNS} FROM domains") as cur:
-                existing = {d.hostname: d for d in map(_domain, await cur.fetchall())}
+            rows = await db.fetch(f"SELECT {_DOMAIN_COLUMNS} FROM domains")
+            existing = {d.hostname: d for d in map(_domain, rows)}
             for d in domains:
                 current = existing.pop(d.hostname, None)
                 if current is None:
@@ -258,7 +258,7 @@ def _declared_row(d: Domain) -> tuple[object, ...]:
 class CertificateStore:
     """Records issued certificates; a hostname's current one is the one valid longest."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -266,8 +266,8 @@ class CertificateStore:
         """Record ``cert`` (again, if its serial is known: the newer record wins)."""
         async with self._writer.transaction() as db:
             await db.execute(
-                f"INSERT OR REPLACE INTO certificates ({_CERT_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO certificates ({_CERT_COLUMNS}) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {_CERT_UPSERT}",
                 (
                     cert.serial,
                     cert.hostname,
@@ -283,28 +283,28 @@ class CertificateStore:
 
     async def current(self, hostname: str) -> Certificate | None:
         """The certificate of ``hostname`` with the newest ``not_after``; ``None`` if none."""
-        async with self._db.execute(
+        row = await self._db.fetchone(
             f"SELECT {_CERT_COLUMNS} FROM certificates WHERE hostname = ? "
             "ORDER BY not_after DESC, issued DESC LIMIT 1",
             (hostname,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else _certificate(row)
 
     async def all_current(self) -> dict[str, Certificate]:
         """The current certificate of every hostname that has one."""
-        # SQLite takes the bare columns from the row that holds the MAX().
-        async with self._db.execute(
-            f"SELECT {_CERT_COLUMNS}, MAX(not_after) FROM certificates GROUP BY hostname"
-        ) as cur:
-            rows = await cur.fetchall()
-        return {c.hostname: c for c in (_certificate(tuple(r)[:9]) for r in rows)}
+        # The first of each hostname in current()'s order, in one statement.
+        rows = await self._db.fetch(
+            f"SELECT {_CERT_COLUMNS} FROM (SELECT {_CERT_COLUMNS}, row_number() OVER "
+            "(PARTITION BY hostname ORDER BY not_after DESC, issued DESC) AS newest "
+            "FROM certificates) AS ranked WHERE newest = 1"
+        )
+        return {c.hostname: c for c in map(_certificate, rows)}
 
     async def history(self, hostname: str) -> list[Certificate]:
         """Every recorded certificate of ``hostname``, newest ``not_after`` first."""
-        async with self._db.execute(
+        rows = await self._db.fetch(
             f"SELECT {_CERT_COLUMNS} FROM certificates WHERE hostname = ? "
             "ORDER BY not_after DESC, issued DESC",
             (hostname,),
-        ) as cur:
-            return [_certificate(r) for r in await cur.fetchall()]
+        )
+        return [_certificate(r) for r in rows]

@@ -1,51 +1,73 @@
-"""The SQLite store: one file, WAL mode, versioned migrations, batched writes."""
+"""The store: one interface, two backends (SQLite and PostgreSQL), batched writes."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
-import aiosqlite
-
 from ctrlplane.store.audit import AuditStore
 from ctrlplane.store.certs import CertificateStore, DomainStore
 from ctrlplane.store.deployments import DeploymentStore
-from ctrlplane.store.errors import MigrationError, NotOpenError
+from ctrlplane.store.errors import MigrationError, NotOpenError, StoreUnavailableError
 from ctrlplane.store.health import HealthStore
 from ctrlplane.store.instances import InstanceStore
-from ctrlplane.store.migrations import LATEST, MIGRATIONS
+from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import RunStore
 from ctrlplane.store.telemetry import TelemetryStore
-from ctrlplane.store.writer import BatchWriter, execute_to_end, roll_back
+from ctrlplane.store.types import Database
+from ctrlplane.store.urls import is_postgres_url, redact_store_url, sqlite_file
+from ctrlplane.store.writer import BatchWriter
+
+DB_FILE = "ctrlplane.db"
+"""The SQLite file's name in the data dir, when no store URL is given."""
 
 
 class Store:
-    """The control plane's SQLite store.
+    """The control plane's store: SQLite (one host) or PostgreSQL (a cluster).
 
-    Several processes on one host may open the same file: WAL mode lets
-    readers run beside the one writer, and the busy timeout makes a writer
-    wait for another process's transaction instead of failing.
+    ``location`` is a path, the SQLite file (the default store, in the data
+    dir), or a ``postgresql://`` (or ``postgres://``) URL, a database that
+    every replica of a cluster shares. Both give the same tables, the same
+    migrations (versioned on each) and the same batched writes.
+
+    Several processes may open one store: on SQLite, WAL mode lets readers run
+    beside the one writer and the busy timeout makes a writer wait for
+    another process's transaction; on PostgreSQL each process has its own
+    pool of connections.
 
     Args:
-        path: The database file; its folder is created if missing.
-        busy_timeout: How long a write waits for another writer.
+        location: The SQLite file (its folder is created if missing), or a
+            PostgreSQL URL.
+        password: The PostgreSQL password, when it is kept out of the URL.
+        password_file: A file whose first line is that password, read at
+            :meth:`open` (so that it is in neither argv nor the environment).
+        busy_timeout: How long a SQLite write waits for another writer.
         flush_interval: How often batched writes are flushed.
+        pool_size: PostgreSQL connections at most.
     """
 
     def __init__(
         self,
-        path: Path | str,
+        location: Path | str,
         *,
+        password: str | None = None,
+        password_file: Path | None = None,
         busy_timeout: timedelta = timedelta(seconds=10),
         flush_interval: timedelta = timedelta(milliseconds=200),
+        pool_size: int = 10,
     ) -> None:
-        self.path = Path(path)
+        self._url = (
+            str(location) if isinstance(location, str) and is_postgres_url(location) else None
+        )
+        self.path = None if self._url is not None else Path(location)
+        """The SQLite file; ``None`` for PostgreSQL."""
+        self._password = password
+        self._password_file = password_file
         self._busy_timeout = busy_timeout
         self._flush_interval = flush_interval
-        self._db: aiosqlite.Connection | None = None
+        self._pool_size = pool_size
+        self._db: Database | None = None
         self._writer: BatchWriter | None = None
         self._runs: RunStore | None = None
         self._instances: InstanceStore | None = None
@@ -57,6 +79,37 @@ class Store:
         self._deployments: DeploymentStore | None = None
         self._identity: str | None = None
 
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None,
+        *,
+        data_dir: Path,
+        password: str | None = None,
+        password_file: Path | None = None,
+        flush_interval: timedelta = timedelta(milliseconds=200),
+    ) -> Store:
+        """The store ``url`` names: ``None`` is the SQLite file :data:`DB_FILE` in
+        ``data_dir``; ``sqlite:///PATH`` is that SQLite file (which the
+        processes of one host may share); a ``postgresql://`` URL is that
+        database."""
+        location: Path | str = data_dir / DB_FILE if url is None else url
+        sqlite = sqlite_file(url) if url is not None else None
+        return cls(
+            sqlite if sqlite is not None else location,
+            password=password,
+            password_file=password_file,
+            flush_interval=flush_interval,
+        )
+
+    @property
+    def location(self) -> str:
+        """Where the store is, fit for a log: the file, or the URL without its password."""
+        return str(self.path) if self._url is None else redact_store_url(self._url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.location!r})"
+
     @property
     def identity(self) -> str:
         """This store's identity: made once when the store is created, the
@@ -67,8 +120,8 @@ class Store:
         return self._identity
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        """The aiosqlite connection (autocommit; transactions are explicit)."""
+    def db(self) -> Database:
+        """The database: statements on their own or in transactions."""
         if self._db is None:
             raise NotOpenError("use the database")
         return self._db
@@ -137,23 +190,24 @@ class Store:
         return self._certificates
 
     async def open(self) -> Store:
-        """Open the file, apply migrations and start the batched writer."""
+        """Connect, apply migrations and start the batched writer."""
         if self._db is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await db.execute(
-                f"PRAGMA busy_timeout = {int(self._busy_timeout.total_seconds() * 1000)}"
+        db: Database
+        if self._url is not None:
+            # Imported here: a SQLite store never pays for asyncpg.
+            from ctrlplane.store.postgres import PostgresDatabase
+
+            db = await PostgresDatabase.open(
+                self._url, password=self._read_password(), pool_size=self._pool_size
             )
-            await _set_wal(db, self._busy_timeout)
-            # NORMAL is durable across application crashes in WAL mode; only a
-            # power loss can lose the last transactions, which suits run history.
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await _migrate(db)
-            async with db.execute("SELECT value FROM meta WHERE key = 'store_id'") as cursor:
-                row = await cursor.fetchone()
+        else:
+            from ctrlplane.store.sqlite import SqliteDatabase
+
+            assert self.path is not None
+            db = await SqliteDatabase.open(self.path, busy_timeout=self._busy_timeout)
+        try:
+            row = await db.fetchone("SELECT value FROM meta WHERE key = 'store_id'")
         except BaseException:
             await db.close()
             raise
@@ -173,6 +227,22 @@ class Store:
         self._telemetry = TelemetryStore(db, self._writer)
         self._deployments = DeploymentStore(db, self._writer)
         return self
+
+    def _read_password(self) -> str | None:
+        if self._password_file is None:
+            return self._password
+        assert self._url is not None
+        try:
+            with self._password_file.open("rb") as f:
+                # Bounded: a password file, not whatever the path was mistaken for.
+                first = f.read(4096).decode().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = f"cannot read the password file {self._password_file}: {exc}"
+            raise StoreUnavailableError(redact_store_url(self._url), reason) from None
+        if not first or not first[0]:
+            reason = f"the password file {self._password_file} is empty"
+            raise StoreUnavailableError(redact_store_url(self._url), reason)
+        return first[0]
 
     async def flush(self) -> None:
         """Write everything batched so far."""
@@ -204,77 +274,3 @@ class Store:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-async def _set_wal(db: aiosqlite.Connection, patience: timedelta) -> None:
-    """Switch the file to WAL mode.
-
-    Changing the journal mode needs the file to itself, and SQLite answers
-    "database is locked" at once instead of calling the busy handler when
-    another process is opening the same new file: so wait and try again here.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience.total_seconds()
-    delay = 0.01
-    while True:
-        try:
-            await db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or loop.time() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock before reading the version, so two
-    # processes opening a new file at once cannot both apply migration 1.
-    # BEGIN and COMMIT run to their end even when a stop cancels the start
-    # meanwhile: the rollback then sees whether a transaction is really open.
-    try:
-        await execute_to_end(db, "BEGIN IMMEDIATE")
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        current = int(row[0]) if row else 0
-        if current > LATEST:
-            raise MigrationError(
-                current, f"the file is at schema {current}, newer than this code's {LATEST}"
-            )
-        for version, sql in MIGRATIONS:
-            if version <= current:
-                continue
-            for statement in split_statements(sql):
-                try:
-                    await db.execute(statement)
-                except Exception as exc:
-                    raise MigrationError(version, str(exc)) from exc
-            await db.execute(f"PRAGMA user_version = {version}")
-        await execute_to_end(db, "COMMIT")
-    except BaseException:
-        await roll_back(db)
-        raise
-
-
-def split_statements(sql: str) -> list[str]:
-    """The statements of the script ``sql``, each whole, without empty ones.
-
-    A ``;`` ends a statement only where :func:`sqlite3.complete_statement` says
-    one is complete, so one inside a string literal, a comment or a trigger's
-    ``BEGIN ... END`` body does not cut it. What is left after the last
-    complete statement (an unfinished one) is returned as is, for SQLite to
-    refuse with its own message.
-    """
-    out: list[str] = []
-    current = ""
-    for piece in sql.split(";"):
-        current += piece
-        if sqlite3.complete_statement(current + ";"):
-            out.append(current.strip())
-            current = ""
-        else:
-            current += ";"
-    rest = current.removesuffix(";").strip()
-    if rest:
-        out.append(rest)
-    return [statement for statement in out if statement]

@@ -14,8 +14,7 @@ from ctrlplane.store.errors import StoreError
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database, Executor, Row
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -88,7 +87,7 @@ def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def _row(row: aiosqlite.Row | tuple[object, ...]) -> Deployment:
+def _row(row: Row) -> Deployment:
     r = tuple(row)
     return Deployment(
         id=str(r[0]),
@@ -107,7 +106,7 @@ class DeploymentStore:
     """Reads and writes deployments. Writes are transactions of their own, on
     disk before the event that tells of them is published."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -144,7 +143,7 @@ class DeploymentStore:
             return await self._busy(db, instance_id, abandoned_before)
 
     async def _busy(
-        self, db: aiosqlite.Connection, instance_id: str, abandoned_before: datetime
+        self, db: Executor, instance_id: str, abandoned_before: datetime
     ) -> Deployment | None:
         await db.execute(
             f"UPDATE deployments SET state = ?, finished = ?, error = ? "
@@ -157,15 +156,14 @@ class DeploymentStore:
                 abandoned_before.timestamp(),
             ),
         )
-        async with db.execute(
+        row = await db.fetchone(
             f"SELECT {_COLUMNS} FROM deployments "
             f"WHERE instance_id = ? AND state IN ({_IN_PROGRESS_SQL}) ORDER BY started LIMIT 1",
             (instance_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return None if row is None else _row(row)
 
-    async def _insert(self, db: aiosqlite.Connection, d: Deployment) -> None:
+    async def _insert(self, db: Executor, d: Deployment) -> None:
         await db.execute(
             f"INSERT INTO deployments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -194,10 +192,9 @@ class DeploymentStore:
         return await self.get(deployment_id)
 
     async def get(self, deployment_id: str) -> Deployment:
-        async with self._db.execute(
+        row = await self._db.fetchone(
             f"SELECT {_COLUMNS} FROM deployments WHERE id = ?", (deployment_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             raise DeploymentNotFoundError(deployment_id)
         return _row(row)
@@ -226,7 +223,7 @@ class DeploymentStore:
             params.append(state.value)
         if where:
             sql += " WHERE " + " AND ".join(where)
+        # rowid: the insertion order (SQLite's own; a column on PostgreSQL).
         sql += " ORDER BY started DESC, rowid DESC LIMIT ?"
         params.append(limit)
-        async with self._db.execute(sql, params) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        return [_row(r) for r in await self._db.fetch(sql, params)]

@@ -22,3 +22,15 @@ class MigrationError(StoreError):
         self.version = version
         self.reason = reason
         super().__init__(f"store: migration to version {version}: {reason}")
+
+
+class StoreUnavailableError(StoreError):
+    """The database server cannot be reached, or refused to let us in.
+
+    ``url`` is shown without its password.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"store: cannot connect to {url}: {reason}")

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import msgspec
 from msgspec import Struct
 
+from ctrlplane.store.types import Dialect
+
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database, Executor, Row
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -156,7 +157,7 @@ def _spec(text: str) -> CheckSpec:
     return _spec_decoder.decode(text)
 
 
-def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
+def _state(row: Row) -> CheckState:
     r = tuple(row)
     return CheckState(
         instance_id=str(r[0]),
@@ -175,7 +176,7 @@ def _state(row: aiosqlite.Row | tuple[object, ...]) -> CheckState:
 class HealthStore:
     """Check settings and status, and the result history (written in batches)."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -185,14 +186,16 @@ class HealthStore:
         async with self._writer.transaction() as db:
             await self._set_checks(db, instance_id, specs)
 
-    async def _set_checks(
-        self, db: aiosqlite.Connection, instance_id: str, specs: list[CheckSpec]
-    ) -> None:
-        await db.execute(
-            f"DELETE FROM health_checks WHERE instance_id = ? AND name NOT IN "
-            f"({', '.join('?' for _ in specs) or 'NULL'})",
-            (instance_id, *(s.name for s in specs)),
-        )
+    async def _set_checks(self, db: Executor, instance_id: str, specs: list[CheckSpec]) -> None:
+        if specs:
+            await db.execute(
+                f"DELETE FROM health_checks WHERE instance_id = ? AND name NOT IN "
+                f"({', '.join('?' for _ in specs)})",
+                (instance_id, *(s.name for s in specs)),
+            )
+        else:
+            # Not "NOT IN (NULL)", which is never true: no checks left means none kept.
+            await db.execute("DELETE FROM health_checks WHERE instance_id = ?", (instance_id,))
         for spec in specs:
             await db.execute(
                 "INSERT INTO health_checks (instance_id, name, spec, status) VALUES (?, ?, ?, ?) "
@@ -222,23 +225,27 @@ class HealthStore:
             sql = f"SELECT {columns} FROM health_checks c {_LAST_RESULT}"
         else:
             sql = f"SELECT {_STATE_COLUMNS} FROM health_checks c"
-        params: tuple[str, ...] = ()
+        params: tuple[object, ...] = ()
         if instance_id is not None:
             sql += " WHERE c.instance_id = ?"
             params = (instance_id,)
         elif instance_ids is not None:
-            # One JSON parameter, however many ids: no limit on variables.
-            sql += " WHERE c.instance_id IN (SELECT value FROM json_each(?))"
-            params = (msgspec.json.encode(list(instance_ids)).decode(),)
+            # One parameter, however many ids (no limit on bound variables):
+            # a JSON array SQLite unpacks, an array PostgreSQL compares with.
+            if self._db.dialect is Dialect.POSTGRESQL:
+                sql += " WHERE c.instance_id = ANY(?)"
+                params = (list(instance_ids),)
+            else:
+                sql += " WHERE c.instance_id IN (SELECT value FROM json_each(?))"
+                params = (msgspec.json.encode(list(instance_ids)).decode(),)
         sql += " ORDER BY c.instance_id, c.name"
-        async with self._db.execute(sql, params) as cur:
-            return [_state(r) for r in await cur.fetchall()]
+        return [_state(r) for r in await self._db.fetch(sql, params)]
 
     def record(self, results: list[CheckResult], states: list[CheckState]) -> None:
         """Queue a sweep's results, and the states that changed: one batched write."""
-        for r in results:
-            self._writer.add(
-                _INSERT_RESULT,
+        self._writer.add_many(
+            _INSERT_RESULT,
+            [
                 (
                     r.instance_id,
                     r.check,
@@ -247,8 +254,10 @@ class HealthStore:
                     r.status.value,
                     _ms(r.latency),
                     r.message,
-                ),
-            )
+                )
+                for r in results
+            ],
+        )
         for s in states:
             self._writer.add(
                 _UPDATE_STATE,
@@ -277,8 +286,7 @@ class HealthStore:
             params.append(check)
         sql += " ORDER BY time DESC, id DESC LIMIT ?"
         params.append(limit)
-        async with self._db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.fetch(sql, params)
         return [
             CheckResult(
                 instance_id=str(r[0]),

@@ -16,8 +16,7 @@ from ctrlplane.store.errors import StoreError
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database, Row
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -120,7 +119,7 @@ _UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
 _spec_decoder = msgspec.json.Decoder(InstanceSpec)
 
 
-def _row(row: aiosqlite.Row | tuple[object, ...]) -> Instance:
+def _row(row: Row) -> Instance:
     r = tuple(row)
     return Instance(
         id=str(r[0]),
@@ -143,20 +142,20 @@ class InstanceStore:
     batched: an instance's recorded state must be on disk before the event
     that says so is published."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
     async def all(self) -> list[Instance]:
-        async with self._db.execute(f"SELECT {_COLUMNS} FROM instances ORDER BY name") as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        return [
+            _row(r) for r in await self._db.fetch(f"SELECT {_COLUMNS} FROM instances ORDER BY name")
+        ]
 
     async def get(self, key: str) -> Instance:
         """The instance with id or name ``key``."""
-        async with self._db.execute(
+        row = await self._db.fetchone(
             f"SELECT {_COLUMNS} FROM instances WHERE id = ? OR name = ?", (key, key)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             raise InstanceNotFoundError(key)
         return _row(row)
@@ -170,7 +169,7 @@ class InstanceStore:
     async def create(self, instance: Instance) -> bool:
         """Insert ``instance``; False if one with its name exists already
         (another process created it first)."""
-        return await self._write("INSERT OR IGNORE INTO", "", instance)
+        return await self._write(" ON CONFLICT DO NOTHING", instance)
 
     async def put(self, instance: Instance) -> None:
         """Insert ``instance``, or overwrite every field of the one with its id.
@@ -178,12 +177,12 @@ class InstanceStore:
         An update in place, not SQLite's ``INSERT OR REPLACE``: that deletes
         the row first, and the delete cascades to the instance's checks.
         """
-        await self._write("INSERT INTO", _UPSERT, instance)
+        await self._write(_UPSERT, instance)
 
-    async def _write(self, verb: str, conflict: str, instance: Instance) -> bool:
+    async def _write(self, conflict: str, instance: Instance) -> bool:
         async with self._writer.transaction() as db:
-            cursor = await db.execute(
-                f"{verb} instances ({_COLUMNS}) VALUES ({_PLACEHOLDERS}){conflict}",
+            count = await db.execute(
+                f"INSERT INTO instances ({_COLUMNS}) VALUES ({_PLACEHOLDERS}){conflict}",
                 (
                     instance.id,
                     instance.name,
@@ -199,7 +198,7 @@ class InstanceStore:
                     instance.node,
                 ),
             )
-            return cursor.rowcount > 0
+            return count > 0
 
     async def set_state(
         self,
@@ -227,8 +226,7 @@ class InstanceStore:
             sql += " AND state = ?"
             params.append(expect.value)
         async with self._writer.transaction() as db:
-            cursor = await db.execute(sql, params)
-            return cursor.rowcount > 0
+            return await db.execute(sql, params) > 0
 
     async def place(self, instance_id: str, node: str | None, *, expect: str | None) -> bool:
         """Place the instance on ``node``; False if it is no longer on ``expect``.
@@ -237,25 +235,26 @@ class InstanceStore:
         instance off a dead node cannot both win.
         """
         async with self._writer.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE instances SET node = ?, updated = ? WHERE id = ? AND node IS ?",
+            count = await db.execute(
+                "UPDATE instances SET node = ?, updated = ? "
+                "WHERE id = ? AND node IS NOT DISTINCT FROM ?",
                 (node, datetime.now(UTC).timestamp(), instance_id, expect),
             )
-            return cursor.rowcount > 0
+            return count > 0
 
     async def on_node(self, node: str) -> list[Instance]:
         """The instances placed on ``node``, by name."""
-        async with self._db.execute(
+        rows = await self._db.fetch(
             f"SELECT {_COLUMNS} FROM instances WHERE node = ? ORDER BY name", (node,)
-        ) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        )
+        return [_row(r) for r in rows]
 
     async def count_by_node(self) -> dict[str, int]:
         """How many instances are placed on each node (unplaced ones left out)."""
-        async with self._db.execute(
+        rows = await self._db.fetch(
             "SELECT node, COUNT(*) FROM instances WHERE node IS NOT NULL GROUP BY node"
-        ) as cur:
-            return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def delete(self, instance_id: str) -> None:
         """Forget the instance, its checks and their history."""
@@ -279,8 +278,8 @@ class InstanceStore:
 
     async def restarts_since(self, instance_id: str, since: datetime) -> list[datetime]:
         """The instance's restarts at or after ``since``, oldest first."""
-        async with self._db.execute(
+        rows = await self._db.fetch(
             "SELECT time FROM restarts WHERE instance_id = ? AND time >= ? ORDER BY time",
             (instance_id, since.timestamp()),
-        ) as cur:
-            return [datetime.fromtimestamp(float(r[0]), UTC) for r in await cur.fetchall()]
+        )
+        return [datetime.fromtimestamp(float(r[0]), UTC) for r in rows]

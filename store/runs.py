@@ -13,8 +13,7 @@ from ctrlplane.text import clip
 if TYPE_CHECKING:
     # Annotations only: the actors import Outcome and Trigger from here, and a
     # worker module must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database
     from ctrlplane.store.writer import BatchWriter, OnCommit
 
 MAX_ERROR = 4096
@@ -68,12 +67,13 @@ class WorkerRun(Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-_INSERT = (
-    "INSERT OR REPLACE INTO worker_runs "
-    "(id, worker, process, trigger, trigger_ref, attempt, started, finished, outcome, error) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _COLUMNS = "id, worker, process, trigger, trigger_ref, attempt, started, finished, outcome, error"
+# A run recorded again (its id known) is overwritten: the newer record wins.
+_INSERT = (
+    f"INSERT INTO worker_runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ") if c != "id")
+)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -87,7 +87,7 @@ def _dt(value: float | None) -> datetime | None:
 class RunStore:
     """Records worker runs in batches and reads them back."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -171,8 +171,7 @@ class RunStore:
             "SELECT worker, outcome, COUNT(*) FROM worker_runs "
             f"WHERE outcome IN ({marks}) GROUP BY worker, outcome"
         )
-        async with self._db.execute(sql, [str(o) for o in outcomes]) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._db.fetch(sql, [str(o) for o in outcomes])
         return {(r[0], Outcome(r[1])): int(r[2]) for r in rows}
 
     async def list(
@@ -200,8 +199,7 @@ class RunStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started DESC LIMIT ?"
         params.append(limit)
-        async with self._db.execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._db.fetch(sql, params)
         return [
             WorkerRun(
                 id=r[0],

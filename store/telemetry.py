@@ -14,8 +14,7 @@ from msgspec import Struct, field
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
     # the actors, which must not pay for the database driver.
-    import aiosqlite
-
+    from ctrlplane.store.types import Database
     from ctrlplane.store.writer import BatchWriter
 
 
@@ -93,7 +92,7 @@ SELECT name, type, value, labels, time FROM (
     SELECT name, type, value, labels, time,
            row_number() OVER (PARTITION BY name, labels ORDER BY time DESC, id DESC) AS newest
     FROM metrics WHERE instance_id = ? AND time >= ?
-) WHERE newest = 1 ORDER BY name, labels
+) AS series WHERE newest = 1 ORDER BY name, labels
 """
 _LATEST_SNAPSHOT = (
     "SELECT processes, cpu_percent, memory_rss, threads, open_files, read_bytes, write_bytes, "
@@ -114,7 +113,7 @@ def _time(value: object) -> datetime:
 class TelemetryStore:
     """Metrics and resource snapshots: queued by the collector, written in batches."""
 
-    def __init__(self, db: aiosqlite.Connection, writer: BatchWriter) -> None:
+    def __init__(self, db: Database, writer: BatchWriter) -> None:
         self._db = db
         self._writer = writer
 
@@ -134,23 +133,21 @@ class TelemetryStore:
         Returns:
             How many metrics were left out.
         """
-        skipped = 0
-        for m in metrics:
-            if not math.isfinite(m.value):
-                skipped += 1
-                continue
-            self._writer.add(
-                _INSERT_METRIC,
-                (
-                    instance_id,
-                    collector,
-                    m.name,
-                    m.type.value,
-                    m.value,
-                    msgspec.json.encode(m.labels, order="sorted").decode(),
-                    m.time.timestamp(),
-                ),
+        rows = [
+            (
+                instance_id,
+                collector,
+                m.name,
+                m.type.value,
+                m.value,
+                msgspec.json.encode(m.labels, order="sorted").decode(),
+                m.time.timestamp(),
             )
+            for m in metrics
+            if math.isfinite(m.value)
+        ]
+        self._writer.add_many(_INSERT_METRIC, rows)
+        skipped = len(metrics) - len(rows)
         if snapshot is not None:
             s = snapshot
             self._writer.add(
@@ -173,8 +170,7 @@ class TelemetryStore:
     async def latest_snapshot(self, instance_id: str) -> ResourceSnapshot | None:
         """The instance's newest resource snapshot, from whichever collector."""
         await self._writer.flush()
-        async with self._db.execute(_LATEST_SNAPSHOT, (instance_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone(_LATEST_SNAPSHOT, (instance_id,))
         if row is None:
             return None
         r = tuple(row)
@@ -193,8 +189,7 @@ class TelemetryStore:
         """The newest value of each of the instance's series (name and labels)
         collected at ``since`` or later, ordered by name and labels."""
         await self._writer.flush()
-        async with self._db.execute(_LATEST_METRICS, (instance_id, since.timestamp())) as cur:
-            rows = await cur.fetchall()
+        rows = await self._db.fetch(_LATEST_METRICS, (instance_id, since.timestamp()))
         return [
             Metric(
                 name=str(r[0]),

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-import aiosqlite
 import structlog
 
-log = structlog.get_logger("ctrlplane.store")
+from ctrlplane.store.types import Database, Executor
 
-# "INSERT ... VALUES (?, ?, ...)": such a statement can take many rows at once.
-_INSERT_RE = re.compile(
-    r"^(?P<head>\s*INSERT\b.*?\bVALUES\s*)(?P<row>\(\s*\?(?:\s*,\s*\?)*\s*\))\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-# SQLite's limit on bound parameters per statement (32766 since 3.32), with room.
-_MAX_PARAMS = 32000 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_MAX_ROWS_PER_STATEMENT = 500
+log = structlog.get_logger("ctrlplane.store")
 
 Row = Sequence[Any]
 SOON = 0.02
@@ -49,15 +39,15 @@ class BatchWriter:
     has committed (``True``) or the row was dropped (``False``): the actors
     acknowledge a message only after the record of its run is on disk.
 
-    No path leaves the connection inside a transaction: a statement whose
-    caller is cancelled still runs to its end in aiosqlite's thread, so it is
-    awaited (bounded by the busy timeout) and rolled back before the
-    cancellation goes on; a failed COMMIT is rolled back too.
+    Rows are written through the store's :class:`~ctrlplane.store.types.Database`,
+    as multi-row INSERTs where the backend allows; the transactions the
+    backend gives leave no connection inside a transaction on any path
+    (cancellation, a failed COMMIT).
     """
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Database,
         *,
         interval: timedelta = timedelta(milliseconds=200),
         max_rows: int = 1000,
@@ -98,6 +88,18 @@ class BatchWriter:
         if self._count >= self._max_rows:
             self._wake.set()
 
+    def add_many(self, sql: str, rows: Sequence[Row]) -> None:
+        """:meth:`add` for many rows of one statement (none with a callback),
+        without a call per row: a sweep's results, a collector's metrics."""
+        if not rows:
+            return
+        self._pending.setdefault(sql, []).extend(rows)
+        self._count += len(rows)
+        if self._failing and self._count > self._max_pending:
+            self._drop_oldest(self._count - self._max_pending)
+        if self._count >= self._max_rows:
+            self._wake.set()
+
     def flush_soon(self) -> None:
         """Write what is queued within :data:`SOON` seconds, not at the interval's end.
 
@@ -124,36 +126,15 @@ class BatchWriter:
                 return
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction of its own on the shared connection.
+    async def transaction(self) -> AsyncIterator[Executor]:
+        """A transaction of its own, for a write that must be on disk when it returns.
 
-        Batches and direct writes share one connection, so they take turns:
-        a direct write can never end up inside (or roll back with) a batch.
+        Exclusive (see :meth:`Database.transaction`): on SQLite, batches and
+        direct writes share one connection and take turns, so a direct write
+        can never end up inside (or roll back with) a batch.
         """
-        async with self._lock:
-            await self._begin()
-            try:
-                yield self._db
-                await self._to_end("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
-
-    async def _begin(self) -> None:
-        if self._db.in_transaction:
-            # Left open by a fault we did not see: never write inside it.
-            await self._rollback()
-        try:
-            await self._to_end("BEGIN IMMEDIATE")
-        except asyncio.CancelledError:
-            await self._rollback()  # it began after all, once the lock was free
-            raise
-
-    async def _to_end(self, sql: str) -> None:
-        await execute_to_end(self._db, sql)
-
-    async def _rollback(self) -> None:
-        await roll_back(self._db)
+        async with self._db.transaction() as tx:
+            yield tx
 
     async def flush(self) -> None:
         """Write everything queued so far, in one transaction.
@@ -177,18 +158,9 @@ class BatchWriter:
             waiting, self._waiting = self._waiting, {}
             self._count = 0
             try:
-                await self._begin()
-                try:
+                async with self._db.transaction(exclusive=False) as tx:
                     for sql, rows in batch.items():
-                        for statement, params, many in _statements(sql, rows):
-                            if many:
-                                await self._db.executemany(statement, params)
-                            else:
-                                await self._db.execute(statement, params)
-                    await self._to_end("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
+                        await tx.executemany(sql, rows)
             except BaseException:
                 # Put the rows back in front of anything added meanwhile.
                 for sql, rows in batch.items():
@@ -233,28 +205,6 @@ class BatchWriter:
         await self.flush()
 
 
-def _statements(sql: str, rows: list[Row]) -> list[tuple[str, Sequence[Any], bool]]:
-    """``rows`` for ``sql`` as few statements as possible.
-
-    An INSERT of many rows becomes multi-row ``VALUES (...), (...)``
-    statements: far less per-row work in SQLite and in the sqlite3 module
-    (whose per-row binding holds the GIL the event loop needs). Anything else
-    is one ``executemany``. Each item is (statement, parameters, whether
-    the parameters are many rows for executemany).
-    """
-    match = _INSERT_RE.match(sql)
-    if match is None or len(rows) < 2:
-        return [(sql, rows, True)]
-    width = match["row"].count("?")
-    per = max(1, min(_MAX_ROWS_PER_STATEMENT, _MAX_PARAMS // width))
-    out: list[tuple[str, Sequence[Any], bool]] = []
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        statement = match["head"] + ", ".join([match["row"]] * len(chunk))
-        out.append((statement, [value for row in chunk for value in row], False))
-    return out
-
-
 def _call(callback: OnCommit, written: bool) -> None:
     try:
         callback(written)
@@ -268,35 +218,3 @@ def _retrieve(task: asyncio.Future[None]) -> None:
     rows of a failed one are back in the queue and the next flush says why."""
     if not task.cancelled():
         task.exception()
-
-
-async def execute_to_end(db: aiosqlite.Connection, sql: str) -> None:
-    """Execute ``sql`` on ``db`` and wait for it to end, even if cancelled meanwhile.
-
-    Cancelling the await does not stop aiosqlite's thread: a BEGIN that
-    waits on another writer's lock would run later and leave the
-    connection inside a transaction, and a COMMIT would still commit. So the
-    statement is always awaited to its end (the busy timeout bounds it); a
-    cancellation that came meanwhile is raised afterwards, once the caller
-    can see the connection's real state and roll back.
-    """
-    statement = asyncio.ensure_future(db.execute(sql))
-    cancelled = False
-    while not statement.done():
-        try:
-            await asyncio.wait([statement])
-        except asyncio.CancelledError:
-            cancelled = True
-    statement.result()
-    if cancelled:
-        raise asyncio.CancelledError
-
-
-async def roll_back(db: aiosqlite.Connection) -> None:
-    """Roll back whatever transaction ``db`` has open; never raises but cancellation."""
-    if not db.in_transaction:
-        return
-    try:
-        await execute_to_end(db, "ROLLBACK")
-    except sqlite3.Error as exc:
-        log.error("rollback failed", error=str(exc))

@@ -1,4 +1,4 @@
-"""Fixtures: a real nats-server on an ephemeral port, real SQLite files.
+"""Fixtures: a real nats-server on an ephemeral port, real SQLite files and a real PostgreSQL.
 
 One server serves the whole run, with the users ``ctrlplane run`` gives its
 embedded server, for the prefix ``t``; each test gets its own subject prefix
@@ -23,6 +23,9 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.config import Config
 from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.store.db import Store
+from tests.postgres import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, from their own module
 
 TEST_PREFIX = "t"
 """The prefix the session server's roles are built for; every test's is under it."""
@@ -64,10 +67,36 @@ async def bus(nats_server: ServerInfo, subjects: Subjects) -> AsyncIterator[Bus]
         await b.close()
 
 
+STORE_BACKENDS = ("sqlite", "postgresql")
+"""What the ``store`` fixture runs on. A test module that uses the store only
+on the side (to run actors on NATS, say) may set its own ``STORE_BACKENDS``."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "STORE_BACKENDS", STORE_BACKENDS)
+        if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+            backends = ("sqlite",)
+        metafunc.parametrize("store_backend", backends, scope="function")
+
+
+@pytest.fixture
+def store_location(
+    request: pytest.FixtureRequest, store_backend: str, tmp_path: Path
+) -> Path | str:
+    """Where this test's store is: a SQLite file in its folder, or a PostgreSQL
+    database of its own on the session's server."""
+    if store_backend == "sqlite":
+        return tmp_path / "ctrlplane.db"
+    # A sync fixture, so that the async one can be asked for by name here.
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A real SQLite store in this test's temporary folder."""
-    s = Store(tmp_path / "ctrlplane.db", flush_interval=timedelta(milliseconds=20))
+async def store(store_location: Path | str) -> AsyncIterator[Store]:
+    """A real store, once on SQLite and once on PostgreSQL (see ``STORE_BACKENDS``)."""
+    s = Store(store_location, flush_interval=timedelta(milliseconds=20))
     await s.open()
     try:
         yield s

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import aiosqlite
 import msgspec
 import nats
 import structlog
@@ -20,7 +21,9 @@ from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.messages import DeadLetter, Event
 from ctrlplane.bus.server import ServerInfo
+from ctrlplane.store.db import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
+from ctrlplane.store.sqlite import SqliteDatabase
 
 
 async def wait_for(
@@ -144,3 +147,9 @@ class FixedNodes:
 
     def live(self) -> list[str]:
         return sorted(self.alive)
+
+
+def sqlite_connection(store: Store) -> aiosqlite.Connection:
+    """The aiosqlite connection of a SQLite store (for its statement trace)."""
+    assert isinstance(store.db, SqliteDatabase), "a SQLite-only test got another backend"
+    return store.db.connection

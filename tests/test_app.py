@@ -23,8 +23,8 @@ from ctrlplane.bus import Event
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.errors import ConfigError, DataDirInUseError
-from ctrlplane.store import Outcome
-from tests.helpers import wait_for
+from ctrlplane.store import Dialect, Outcome, Store
+from tests.helpers import make_instance, wait_for
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
@@ -165,6 +165,19 @@ async def test_embedded_default_starts_and_stops_its_server(tmp_path: Path) -> N
         assert cp.bus.connected
         assert (tmp_path / "data" / "ctrlplane.db").exists()
     assert cp.server is None
+
+
+async def test_a_control_plane_on_a_postgresql_store(config: Config, postgres_url: str) -> None:
+    cfg = msgspec.structs.replace(config, store_url=postgres_url)
+    async with Store(postgres_url) as shared, ControlPlane(cfg, load_plugins=False) as cp:
+        assert cp.store.path is None
+        assert cp.store.db.dialect is Dialect.POSTGRESQL
+        assert cp.store.identity == shared.identity
+        assert "s3cret" not in cp.store.location
+        await cp.store.instances.create(make_instance("web"))
+        # What one replica writes, another reads: one database, no file.
+        assert [i.name for i in await shared.instances.all()] == ["web"]
+    assert not (config.data_dir / "ctrlplane.db").exists()
 
 
 async def test_one_control_plane_per_data_dir(config: Config) -> None:

@@ -149,6 +149,24 @@ def test_broken_server_binary_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreachable_store_is_a_clear_error_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql://cp:s3cret@127.0.0.1:{_closed_port()}/ctrlplane"
+    result = run_cli(["run", "--store-url", url, "--data-dir", str(tmp_path / "d")], env_for())
+    assert result.returncode == 1
+    assert "cannot connect to postgresql://cp:***@127.0.0.1:" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert read_server_info(tmp_path / "d") is None  # the embedded server was stopped again
+
+
+def test_a_store_url_that_is_not_postgresql_names_the_variable(tmp_path: Path) -> None:
+    env = env_for(CTRLPLANE_STORE_URL="mysql://cp:s3cret@db/ctrlplane")
+    result = run_cli(["run", "--data-dir", str(tmp_path / "d")], env)
+    assert result.returncode == 2
+    assert "store_url" in result.stderr and "CTRLPLANE_STORE_URL" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
 def _closed_port() -> int:
     """A local port nothing listens on (bound, then released)."""
     with socket.socket() as s:

@@ -293,15 +293,33 @@ def parse_service(name: str, monkeypatch: pytest.MonkeyPatch) -> Parsed:
     return parse_ctrlplane(service_argv(service, where), service_env(service, where), monkeypatch)
 
 
-def nats_service_of(parsed: Parsed, where: str) -> str:
+def nats_services_of(parsed: Parsed, where: str) -> list[str]:
+    """The NATS services a replica's ``nats_url`` names, in its order."""
     url = parsed.config.nats_url
     assert url is not None, f"{where} does not join a NATS: it would start an embedded one"
-    parts = urlsplit(url.split(",")[0].strip())
-    assert parts.hostname in services(), f"{where}: NATS host {parts.hostname!r} is no service"
-    nats_args = nats_arguments(parts.hostname)
-    expected = int(go_flag(nats_args, "p", "port") or NATS_DEFAULT_PORT)
-    assert (parts.port or NATS_DEFAULT_PORT) == expected, f"{where}: wrong NATS port in {url}"
-    return parts.hostname
+    found = []
+    for one in url.split(","):
+        parts = urlsplit(one.strip())
+        assert parts.hostname in services(), f"{where}: NATS host {parts.hostname!r} is no service"
+        nats_args = nats_arguments(parts.hostname)
+        expected = int(go_flag(nats_args, "p", "port") or NATS_DEFAULT_PORT)
+        assert (parts.port or NATS_DEFAULT_PORT) == expected, f"{where}: wrong NATS port in {url}"
+        found.append(parts.hostname)
+    return found
+
+
+def nats_service_of(parsed: Parsed, where: str) -> str:
+    """The first NATS service a replica's ``nats_url`` names."""
+    return nats_services_of(parsed, where)[0]
+
+
+def all_nats_services(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Every NATS service some replica joins."""
+    return {
+        nats
+        for name in ctrlplane_services()
+        for nats in nats_services_of(parse_service(name, monkeypatch), f"services.{name}")
+    }
 
 
 # --------------------------------------------------------------------------
@@ -449,7 +467,7 @@ def test_ctrlplane_environment_names_config_fields() -> None:
 
 
 def test_replicas_each_have_their_own_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite is local to one process: no two replicas may share a data directory."""
+    """One process per data dir (it holds a lock there): no two replicas may share one."""
     names = ctrlplane_services()
     assert len(names) >= 2, "compose.yaml should run several control-plane replicas"
     sources: dict[str, str] = {}
@@ -483,11 +501,11 @@ def test_stop_grace_period_exceeds_worker_stop_grace(monkeypatch: pytest.MonkeyP
 def test_ctrlplane_services_join_the_nats_service(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, service in ctrlplane_services().items():
         where = f"services.{name}"
-        nats = nats_service_of(parse_service(name, monkeypatch), where)
-        depends = service.get("depends_on")
-        if isinstance(depends, list):
-            assert nats in _strings(depends, f"{where}.depends_on")
-        else:
+        for nats in nats_services_of(parse_service(name, monkeypatch), where):
+            depends = service.get("depends_on")
+            if isinstance(depends, list):
+                assert nats in _strings(depends, f"{where}.depends_on")
+                continue
             conditions = _mapping(depends, f"{where}.depends_on")
             assert nats in conditions, f"{where} does not depend on {nats}"
             condition = _mapping(conditions[nats], f"{where}.depends_on.{nats}")
@@ -497,9 +515,7 @@ def test_ctrlplane_services_join_the_nats_service(monkeypatch: pytest.MonkeyPatc
 
 
 def test_nats_service_enables_jetstream_on_a_volume(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = {
-        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
-    }
+    names = all_nats_services(monkeypatch)
     for name in names:
         args = nats_arguments(name)
         assert go_bool_flag(args, "js", "jetstream"), f"services.{name} does not enable JetStream"
@@ -519,9 +535,7 @@ def test_nats_arguments_pass_the_real_nats_server(
     """
     conf = tmp_path / "nats-server.conf"
     conf.write_text("port: 4222\n", encoding="utf-8")
-    names = {
-        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
-    }
+    names = all_nats_services(monkeypatch)
     for name in names:
         argv = [find_binary(), *nats_arguments(name), "-c", str(conf), "-t"]
         result = subprocess.run(
@@ -535,9 +549,7 @@ def test_nats_arguments_pass_the_real_nats_server(
 
 
 def test_nats_healthcheck_asks_for_jetstream(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = {
-        nats_service_of(parse_service(name, monkeypatch), name) for name in ctrlplane_services()
-    }
+    names = all_nats_services(monkeypatch)
     for name in names:
         service = services()[name]
         if "healthcheck" not in service:
@@ -556,6 +568,91 @@ def test_nats_healthcheck_asks_for_jetstream(monkeypatch: pytest.MonkeyPatch) ->
         assert port is not None, f"services.{name} does not enable monitoring (-m)"
         assert urls[0].port == int(port), f"{where} probes a port that is not -m {port}"
         assert parse_qs(urls[0].query).get("js-enabled-only") == ["true"], where
+
+
+def test_nats_nodes_form_one_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every NATS node a replica joins routes to every other one, under one
+    cluster name, each with a name of its own; the replicas list them all."""
+    names = all_nats_services(monkeypatch)
+    assert len(names) >= 3, f"a JetStream cluster that survives a node needs 3, got {names}"
+    clusters, server_names = set(), set()
+    for name in names:
+        args = nats_arguments(name)
+        clusters.add(go_flag(args, "cluster_name"))
+        server_names.add(go_flag(args, "n", "name", "server_name"))
+        listen = go_flag(args, "cluster")
+        assert listen is not None, f"services.{name} listens for no routes (--cluster)"
+        routes = go_flag(args, "routes") or ""
+        hosts = {urlsplit(r.strip()).hostname for r in routes.split(",") if r.strip()}
+        port = urlsplit(listen).port
+        assert hosts == names - {name}, f"services.{name} routes to {hosts}, not the others"
+        assert all(urlsplit(r.strip()).port == port for r in routes.split(",")), routes
+    assert len(clusters) == 1 and None not in clusters, f"cluster names: {clusters}"
+    assert len(server_names) == len(names) and None not in server_names, server_names
+    for name in ctrlplane_services():
+        joined = nats_services_of(parse_service(name, monkeypatch), f"services.{name}")
+        assert set(joined) == names, f"services.{name} joins {joined}, not every node"
+
+
+def test_replicas_replicate_streams_on_every_nats_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = len(all_nats_services(monkeypatch))
+    for name in ctrlplane_services():
+        replicas = parse_service(name, monkeypatch).config.stream_replicas
+        assert replicas == nodes, f"services.{name}: stream_replicas {replicas}, NATS nodes {nodes}"
+
+
+def test_replicas_are_distinct_nodes_on_one_postgresql_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configs = {name: parse_service(name, monkeypatch).config for name in ctrlplane_services()}
+    nodes = [c.node for c in configs.values()]
+    assert len(set(nodes)) == len(nodes), f"replicas share a node: {nodes}"
+    urls = {c.store_url for c in configs.values()}
+    assert len(urls) == 1, f"replicas on different stores would refuse each other: {urls}"
+    (url,) = urls
+    assert url is not None and url.startswith("postgresql://"), url
+    parts = urlsplit(url)
+    assert parts.password is None, "the password belongs in store_password_file, not the URL"
+    assert parts.hostname in services(), f"store host {parts.hostname!r} is no service"
+    postgres = services()[parts.hostname]
+    env = environment(postgres, f"services.{parts.hostname}")
+    assert env.get("POSTGRES_USER") == parts.username
+    assert env.get("POSTGRES_DB") == parts.path.lstrip("/")
+    server_secret = env.get("POSTGRES_PASSWORD_FILE")
+    assert server_secret is not None, "the server's password should come from a file"
+    where = f"services.{parts.hostname}"
+    server_volume = _on_volume(server_secret, postgres, where)
+    for name, config in configs.items():
+        secret = config.store_password_file
+        assert secret is not None, f"services.{name} has no store_password_file"
+        service = ctrlplane_services()[name]
+        assert _on_volume(secret.as_posix(), service, f"services.{name}") == server_volume, name
+        depends = _mapping(service.get("depends_on"), f"services.{name}.depends_on")
+        condition = _mapping(depends.get(parts.hostname), f"services.{name}.depends_on.postgres")
+        assert condition.get("condition") == "service_healthy"
+    check = _strings(
+        _mapping(postgres.get("healthcheck"), f"{where}.healthcheck").get("test"), where
+    )
+    assert check[:2] == ["CMD", "pg_isready"], check
+    assert go_flag(check[2:], "U", "username") == parts.username
+    assert go_flag(check[2:], "d", "dbname") == parts.path.lstrip("/")
+
+
+def test_every_long_running_service_has_a_healthcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, service in services().items():
+        if service.get("restart") == "no":
+            continue
+        assert "healthcheck" in service, f"services.{name} has no healthcheck"
+    for name, service in ctrlplane_services().items():
+        where = f"services.{name}.healthcheck"
+        test = _strings(_mapping(service["healthcheck"], where).get("test"), f"{where}.test")
+        assert test[:2] == ["CMD", "ctrlplane"], f"{where}: use ['CMD', 'ctrlplane', ...]"
+        env = service_env(service, f"services.{name}")
+        probe = parse_ctrlplane(test[2:], env, monkeypatch)
+        assert probe.name == "nodes", f"{where} runs `ctrlplane {probe.name}`"
+        # It asks about this replica's own node, through the same NATS and credentials.
+        assert probe.params["check"] == parse_service(name, monkeypatch).config.node, where
+        assert probe.config.nats_credentials is not None
 
 
 def test_no_port_is_published_beyond_loopback() -> None:

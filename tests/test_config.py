@@ -20,7 +20,6 @@ from ctrlplane.config import (
     default_node,
     describe,
     load_config,
-    sqlite_path,
 )
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.errors import ConfigError, CtrlplaneError
@@ -682,6 +681,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "api_apply": True,
         "process_executables": [],
         "store_url": None,
+        "store_password_file": None,
         "node": default_node(),
         "node_timeout": "30s",
         "stream_replicas": 1,
@@ -852,12 +852,69 @@ def test_stream_replicas_is_bounded_by_jetstream() -> None:
         assert caught.value.field == "stream_replicas"
 
 
-def test_store_url_is_the_data_dir_file_a_shared_sqlite_file_or_postgresql(tmp_path: Path) -> None:
-    assert sqlite_path(Config(data_dir=tmp_path)) == tmp_path / "ctrlplane.db"
-    shared = Config(data_dir=tmp_path, store_url=f"sqlite://{tmp_path}/shared.db")
-    assert sqlite_path(shared) == tmp_path / "shared.db"
-    assert sqlite_path(Config(store_url="postgresql://ctrl@127.0.0.1:5432/ctrl")) is None
-    for bad in ("mysql://x/y", "sqlite://relative.db", "sqlite:///", "/plain/path.db"):
-        with pytest.raises(ConfigError) as caught:
-            Config(store_url=bad)
-        assert caught.value.field == "store_url"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://cp:s3cret@db:5432/ctrlplane", "postgresql://cp:***@db:5432/ctrlplane"),
+        ("postgres://cp:pa%2Fss%40word@db/ctrlplane", "postgres://cp:***@db/ctrlplane"),
+        (
+            "postgresql://cp@db/ctrlplane?password=s3cret&sslmode=require",
+            "postgresql://cp@db/ctrlplane?password=***&sslmode=require",
+        ),
+        ("postgresql://cp@db/ctrlplane", "postgresql://cp@db/ctrlplane"),
+    ],
+)
+def test_a_store_password_is_never_shown(url: str, shown: str, env: dict[str, str]) -> None:
+    config = load_config(env={**env, "CTRLPLANE_STORE_URL": url})
+    assert config.store_url == url
+    assert describe(config)["store_url"] == shown
+    for text in (repr(config), str(config)):
+        assert "s3cret" not in text and "pa%2F" not in text
+        assert repr(shown) in text
+
+
+def test_repr_hides_a_nats_password_too(env: dict[str, str]) -> None:
+    config = load_config(env=env, overrides={"nats_url": "nats://u:s3cret@h:4222"})
+    assert "s3cret" not in repr(config)
+    assert "nats://u:***@h:4222" in repr(config)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://cp:s3cret@db/x",
+        "db.example:5432",
+        "sqlite://x.db",
+        "sqlite:///",
+        "postgresql://h:x/db",
+    ],
+)
+def test_a_store_url_that_is_not_a_store_is_refused_by_name(url: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"store_url") as caught:
+        load_config(env=env, overrides={"store_url": url})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_an_empty_store_url_in_the_environment_means_sqlite(env: dict[str, str]) -> None:
+    assert load_config(env={**env, "CTRLPLANE_STORE_URL": ""}).store_url is None
+
+
+def test_a_store_password_file_needs_a_store_url(env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"store_password_file: is used only with a PostgreSQL"):
+        load_config(env=env, overrides={"store_password_file": str(tmp_path / "pw")})
+    config = load_config(
+        env={**env, "CTRLPLANE_STORE_PASSWORD_FILE": str(tmp_path / "pw")},
+        overrides={"store_url": "postgresql://cp@db/ctrlplane"},
+    )
+    assert config.store_password_file == tmp_path / "pw"
+
+
+def test_a_sqlite_store_url_is_a_file_the_processes_of_a_host_share(tmp_path: Path) -> None:
+    from ctrlplane.app import store_for
+
+    shared = Config(data_dir=tmp_path / "a", store_url=f"sqlite://{tmp_path}/shared.db")
+    assert store_for(shared).path == tmp_path / "shared.db"
+    assert store_for(Config(data_dir=tmp_path)).path == tmp_path / "ctrlplane.db"
+    with pytest.raises(ConfigError) as caught:
+        Config(store_url=f"sqlite://{tmp_path}/x.db", store_password_file=tmp_path / "pw")
+    assert caught.value.field == "store_password_file"

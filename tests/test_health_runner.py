@@ -23,7 +23,7 @@ from ctrlplane.store.health import CheckSpec, HealthStatus
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Checker, Probe
 from ctrlplane.workers.health_runner import HealthRunner
-from tests.helpers import FixedNodes, make_instance, serving, wait_for
+from tests.helpers import FixedNodes, make_instance, serving, sqlite_connection, wait_for
 
 
 class Target:
@@ -148,6 +148,8 @@ async def test_stopped_instances_are_not_checked(
     assert await store.health.results(instance.id) == []
 
 
+# SQLite only: it reads the statements from SQLite's trace.
+@pytest.mark.sqlite_only
 async def test_a_sweep_is_one_transaction(
     store: Store, target: Target, checkers: dict[str, Checker]
 ) -> None:
@@ -157,14 +159,16 @@ async def test_a_sweep_is_one_transaction(
             store, [{"name": "a", "target": url}, {"name": "b", "target": url}], f"w{n}"
         )
     statements: list[str] = []
-    await store.db.set_trace_callback(statements.append)
+    await sqlite_connection(store).set_trace_callback(statements.append)
     await HealthRunner(store, checkers, concurrency=8).sweep()
-    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    await sqlite_connection(store).set_trace_callback(None)  # type: ignore[arg-type]
     assert statements.count("BEGIN IMMEDIATE") == 1
     assert len(await store.health.states()) == 40
     assert all(s.status is HealthStatus.HEALTHY for s in await store.health.states())
 
 
+# SQLite only: it reads the statements from SQLite's trace.
+@pytest.mark.sqlite_only
 async def test_a_sweep_that_changes_nothing_writes_results_only(
     store: Store, target: Target, checkers: dict[str, Checker]
 ) -> None:
@@ -173,10 +177,10 @@ async def test_a_sweep_that_changes_nothing_writes_results_only(
     runner = HealthRunner(store, checkers)
     assert len(await runner.sweep()) == 2  # unknown -> healthy: states written
     statements: list[str] = []
-    await store.db.set_trace_callback(statements.append)
+    await sqlite_connection(store).set_trace_callback(statements.append)
     assert await runner.sweep() == []
     await store.flush()
-    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    await sqlite_connection(store).set_trace_callback(None)  # type: ignore[arg-type]
     assert not [s for s in statements if s.startswith("UPDATE health_checks")]
     assert [s for s in statements if s.startswith("INSERT INTO health_results")]
     # The last result is still what `ctrlplane health` shows.

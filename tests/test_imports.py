@@ -15,6 +15,7 @@ HEAVY = (
     "aiohttp",
     "cryptography",
     "aiosqlite",
+    "asyncpg",
     "ctrlplane.inventory",
     "ctrlplane.rollout",
     "ctrlplane.workers",
@@ -62,6 +63,7 @@ def test_loading_the_config_loads_no_runtime() -> None:
     loaded = _modules_after("from ctrlplane.config import load_config")
     runtime = (
         "aiosqlite",
+        "asyncpg",
         "asyncio",
         "nats",
         "psutil",

@@ -1,4 +1,5 @@
-"""The SQLite store: migrations, batched writes, several processes on one file."""
+"""The store on both backends: records, batched writes, identity; and SQLite's own
+(WAL, file locks, several processes on one file), marked where they are SQLite-only."""
 
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ from ctrlplane.store import (
     Trigger,
     WorkerRun,
 )
-from ctrlplane.store.db import (
-    _migrate,  # the step Store.open() runs, cancelled mid-way
-    split_statements,
-)
 from ctrlplane.store.health import CheckSpec
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF
-from tests.helpers import make_instance
+from ctrlplane.store.sqlite import (
+    migrate,  # the step Store.open() runs, cancelled mid-way
+    split_statements,
+)
+from tests.helpers import make_instance, sqlite_connection
 from tests.processes import ROOT
 
 
@@ -96,13 +97,16 @@ async def test_long_errors_and_refs_are_clipped_with_a_marker(store: Store) -> N
     assert run.trigger_ref is not None and len(run.trigger_ref) < MAX_REF + 40
 
 
+# SQLite only: it reads the statements from SQLite's trace (PostgreSQL's
+# batches are checked by transaction id in test_postgres.py).
+@pytest.mark.sqlite_only
 async def test_writes_are_batched_into_one_transaction(store: Store) -> None:
     seen: list[str] = []
-    await store.db.set_trace_callback(seen.append)
+    await sqlite_connection(store).set_trace_callback(seen.append)
     for _ in range(500):
         store.runs.record(_run())
     await store.flush()
-    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    await sqlite_connection(store).set_trace_callback(None)  # type: ignore[arg-type]
     assert seen.count("BEGIN IMMEDIATE") == 1
     assert seen.count("COMMIT") == 1
     assert len(await store.runs.list(limit=1000)) == 500
@@ -142,8 +146,8 @@ async def test_a_healthy_writer_keeps_all_a_failing_one_is_bounded(tmp_path: Pat
         assert writer.dropped == 3
         blocker.execute("COMMIT")
         await writer.flush()
-        async with store.db.execute("SELECT time FROM health_results ORDER BY time") as c:
-            assert [r[0] for r in await c.fetchall()] == [3.0, 4.0, 5.0]
+        rows = await store.db.fetch("SELECT time FROM health_results ORDER BY time")
+        assert [r[0] for r in rows] == [3.0, 4.0, 5.0]
     finally:
         blocker.close()
         await store.close()
@@ -184,13 +188,15 @@ async def test_several_processes_open_a_new_file_at_once(tmp_path: Path) -> None
     assert len(runs) == 200
 
 
+# SQLite only: it reads the statements from SQLite's trace.
+@pytest.mark.sqlite_only
 async def test_many_rows_go_in_few_multi_row_statements(store: Store) -> None:
     seen: list[str] = []
-    await store.db.set_trace_callback(seen.append)
+    await sqlite_connection(store).set_trace_callback(seen.append)
     for _ in range(1234):
         store.runs.record(_run())
     await store.flush()
-    await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+    await sqlite_connection(store).set_trace_callback(None)  # type: ignore[arg-type]
     inserts = [s for s in seen if s.startswith("INSERT")]
     assert len(inserts) == 3  # 500 + 500 + 234 rows
     assert len(await store.runs.list(limit=2000)) == 1234
@@ -211,8 +217,7 @@ async def test_a_cancelled_flush_writes_each_row_exactly_once(store: Store) -> N
     with pytest.raises(asyncio.CancelledError):
         await flushing
     await store.flush()
-    async with store.db.execute("SELECT COUNT(*), COUNT(DISTINCT time) FROM health_results") as c:
-        row = await c.fetchone()
+    row = await store.db.fetchone("SELECT COUNT(*), COUNT(DISTINCT time) FROM health_results")
     assert tuple(row or ()) == (300, 300)
 
 
@@ -242,7 +247,7 @@ async def test_a_stop_during_the_migration_is_a_cancel_and_leaves_no_transaction
                 gate.wait(10)  # hold the statement until the cancel has landed
 
         await db.set_trace_callback(trace)
-        migrating = asyncio.create_task(_migrate(db))
+        migrating = asyncio.create_task(migrate(db))
         async with asyncio.timeout(10):
             await reached.wait()
         migrating.cancel()
@@ -309,6 +314,83 @@ async def test_placing_an_instance_is_conditional_on_its_node(store: Store) -> N
     assert (await store.instances.get("web")).node == "b"
     assert [i.name for i in await store.instances.on_node("b")] == ["web"]
     assert await store.instances.on_node("a") == []
+    assert await store.instances.count_by_node() == {"b": 1}
+
+
+async def test_a_run_recorded_again_is_overwritten(store: Store) -> None:
+    started = _run(outcome=Outcome.RETRY, finished=None)
+    store.runs.record(started)
+    await store.flush()
+    done = _run(id=started.id, started=started.started, outcome=Outcome.OK)
+    # Twice in one batch too: the last record wins.
+    store.runs.record(_run(id=started.id, started=started.started, outcome=Outcome.ERROR))
+    store.runs.record(done)
+    assert await store.runs.list() == [done]
+
+
+async def test_on_commit_tells_once_another_store_can_read_the_row(
+    store: Store, store_location: Path | str
+) -> None:
+    async with Store(store_location) as other:
+        seen: list[list[WorkerRun]] = []
+        told = asyncio.Event()
+
+        async def read_then() -> None:
+            seen.append(await other.runs.list())
+            told.set()
+
+        tasks: list[asyncio.Task[None]] = []
+        run = _run()
+        store.runs.record_row(
+            run.id,
+            run.worker,
+            run.process,
+            run.trigger,
+            run.trigger_ref,
+            run.attempt,
+            run.started.timestamp(),
+            None,
+            run.outcome,
+            None,
+            lambda ok: tasks.append(asyncio.ensure_future(read_then())),
+        )
+        store.runs.flush_soon()
+        async with asyncio.timeout(10):
+            await told.wait()
+        assert [r.id for r in seen[0]] == [run.id]
+
+
+async def test_a_failing_writer_drops_the_oldest_and_tells_their_callbacks(store: Store) -> None:
+    # No such table, on either backend: every flush fails, and rows past
+    # max_pending are dropped, oldest first, their callbacks told so.
+    writer = BatchWriter(store.db, max_pending=2)
+    outcomes: list[tuple[str, bool]] = []
+    for name in ("a", "b", "c"):
+
+        def told(ok: bool, name: str = name) -> None:
+            outcomes.append((name, ok))
+
+        writer.add("INSERT INTO no_such_table (body) VALUES (?)", (name,), told)
+        with pytest.raises(Exception, match="no_such_table"):
+            await writer.flush()
+    assert outcomes == [("a", False)]
+    assert writer.dropped == 1
+    # Many rows at once are bounded the same way, oldest first.
+    writer.add_many("INSERT INTO no_such_table (body) VALUES (?)", [("d",), ("e",)])
+    assert outcomes == [("a", False), ("b", False), ("c", False)]
+    assert writer.dropped == 3
+
+
+async def test_checks_removed_to_none_are_gone(store: Store) -> None:
+    from ctrlplane.store.health import CheckSpec
+
+    instance = make_instance("web")
+    await store.instances.create(instance)
+    await store.health.set_checks(instance.id, [CheckSpec(name="a"), CheckSpec(name="b")])
+    await store.health.set_checks(instance.id, [CheckSpec(name="b")])
+    assert [s.name for s in await store.health.states(instance.id)] == ["b"]
+    await store.health.set_checks(instance.id, [])
+    assert await store.health.states(instance.id) == []
 
 
 async def test_the_states_of_some_instances_only(store: Store) -> None:

@@ -49,7 +49,7 @@ from ctrlplane.telemetry import (
 )
 from ctrlplane.types import Collector, Observation, Provider
 from ctrlplane.workers.telemetry_collector import CollectionError, TelemetryCollector
-from tests.helpers import FixedNodes, make_instance, serving, wait_for
+from tests.helpers import FixedNodes, make_instance, serving, sqlite_connection, wait_for
 from tests.processes import env_for, run_cli, started, stop
 from tests.test_cli_instances import _kill_instances
 from tests.test_reconciler import free_port
@@ -389,6 +389,8 @@ async def test_an_instance_whose_process_died_is_a_gap_not_a_failure(
     assert all("exc_info" not in e for e in logs)
 
 
+# SQLite only: it reads the statements from SQLite's trace.
+@pytest.mark.sqlite_only
 async def test_a_run_is_one_transaction(store: Store, endpoint: Endpoint) -> None:
     me: dict[str, Provider] = {"process": Listed([os.getpid()])}
     instances = [make_instance(f"w{n}", SLEEPER, metrics_url=endpoint.url()) for n in range(12)]
@@ -396,11 +398,11 @@ async def test_a_run_is_one_transaction(store: Store, endpoint: Endpoint) -> Non
         await store.instances.put(instance)
     worker = TelemetryCollector(store, builtin_collectors(me), concurrency=4)
     statements: list[str] = []
-    await store.db.set_trace_callback(statements.append)
+    await sqlite_connection(store).set_trace_callback(statements.append)
     try:
         collection = await worker.collect()
     finally:
-        await store.db.set_trace_callback(None)  # type: ignore[arg-type]
+        await sqlite_connection(store).set_trace_callback(None)  # type: ignore[arg-type]
         await worker.close()
     assert statements.count("BEGIN IMMEDIATE") == 1
     assert (collection.instances, collection.snapshots) == (12, 12)

@@ -1,5 +1,11 @@
 """BatchWriter: callbacks after commit, and transactions that cancellation and
-failed commits cannot leave open."""
+failed commits cannot leave open.
+
+SQLite only: these hold SQLite's file lock from another process or thread,
+and look at the one connection's transaction state. The same guarantees on
+PostgreSQL (callbacks after COMMIT, rows kept over a failed flush, dropped rows
+told) are tested on both backends in test_store.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ import pytest
 import pytest_asyncio
 
 from ctrlplane.store.db import Store
+from ctrlplane.store.sqlite import SqliteDatabase
 from ctrlplane.store.writer import BatchWriter
+from tests.helpers import sqlite_connection
 
 _INSERT = "INSERT INTO notes (body) VALUES (?)"
 
@@ -29,7 +37,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         busy_timeout=timedelta(milliseconds=300),
     )
     await s.open()
-    await s.db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    await sqlite_connection(s).execute(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"
+    )
     try:
         yield s
     finally:
@@ -37,8 +47,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def _notes(store: Store) -> list[str]:
-    async with store.db.execute("SELECT body FROM notes ORDER BY id") as cursor:
-        return [row[0] for row in await cursor.fetchall()]
+    return [row[0] for row in await store.db.fetch("SELECT body FROM notes ORDER BY id")]
+
+
+def _path(store: Store) -> Path:
+    assert store.path is not None
+    return store.path
 
 
 async def _begin_traced(store: Store) -> asyncio.Event:
@@ -50,7 +64,7 @@ async def _begin_traced(store: Store) -> asyncio.Event:
         if sql.startswith("BEGIN"):
             loop.call_soon_threadsafe(began.set)
 
-    await store.db.set_trace_callback(trace)
+    await sqlite_connection(store).set_trace_callback(trace)
     return began
 
 
@@ -60,7 +74,7 @@ async def test_on_commit_is_called_after_the_row_is_on_disk(store: Store) -> Non
 
     def committed(ok: bool) -> None:
         # Read with a connection of its own: what another process would see.
-        with sqlite3.connect(store.path) as other:
+        with sqlite3.connect(_path(store)) as other:
             rows = [r[0] for r in other.execute("SELECT body FROM notes")]
         seen.append((ok, rows))
         done.set()
@@ -73,7 +87,7 @@ async def test_on_commit_is_called_after_the_row_is_on_disk(store: Store) -> Non
 
 async def test_a_cancel_during_begin_leaves_the_connection_usable(store: Store) -> None:
     began = await _begin_traced(store)
-    holder = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    holder = sqlite3.connect(_path(store), isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
 
     async def write() -> None:
@@ -89,14 +103,14 @@ async def test_a_cancel_during_begin_leaves_the_connection_usable(store: Store) 
     holder.close()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not store.db.in_transaction
+    assert not sqlite_connection(store).in_transaction
     store.writer.add(_INSERT, ("after",))
     await store.writer.flush()
     assert await _notes(store) == ["after"]
 
 
 async def test_a_failed_commit_is_rolled_back(store: Store) -> None:
-    db = store.db
+    db = sqlite_connection(store)
     await db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
     await db.execute(
         "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
@@ -126,7 +140,7 @@ async def test_a_batch_waits_out_another_process_holding_the_lock(store: Store) 
         "print('locked', flush=True)\n"
         "sys.stdin.readline()\n"
         "db.execute('ROLLBACK')\n",
-        str(store.path),
+        str(_path(store)),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -140,7 +154,7 @@ async def test_a_batch_waits_out_another_process_holding_the_lock(store: Store) 
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             await store.writer.flush()
         assert outcomes == []  # kept for the next round, not called
-        assert not store.db.in_transaction
+        assert not sqlite_connection(store).in_transaction
         holder.stdin.write(b"go\n")
         await holder.stdin.drain()
         async with asyncio.timeout(30):
@@ -158,7 +172,7 @@ async def test_dropped_rows_tell_their_callbacks(tmp_path: Path) -> None:
     path = tmp_path / "gone.db"
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
-        writer = BatchWriter(db, max_pending=2)
+        writer = BatchWriter(SqliteDatabase(db), max_pending=2)
         outcomes: list[tuple[str, bool]] = []
         # No such table: every flush fails, so old rows are dropped past max_pending.
         for name in ("a", "b", "c"):
@@ -181,7 +195,7 @@ async def test_close_in_the_iteration_that_wakes_the_writer_stops_it(tmp_path: P
     db = await aiosqlite.connect(tmp_path / "race.db")
     try:
         await db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-        writer = BatchWriter(db, interval=timedelta(seconds=30))
+        writer = BatchWriter(SqliteDatabase(db), interval=timedelta(seconds=30))
         writer.start()
         for _ in range(3):
             await asyncio.sleep(0)  # the writer is now waiting to be woken

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 @nats_option
 @data_dir_option
 @click.option(
+    "--store-url",
+    help="A PostgreSQL store shared by a cluster, postgresql://user@host:5432/db, instead of "
+    "the SQLite file in the data dir (env: CTRLPLANE_STORE_URL). Keep its password in "
+    "store_password_file or ~/.pgpass rather than here: argv is visible to every user.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["console", "json"]),
     default="console",
@@ -32,7 +38,11 @@ if TYPE_CHECKING:
     help="How logs are written to stderr.",
 )
 def run(
-    config_path: Path | None, nats_url: str | None, data_dir: Path | None, log_format: str
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    store_url: str | None,
+    log_format: str,
 ) -> None:
     """Run the control plane's workers until SIGINT or SIGTERM.
 
@@ -41,7 +51,7 @@ def run(
     """
     from ctrlplane.logs import configure_logging
 
-    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir, store_url=store_url)
     fmt: LogFormat = "json" if log_format == "json" else "console"
     configure_logging(fmt)
     # Exits within stop_grace + 1 s of a signal even when a worker ignores

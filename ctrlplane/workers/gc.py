@@ -177,8 +177,7 @@ class GarbageCollector:
     async def _collect_audit_beyond_cap(self) -> int:
         if self._audit_max_rows is None:
             return 0
-        async with self._store.db.execute(_AUDIT_CUTOFF, (self._audit_max_rows,)) as cur:
-            row = await cur.fetchone()
+        row = await self._store.db.fetchone(_AUDIT_CUTOFF, (self._audit_max_rows,))
         if row is None:
             return 0
         return await self._delete(_AUDIT_BEYOND, (int(row[0]),))
@@ -188,13 +187,11 @@ class GarbageCollector:
         total = 0
         last: tuple[str, str] = ("", "")
         while True:
-            async with db.execute(_NEXT_CHECK, last) as cur:
-                row = await cur.fetchone()
+            row = await db.fetchone(_NEXT_CHECK, last)
             if row is None:
                 return total
             last = (str(row[0]), str(row[1]))
-            async with db.execute(_CUTOFF, (*last, self._history_limit)) as cur:
-                cutoff = await cur.fetchone()
+            cutoff = await db.fetchone(_CUTOFF, (*last, self._history_limit))
             if cutoff is not None:
                 t, rowid = float(cutoff[0]), int(cutoff[1])
                 total += await self._delete(_DELETE_RESULTS, (*last, t, t, rowid))
@@ -214,8 +211,7 @@ class GarbageCollector:
                 self._since_pause = 0
             self._batches += 1
             async with self._store.writer.transaction() as db:
-                cursor = await db.execute(sql, (*params, self._batch_size))
-                count = cursor.rowcount
+                count = await db.execute(sql, (*params, self._batch_size))
             total += count
             self._since_pause += count
             if count < self._batch_size:
