@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
+from msgspec import Struct
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from ctrlplane.actors.errors import TooManyConsumersError
+from ctrlplane.actors.info import WorkerKind
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.bus.subjects import Subjects
 
@@ -67,3 +71,47 @@ def event_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
         # dead-lettered unrun (see Actor._handle), never dropped unseen.
         max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
     )
+
+
+class ConsumerCount(Struct, frozen=True, kw_only=True):
+    """How many durable consumers a set of workers needs on each stream."""
+
+    ticks: int
+    events: int
+
+
+def consumers_needed(specs: Iterable[WorkerSpec]) -> ConsumerCount:
+    """The consumers ``specs`` need: one tick consumer per periodic worker and
+    one event consumer per worker that subscribes to events.
+
+    Replicas running the same workers share these consumers, so this is the
+    count for one subject prefix, whatever the number of processes. A worker
+    whose ticks are split by node needs one tick consumer per node: such a
+    count must be multiplied by every node that may join, not only the live
+    ones, so that a node joining later does not hit the limit.
+    """
+    ticks = events = 0
+    for spec in specs:
+        if spec.kind is WorkerKind.PERIODIC:
+            ticks += 1
+        if spec.subscriptions:
+            events += 1
+    return ConsumerCount(ticks=ticks, events=events)
+
+
+def check_consumers(count: ConsumerCount, *, limit: int, subjects: Subjects) -> None:
+    """Refuse a worker set whose consumers would not fit in a stream's limit.
+
+    Checked before anything is created, so that a process fails at start with
+    the setting to change rather than part-way, on the consumer after the
+    limit, with the server's "maximum consumers limit reached".
+
+    Raises:
+        TooManyConsumersError: ``count`` exceeds ``limit`` on some stream.
+    """
+    for stream, needed in (
+        (subjects.ticks_stream, count.ticks),
+        (subjects.events_stream, count.events),
+    ):
+        if needed > limit:
+            raise TooManyConsumersError(stream, needed, limit)

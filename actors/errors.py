@@ -22,6 +22,19 @@ class SchedulerStateError(ActorError, RuntimeError):
     """The scheduler was asked to do something its state does not allow."""
 
 
+class TooManyConsumersError(ActorError, ValueError):
+    """The workers need more consumers on a stream than its ``max_consumers`` admits."""
+
+    def __init__(self, stream: str, needed: int, limit: int) -> None:
+        self.stream = stream
+        self.needed = needed
+        self.limit = limit
+        super().__init__(
+            f"the workers need {needed} consumers on stream {stream}, more than "
+            f"max_consumers ({limit}) admits: raise max_consumers or run fewer workers"
+        )
+
+
 class Retry(ActorError):
     """Raise from ``run`` to have this message delivered again after ``delay``.
 

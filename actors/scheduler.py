@@ -13,7 +13,12 @@ from enum import Enum
 import structlog
 
 from ctrlplane.actors.actor import CANCEL_WAIT, Actor, resolution_for
-from ctrlplane.actors.consumers import MIN_ACK_WAIT, ack_wait_for
+from ctrlplane.actors.consumers import (
+    MIN_ACK_WAIT,
+    ack_wait_for,
+    check_consumers,
+    consumers_needed,
+)
 from ctrlplane.actors.deadlines import Deadlines
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import Scope, WorkerInfo
@@ -135,7 +140,14 @@ class Scheduler:
         return [spec for spec, _ in self._workers.values()]
 
     async def start(self) -> None:
-        """Create the streams and consumers, start every actor and the ticker."""
+        """Create the streams and consumers, start every actor and the ticker.
+
+        Raises:
+            TooManyConsumersError: the workers need more consumers on a stream
+                than the bus's ``max_consumers`` admits; nothing was created.
+            ConsumerLimitError: the stream refused a consumer all the same
+                (other processes' workers under the same prefix filled it).
+        """
         if self._state is not _State.NEW:
             raise SchedulerStateError(f"start() called on a scheduler that is {self._state.value}")
         bus = self._bus
@@ -171,6 +183,9 @@ class Scheduler:
             self._workers[name] = (spec.on_node(node), worker)
 
     async def _start(self, bus: Bus) -> None:
+        check_consumers(
+            consumers_needed(self.specs()), limit=bus.limits.max_consumers, subjects=bus.subjects
+        )
         longest = max((s.interval for s in self.specs()), default=timedelta(0))
         window = longest + timedelta(minutes=1)
         await bus.ensure_streams(duplicate_window=window, events_max_age=self._events_max_age)

@@ -73,6 +73,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import structlog
 
 from ctrlplane.actors import RunContext, Scheduler
@@ -83,7 +84,7 @@ from ctrlplane.store import Store
 
 GOAL_P99_MS = 50.0
 SCRIPT = Path(__file__).resolve()
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 180.0  # 5,000 workers create 5,000 consumers per process
 STOP_SLACK = 30.0
 
 
@@ -144,8 +145,9 @@ async def child(args: argparse.Namespace, out: IO[str]) -> int:
     for name in worker_names(args.workers):
         scheduler.register(TickRecorder(name, args.interval, args.name, out))
     try:
+        started = time.monotonic()
         await scheduler.start()
-        print("READY", flush=True)
+        print(f"READY {time.monotonic() - started!r}", flush=True)
         line = await stdin.readline()
         if line.startswith(b"RUN "):
             until = float(line.split()[1])
@@ -208,12 +210,25 @@ async def _reap(procs: list[asyncio.subprocess.Process]) -> None:
             await proc.wait()
 
 
-async def drive(args: argparse.Namespace, tmp: Path) -> tuple[float, float, list[dict[str, Any]]]:
+class Drive(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`drive` measured: the window, each child's stats, start-up times."""
+
+    t0: float
+    t1: float
+    children: list[dict[str, Any]]
+    start_s: list[float]
+    """Per child: ``Scheduler.start()`` (streams, ledger, consumers, ticker)."""
+    ready_s: float
+    """From spawning the first child to the last one ready (interpreters included)."""
+
+
+async def drive(args: argparse.Namespace, tmp: Path) -> Drive:
     """Start the server and the children, run the window; returns it and the child stats."""
     data_dir = tmp / "data"
     server = EmbeddedServer(data_dir)
     await server.start()
     procs: list[asyncio.subprocess.Process] = []
+    spawned = time.monotonic()
     try:
         prefix = f"ticks{uuid.uuid4().hex[:6]}"
         for i in range(args.processes):
@@ -241,7 +256,9 @@ async def drive(args: argparse.Namespace, tmp: Path) -> tuple[float, float, list
                     preexec_fn=_die_with_parent,
                 )
             )
-        await asyncio.gather(*(_expect(p, "READY", READY_TIMEOUT) for p in procs))
+        ready = await asyncio.gather(*(_expect(p, "READY", READY_TIMEOUT) for p in procs))
+        ready_s = time.monotonic() - spawned
+        start_s = [float(r) for r in ready]
         t0 = time.time() + 1.0
         t1 = t0 + args.seconds
         until = t1 + 1.5 * args.interval
@@ -259,7 +276,9 @@ async def drive(args: argparse.Namespace, tmp: Path) -> tuple[float, float, list
                 code = await proc.wait()
             if code != 0:
                 raise RuntimeError(f"child {proc.pid} exited with status {code}")
-        return t0, t1, [json.loads(d) for d in done]
+        return Drive(
+            t0=t0, t1=t1, children=[json.loads(d) for d in done], start_s=start_s, ready_s=ready_s
+        )
     finally:
         await _reap(procs)
         await server.stop()
@@ -280,9 +299,8 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
-def analyse(
-    args: argparse.Namespace, tmp: Path, t0: float, t1: float, children: list[dict[str, Any]]
-) -> dict[str, Any]:
+def analyse(args: argparse.Namespace, tmp: Path, drove: Drive) -> dict[str, Any]:
+    t0, t1, children = drove.t0, drove.t1, drove.children
     records: list[dict[str, Any]] = []
     for i in range(args.processes):
         path = tmp / f"p{i}.jsonl"
@@ -373,6 +391,7 @@ def analyse(
             "duplicates": db_duplicates,
         },
         "children": children,
+        "startup_s": {"scheduler_start": drove.start_s, "all_ready": drove.ready_s},
     }
 
 
@@ -380,8 +399,7 @@ async def parent(args: argparse.Namespace) -> dict[str, Any]:
     _cancel_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="ctrlplane-bench-") as name:
         tmp = Path(name)
-        t0, t1, children = await drive(args, tmp)
-        return analyse(args, tmp, t0, t1, children)
+        return analyse(args, tmp, await drive(args, tmp))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -428,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; children and server stopped", file=sys.stderr)
         return 130
     late = summary["lateness_ms"]
+    startup = summary["startup_s"]
+    print(
+        f"start-up: Scheduler.start() {max(startup['scheduler_start']):.2f} s "
+        f"(slowest of {args.processes}), all processes ready {startup['all_ready']:.1f} s "
+        f"after the first was spawned"
+    )
     print(
         f"lateness over {summary['window_runs']} runs: p50 {late['p50']:.1f} ms, "
         f"p99 {late['p99']:.1f} ms, max {late['max']:.1f} ms "

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from ctrlplane.bus.connection import Bus
     from ctrlplane.bus.errors import (
         BusError,
+        ConsumerLimitError,
         DecodeError,
         EventTooLargeError,
         InvalidEventError,
         NotConnectedError,
         PublishError,
+        ReplicasError,
         ServerError,
     )
     from ctrlplane.bus.limits import BusLimits
@@ -35,6 +37,7 @@ __all__ = [
     "Bus",
     "BusError",
     "BusLimits",
+    "ConsumerLimitError",
     "DeadLetter",
     "DecodeError",
     "Event",
@@ -42,6 +45,7 @@ __all__ = [
     "InvalidEventError",
     "NotConnectedError",
     "PublishError",
+    "ReplicasError",
     "ServerError",
     "Subjects",
     "Tick",
@@ -60,11 +64,13 @@ _EXPORTS = {
     "encode": "ctrlplane.bus.codec",
     "Bus": "ctrlplane.bus.connection",
     "BusError": "ctrlplane.bus.errors",
+    "ConsumerLimitError": "ctrlplane.bus.errors",
     "DecodeError": "ctrlplane.bus.errors",
     "EventTooLargeError": "ctrlplane.bus.errors",
     "InvalidEventError": "ctrlplane.bus.errors",
     "NotConnectedError": "ctrlplane.bus.errors",
     "PublishError": "ctrlplane.bus.errors",
+    "ReplicasError": "ctrlplane.bus.errors",
     "ServerError": "ctrlplane.bus.errors",
     "BusLimits": "ctrlplane.bus.limits",
     "DeadLetter": "ctrlplane.bus.messages",

@@ -28,10 +28,12 @@ from nats.js.api import (
 from ctrlplane.bus.codec import MAX_TICK_SIZE, encode
 from ctrlplane.bus.errors import (
     BusError,
+    ConsumerLimitError,
     EventTooLargeError,
     InvalidEventError,
     NotConnectedError,
     PublishError,
+    ReplicasError,
 )
 from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.messages import DeadLetter, Event, Tick
@@ -53,6 +55,18 @@ RETRYABLE = (
     nats.errors.StaleConnectionError,
     asyncio.TimeoutError,
 )
+
+# Answers of a JetStream that is there but busy (electing leaders, loaded):
+# stream and consumer set-up is asked again (see Bus.patiently).
+_SETUP_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+SETUP_PATIENCE = timedelta(seconds=30)
+"""How long stream and consumer set-up keeps asking a busy JetStream."""
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -150,13 +164,19 @@ class Bus:
         *,
         token: str | None = None,
         connect_timeout: timedelta = timedelta(seconds=10),
+        randomize: bool = True,
     ) -> None:
         """Connect to NATS at ``url`` (a comma-separated list is allowed).
 
         The client reconnects forever once connected: a control plane outlives
-        broker restarts. The first connection is retried until
+        broker restarts, and with several servers it moves to another when
+        its own goes away. The first connection is retried until
         ``connect_timeout``; a server that refuses the credentials ends it at
         once. Cancelling the call closes the half-made connection.
+
+        ``randomize`` picks among the servers at random (spreading replicas
+        over a cluster's nodes); ``False`` tries them in the order given, for
+        a replica that should use the node on its own host while it is up.
 
         Raises:
             BusError: ``cannot connect to NATS at URL: reason`` (with any
@@ -203,6 +223,7 @@ class Bus:
                 # connect is bounded by ``total`` below.
                 connect_timeout=max(1, math.ceil(min(total, 5))),
                 allow_reconnect=True,
+                dont_randomize=not randomize,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
                 error_cb=on_error,
@@ -267,7 +288,16 @@ class Bus:
         tick stream's duplicate window only ever grows, so one process with a
         short-interval worker set never shrinks another's de-duplication.
         The events and dead-letter streams are bounded by ``limits`` in bytes
-        as well as age, discarding their oldest messages past either.
+        as well as age, discarding their oldest messages past either. Every
+        stream gets ``limits.stream_replicas`` replicas and admits
+        ``limits.max_consumers`` consumers; an existing stream with fewer of
+        either is raised to them (never lowered: another process may rely on
+        them).
+
+        Raises:
+            BusError: JetStream cannot hold a stream as configured: too little
+                storage for its ``max_bytes``, or more replicas than it has
+                servers (the message names the setting to change).
         """
         limits = self.limits
         s = self.subjects
@@ -288,8 +318,10 @@ class Bus:
             # (ours are about 200 bytes; the server refuses a larger one).
             max_bytes=TICKS_MAX_BYTES,
             max_msg_size=MAX_TICK_SIZE,
+            num_replicas=limits.stream_replicas,
+            max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(ticks)
+        await self.patiently(lambda: self._add_or_widen(ticks), f"stream {ticks.name}")
         events = StreamConfig(
             name=s.events_stream,
             subjects=[s.all_events],
@@ -300,8 +332,10 @@ class Bus:
             discard=DiscardPolicy.OLD,
             # JetStream refuses a duplicate window longer than the age limit.
             duplicate_window=min(timedelta(minutes=2), events_max_age).total_seconds(),
+            num_replicas=limits.stream_replicas,
+            max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(events)
+        await self.patiently(lambda: self._add_or_widen(events), f"stream {events.name}")
         dlq = StreamConfig(
             name=s.dlq_stream,
             subjects=[s.all_dlq],
@@ -310,15 +344,18 @@ class Bus:
             max_age=limits.dlq_max_age.total_seconds(),
             max_bytes=limits.dlq_max_bytes,
             discard=DiscardPolicy.OLD,
+            num_replicas=limits.stream_replicas,
+            max_consumers=limits.max_consumers,
         )
-        await self._add_or_widen(dlq)
+        await self.patiently(lambda: self._add_or_widen(dlq), f"stream {dlq.name}")
 
     async def _add_or_widen(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one in line with ``config``.
 
         The duplicate window (and the tick stream's age limit, which must
-        exceed it) only ever grows; the event stream's age limit follows the
-        operator's latest setting, and so do the size limits.
+        exceed it), the replicas and the consumer limit only ever grow; the
+        event stream's age limit follows the operator's latest setting, and
+        so do the size limits.
         """
         assert config.name is not None
         try:
@@ -330,8 +367,8 @@ class Bus:
             except nats.js.errors.BadRequestError:
                 # Another process created it between our look and our add.
                 info = await self.js.stream_info(config.name)
-            except nats.js.errors.ServerError as exc:
-                raise _no_room(config, exc) from exc
+            except nats.js.errors.APIError as exc:
+                raise stream_refusal(config, exc) from exc
         current = info.config
         window = max(current.duplicate_window or 0, config.duplicate_window)
         if config.name == self.subjects.ticks_stream:
@@ -340,11 +377,15 @@ class Bus:
             max_age = config.max_age or 0
         max_bytes = config.max_bytes if config.max_bytes is not None else current.max_bytes
         max_msg_size = config.max_msg_size or current.max_msg_size
+        replicas = max(current.num_replicas or 1, config.num_replicas or 1)
+        max_consumers = _wider_limit(current.max_consumers, config.max_consumers)
         if (
             window != (current.duplicate_window or 0)
             or max_age != (current.max_age or 0)
             or max_bytes != current.max_bytes
             or max_msg_size != current.max_msg_size
+            or replicas != (current.num_replicas or 1)
+            or max_consumers != current.max_consumers
             or config.subjects != current.subjects
         ):
             updated = StreamConfig.from_response(current.as_dict())
@@ -353,10 +394,12 @@ class Bus:
             updated.max_age = max_age
             updated.max_bytes = max_bytes
             updated.max_msg_size = max_msg_size
+            updated.num_replicas = replicas
+            updated.max_consumers = max_consumers
             try:
                 await self.js.update_stream(updated)
-            except nats.js.errors.ServerError as exc:
-                raise _no_room(config, exc) from exc
+            except nats.js.errors.APIError as exc:
+                raise stream_refusal(updated, exc) from exc
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Any:
         """Publish to JetStream, retrying while the connection is away.
@@ -372,7 +415,9 @@ class Bus:
             attempt += 1
             try:
                 return await self.js.publish(subject, payload, timeout=2.0, headers=headers)
-            except RETRYABLE as exc:
+            except (*RETRYABLE, nats.js.errors.APIError) as exc:
+                if isinstance(exc, nats.js.errors.APIError) and not _in_process(exc):
+                    raise
                 now = asyncio.get_running_loop().time()
                 if now + delay > deadline:
                     raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
@@ -460,9 +505,48 @@ class Bus:
         await self._publish(self.subjects.dlq(letter.worker), encode(letter), headers)
 
     async def ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
-        """Create the durable consumer ``config``, or update it to match."""
-        assert config.durable_name is not None
-        await self.js.add_consumer(stream, config)
+        """Create the durable consumer ``config``, or update it to match.
+
+        Raises:
+            ConsumerLimitError: the stream already holds as many consumers as
+                its ``max_consumers`` admits.
+        """
+        durable = config.durable_name
+        assert durable is not None
+
+        async def add() -> None:
+            try:
+                await self.js.add_consumer(stream, config)
+            except nats.js.errors.APIError as exc:
+                raise consumer_refusal(stream, durable, exc) from exc
+
+        await self.patiently(add, f"consumer {durable} on {stream}")
+
+    async def patiently(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run a stream or consumer set-up call again while JetStream is busy.
+
+        Creating or updating a replicated stream or consumer waits for its
+        raft group, and a cluster electing leaders (a node just died) answers
+        "unavailable" or not at all for a few seconds; a loaded server can
+        take longer than the API timeout too. The calls are idempotent (an
+        existing stream or consumer of the same config is no error), so they
+        are repeated for up to :data:`SETUP_PATIENCE`, then the error stands.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETUP_PATIENCE.total_seconds()
+        delay = 0.1
+        while True:
+            try:
+                await call()
+                return
+            except _SETUP_TRANSIENT as exc:
+                if loop.time() + delay > deadline:
+                    raise
+                log.info(
+                    "jetstream busy; trying again", what=what, error=str(exc) or type(exc).__name__
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
         """Drain the connection: flush what is buffered, then close. Idempotent."""
@@ -490,17 +574,58 @@ def _redact_url(url: str) -> str:
 
 
 _NO_STORAGE = 10047  # JetStream: insufficient storage resources available
+_NOT_CLUSTERED = 10074  # JetStream: replicas > 1 not supported in non-clustered mode
+_NO_PEERS = 10005  # JetStream: no suitable peers for placement (fewer servers than replicas)
+_NO_RESOURCES = 10023  # JetStream: insufficient resources
+_MAX_CONSUMERS = 10026  # JetStream: maximum consumers limit reached
+_MSG_ID_IN_PROCESS = 10158  # JetStream: duplicate message id is in process
 
 
-def _no_room(config: StreamConfig, exc: nats.js.errors.ServerError) -> Exception:
-    """Say which setting to change when JetStream cannot reserve a stream's max_bytes."""
-    if exc.err_code != _NO_STORAGE:
-        return exc
-    return BusError(
-        f"bus: JetStream cannot reserve {config.max_bytes} bytes for stream {config.name}: "
-        "lower events_max_bytes / dlq_max_bytes, or give JetStream more storage "
-        "(max_file_store)"
-    )
+def _in_process(exc: nats.js.errors.APIError) -> bool:
+    """Whether a replicated stream is still storing a message of the same id.
+
+    Several processes publish each tick with one ``Nats-Msg-Id``; a stream
+    of more than one replica answers "duplicate message id is in process"
+    to all but the first while that one is being replicated, and only then
+    "duplicate". Asked again a moment later, it says which: stored (a
+    duplicate ack) or lost with its leader (stored now, from this publish).
+    """
+    return exc.err_code == _MSG_ID_IN_PROCESS
+
+
+def _wider_limit(current: int | None, wanted: int | None) -> int | None:
+    """The larger of two consumer limits, where ``None`` or <= 0 is the
+    server's default (1,000 on nats-server 2.15), not "unlimited"."""
+    if wanted is None or wanted <= 0:
+        return current
+    if current is None or current <= 0:
+        return wanted
+    return max(current, wanted)
+
+
+def stream_refusal(config: StreamConfig, exc: nats.js.errors.APIError) -> Exception:
+    """Say which setting to change when JetStream refuses a stream as configured."""
+    if exc.err_code == _NO_STORAGE:
+        return BusError(
+            f"bus: JetStream cannot reserve {config.max_bytes} bytes for stream {config.name}: "
+            "lower events_max_bytes / dlq_max_bytes, or give JetStream more storage "
+            "(max_file_store)"
+        )
+    if (config.num_replicas or 1) > 1 and exc.err_code in (
+        _NOT_CLUSTERED,
+        _NO_PEERS,
+        _NO_RESOURCES,
+    ):
+        return ReplicasError(config.name or "", config.num_replicas or 1, exc.description or "")
+    return exc
+
+
+def consumer_refusal(stream: str, durable: str, exc: Exception) -> Exception:
+    """A clear error for a consumer JetStream refused because its stream is
+    full of consumers; any other error as it is."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _MAX_CONSUMERS:
+        return ConsumerLimitError(stream, durable)
+    return exc
 
 
 def _is_refusal(exc: Exception) -> bool:

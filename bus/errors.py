@@ -69,3 +69,30 @@ class ServerError(BusError):
         where = f" ({binary})" if binary else ""
         tail = f"\n--- nats-server log ---\n{log_tail}" if log_tail else ""
         super().__init__(f"bus: embedded nats-server{where}: {reason}{tail}")
+
+
+class ReplicasError(BusError):
+    """JetStream cannot keep a stream (or bucket) with as many replicas as asked."""
+
+    def __init__(self, stream: str, replicas: int, reason: str) -> None:
+        self.stream = stream
+        self.replicas = replicas
+        self.reason = reason
+        super().__init__(
+            f"bus: JetStream cannot keep {replicas} replicas of {stream}: {reason}; "
+            "stream_replicas must not exceed the servers of the JetStream cluster "
+            "(1 for a single nats-server)"
+        )
+
+
+class ConsumerLimitError(BusError):
+    """A stream already holds as many consumers as its ``max_consumers`` admits."""
+
+    def __init__(self, stream: str, durable: str) -> None:
+        self.stream = stream
+        self.durable = durable
+        super().__init__(
+            f"bus: stream {stream} refused consumer {durable!r}: its consumer limit "
+            "(max_consumers) is reached; raise max_consumers, or run fewer workers "
+            "under this subject prefix"
+        )

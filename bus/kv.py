@@ -10,10 +10,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ctrlplane.bus.connection import RETRYABLE, Bus
+from ctrlplane.bus.connection import RETRYABLE, Bus, stream_refusal
 from ctrlplane.bus.errors import BusError, NotConnectedError
 
 log = structlog.get_logger("ctrlplane.bus")
@@ -94,9 +94,20 @@ class SlotLedger:
         self._bus.off_reconnect(self._reconnected)
 
     async def open(self) -> None:
-        """Create the bucket, or bind to it (widening its TTL if it is shorter)."""
+        """Create the bucket, or bind to it (widening its TTL if it is shorter,
+        and raising its replicas to the bus's ``stream_replicas``).
+
+        Raises:
+            ReplicasError: JetStream has fewer servers than ``stream_replicas``.
+        """
+        await self._bus.patiently(self._open, f"bucket {self._bus.subjects.slots_bucket}")
+        self._suspect()
+        self._bus.on_reconnect(self._reconnected)
+
+    async def _open(self) -> None:
         bucket = self._bus.subjects.slots_bucket
         js = self._bus.js
+        replicas = self._bus.limits.stream_replicas
         try:
             kv = await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -104,14 +115,20 @@ class SlotLedger:
         else:
             info = await js.stream_info(f"KV_{bucket}")
             config = info.config
-            if (config.max_age or 0) < self._ttl.total_seconds() or not config.allow_direct:
+            if (
+                (config.max_age or 0) < self._ttl.total_seconds()
+                or not config.allow_direct
+                or (config.num_replicas or 1) < replicas
+            ):
                 config.max_age = max(config.max_age or 0, self._ttl.total_seconds())
                 config.allow_direct = True
-                await js.update_stream(config)
+                config.num_replicas = max(config.num_replicas or 1, replicas)
+                try:
+                    await js.update_stream(config)
+                except nats.js.errors.APIError as exc:
+                    raise stream_refusal(config, exc) from exc
                 kv = await js.key_value(bucket)
         self._kv = kv
-        self._suspect()
-        self._bus.on_reconnect(self._reconnected)
 
     async def _create(self, bucket: str) -> KeyValue:
         config = KeyValueConfig(
@@ -122,12 +139,17 @@ class SlotLedger:
             # Reads served by the stream itself, not queued behind every other
             # JetStream API request: one look-up per tick.
             direct=True,
+            replicas=self._bus.limits.stream_replicas,
         )
         try:
             return await self._bus.js.create_key_value(config)
         except nats.js.errors.BadRequestError:
             # Another process created it between our look and our add.
             return await self._bus.js.key_value(bucket)
+        except nats.js.errors.APIError as exc:
+            raise stream_refusal(
+                StreamConfig(name=f"KV_{bucket}", num_replicas=config.replicas), exc
+            ) from exc
 
     @property
     def _bucket(self) -> KeyValue:

@@ -95,6 +95,8 @@ class ControlPlane:
                 events_max_bytes=self.config.events_max_bytes,
                 dlq_max_age=self.config.dlq_max_age,
                 dlq_max_bytes=self.config.dlq_max_bytes,
+                stream_replicas=self.config.stream_replicas,
+                max_consumers=self.config.max_consumers,
             ),
         )
         self.store = store_for(self.config)

@@ -226,6 +226,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             as dead, and its instances are placed on live nodes.
         stream_replicas: Replicas of every stream and key-value bucket: 1
             for one nats-server, 3 for a JetStream cluster of three or more.
+        max_consumers: How many consumers each stream (ticks, events,
+            dead letters) admits: one per periodic worker on the ticks stream,
+            one per event-driven worker on the events stream, per subject
+            prefix. Set on the streams explicitly, because nats-server
+            otherwise caps each at 1,000; a process whose workers need more
+            refuses to start, naming this field.
     """
 
     nats_url: str | None = None
@@ -273,6 +279,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     node: str = msgspec.field(default_factory=default_node)
     node_timeout: timedelta = timedelta(seconds=30)
     stream_replicas: int = 1
+    max_consumers: int = 10_000
 
     def __post_init__(self) -> None:
         if self.nats_url is not None:
@@ -353,6 +360,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise ConfigError(
                 "stream_replicas", f"must be 1 to 5 (JetStream's limit), got {self.stream_replicas}"
             )
+        if self.max_consumers < 1:
+            # JetStream reads <= 0 as its own default (1,000), not "unlimited".
+            raise ConfigError("max_consumers", f"must be at least 1, got {self.max_consumers}")
         seen: dict[str, int] = {}
         for index, spec in enumerate(self.workers):
             problem = reference_problem(spec)

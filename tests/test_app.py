@@ -19,6 +19,7 @@ import pytest
 
 from ctrlplane import Config, ControlPlane, WorkerLoadError
 from ctrlplane.actors import RunContext, WorkerKind
+from ctrlplane.actors.errors import TooManyConsumersError
 from ctrlplane.bus import Event
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.server import ServerInfo
@@ -262,3 +263,19 @@ async def test_cancelled_while_connecting_leaves_nothing(tmp_path: Path) -> None
     second = ControlPlane(cfg, load_plugins=False)
     second._lock.acquire()
     second._lock.release()
+
+
+async def test_a_consumer_limit_too_small_for_the_workers_stops_the_start(config: Config) -> None:
+    small = msgspec.structs.replace(config, max_consumers=3, stream_replicas=1)
+    cp = ControlPlane(small, load_plugins=False)
+    assert (cp.bus.limits.max_consumers, cp.bus.limits.stream_replicas) == (3, 1)
+    # The built-in periodic workers alone need five tick consumers.
+    with pytest.raises(TooManyConsumersError, match=r"max_consumers \(3\)"):
+        await cp.start()
+    assert not cp.bus.connected
+
+
+def test_stream_replicas_reach_the_bus(config: Config) -> None:
+    cp = ControlPlane(msgspec.structs.replace(config, stream_replicas=3), load_plugins=False)
+    assert cp.bus.limits.stream_replicas == 3
+    assert cp.bus.limits.max_consumers == config.max_consumers == 10_000

@@ -11,16 +11,18 @@ import msgspec
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import DiscardPolicy
+from nats.js.api import ConsumerConfig, DiscardPolicy
 
 from ctrlplane.bus import (
     Bus,
     BusError,
     BusLimits,
+    ConsumerLimitError,
     DecodeError,
     Event,
     InvalidEventError,
     PublishError,
+    ReplicasError,
     Subjects,
     Tick,
     decode_event,
@@ -319,3 +321,91 @@ async def test_the_tick_stream_is_bounded_by_bytes_and_tick_size(bus: Bus) -> No
     # larger than any tick, so it is never stored.
     with pytest.raises(nats.js.errors.BadRequestError, match="maximum"):
         await bus.js.publish(s.tick("junk"), b"x" * (MAX_TICK_SIZE + 1))
+
+
+async def test_every_stream_admits_max_consumers_and_an_existing_limit_only_grows(
+    bus: Bus,
+) -> None:
+    window = timedelta(minutes=2)
+    s = bus.subjects
+    streams = (s.ticks_stream, s.events_stream, s.dlq_stream)
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=3000)
+    await bus.ensure_streams(duplicate_window=window)
+    for name in streams:
+        info = await bus.js.stream_info(name)
+        assert info.config.max_consumers == 3000
+        assert info.config.num_replicas == 1
+    # A process with a higher limit raises it; one with a lower one leaves it.
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=5000)
+    await bus.ensure_streams(duplicate_window=window)
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=2000)
+    await bus.ensure_streams(duplicate_window=window)
+    for name in streams:
+        assert (await bus.js.stream_info(name)).config.max_consumers == 5000
+
+
+async def test_a_stream_made_without_a_consumer_limit_gets_one(bus: Bus) -> None:
+    # As an older version made it: nats-server's default, 1,000 consumers.
+    s = bus.subjects
+    await bus.js.add_stream(name=s.events_stream, subjects=[s.all_events])
+    assert (await bus.js.stream_info(s.events_stream)).config.max_consumers == -1
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    info = await bus.js.stream_info(s.events_stream)
+    assert info.config.max_consumers == bus.limits.max_consumers == 10_000
+
+
+async def test_more_replicas_than_one_server_has_names_the_setting(bus: Bus) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, stream_replicas=3)
+    with pytest.raises(ReplicasError, match="stream_replicas") as caught:
+        await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    assert caught.value.replicas == 3
+    assert caught.value.stream == bus.subjects.ticks_stream
+
+
+async def test_a_full_stream_refuses_a_consumer_naming_max_consumers(bus: Bus) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=1)
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    s = bus.subjects
+    await bus.ensure_consumer(s.ticks_stream, ConsumerConfig(durable_name="one"))
+    # The same consumer again is no new consumer.
+    await bus.ensure_consumer(s.ticks_stream, ConsumerConfig(durable_name="one"))
+    with pytest.raises(ConsumerLimitError, match="max_consumers") as caught:
+        await bus.ensure_consumer(s.ticks_stream, ConsumerConfig(durable_name="two"))
+    assert (caught.value.stream, caught.value.durable) == (s.ticks_stream, "two")
+
+
+async def test_set_up_is_asked_again_while_jetstream_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[BaseException | None] = [
+        nats.errors.TimeoutError(),
+        nats.js.errors.ServiceUnavailableError(),
+        None,
+    ]
+    calls = 0
+
+    async def create() -> None:
+        nonlocal calls
+        calls += 1
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    await Bus().patiently(create, "stream X")
+    assert calls == 3
+    # A refusal that is no busy server is not asked again; a busy one, only so long.
+    monkeypatch.setattr("ctrlplane.bus.connection.SETUP_PATIENCE", timedelta(milliseconds=300))
+
+    async def refused() -> None:
+        raise nats.js.errors.BadRequestError()
+
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await Bus().patiently(refused, "stream X")
+
+    async def busy() -> None:
+        raise nats.errors.TimeoutError()
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(nats.errors.TimeoutError):
+        await Bus().patiently(busy, "stream X")
+    assert asyncio.get_running_loop().time() - started < 1.0

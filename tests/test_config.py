@@ -685,6 +685,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "node": default_node(),
         "node_timeout": "30s",
         "stream_replicas": 1,
+        "max_consumers": 10_000,
     }
 
 
@@ -918,3 +919,12 @@ def test_a_sqlite_store_url_is_a_file_the_processes_of_a_host_share(tmp_path: Pa
     with pytest.raises(ConfigError) as caught:
         Config(store_url=f"sqlite://{tmp_path}/x.db", store_password_file=tmp_path / "pw")
     assert caught.value.field == "store_password_file"
+
+
+def test_max_consumers_must_be_positive() -> None:
+    assert Config(max_consumers=20_000).max_consumers == 20_000
+    assert load_config(env={"CTRLPLANE_MAX_CONSUMERS": "5000"}).max_consumers == 5000
+    for bad in (0, -1):
+        with pytest.raises(ConfigError) as caught:
+            Config(max_consumers=bad)
+        assert caught.value.field == "max_consumers"

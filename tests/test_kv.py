@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ctrlplane.bus import Bus
+import msgspec
+import pytest
+
+from ctrlplane.bus import Bus, ReplicasError
 from ctrlplane.bus.kv import SlotCompletion, SlotLedger
 
 RUN = SlotCompletion(run_id="run-1", process="host:1", attempt=1, started=10.0, finished=11.5)
@@ -55,3 +58,11 @@ async def test_each_node_has_its_own_slots_of_a_node_scoped_worker(bus: Bus) -> 
     assert await ledger.completed("telemetry", 7, "node-b") is None
     assert await ledger.completed("telemetry", 7) is None
     ledger.close()
+
+
+async def test_a_bucket_with_more_replicas_than_servers_names_the_setting(bus: Bus) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, stream_replicas=2)
+    ledger = SlotLedger(bus, ttl=timedelta(minutes=3))
+    with pytest.raises(ReplicasError, match="stream_replicas") as caught:
+        await ledger.open()
+    assert caught.value.stream == f"KV_{bus.subjects.slots_bucket}"

@@ -9,11 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 import pytest_asyncio
 
 from ctrlplane.actors import RunContext, Scheduler, WorkerInfo, WorkerKind
-from ctrlplane.bus import Bus, Event, Tick, encode
+from ctrlplane.actors.consumers import ConsumerCount, consumers_needed
+from ctrlplane.actors.errors import TooManyConsumersError
+from ctrlplane.actors.spec import spec_of
+from ctrlplane.bus import Bus, ConsumerLimitError, Event, Tick, encode
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
@@ -558,3 +562,58 @@ async def test_prefetch_bounds_what_one_process_holds(bus: Bus, store: Store) ->
         assert info.num_pending == 3
     finally:
         await scheduler.stop(grace=timedelta(seconds=0.1))
+
+
+async def test_workers_that_need_more_consumers_than_the_limit_are_refused(bus: Bus) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=2)
+    scheduler = Scheduler(bus, process="test-1")
+    for i in range(3):
+        scheduler.register(Recorder(f"r{i}", interval=60))
+    scheduler.register(EventRecorder())
+    with pytest.raises(TooManyConsumersError, match=r"max_consumers \(2\)") as caught:
+        await scheduler.start()
+    assert (caught.value.stream, caught.value.needed) == (bus.subjects.ticks_stream, 3)
+    # Refused before anything was made.
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bus.js.stream_info(bus.subjects.ticks_stream)
+
+
+async def test_consumers_of_other_processes_count_against_the_stream_limit(
+    bus: Bus, nats_server: ServerInfo
+) -> None:
+    bus.limits = msgspec.structs.replace(bus.limits, max_consumers=3)
+    first = Scheduler(bus, process="test-1")
+    for i in range(2):
+        first.register(Recorder(f"a{i}", interval=60))
+    await first.start()
+    other = Bus(bus.subjects, name="other", limits=bus.limits)
+    await other.connect(nats_server.client_url)
+    second = Scheduler(other, process="test-2")
+    for i in range(2):
+        second.register(Recorder(f"b{i}", interval=60))
+    try:
+        with pytest.raises(ConsumerLimitError, match="max_consumers"):
+            await second.start()
+    finally:
+        await first.stop(grace=timedelta(seconds=1))
+        await other.close()
+
+
+def test_consumers_needed_counts_one_per_worker_and_stream() -> None:
+    specs = [
+        spec_of(Recorder("p", interval=1)),
+        spec_of(EventRecorder()),
+        spec_of(BothWays()),
+    ]
+    assert consumers_needed(specs) == ConsumerCount(ticks=2, events=2)
+
+
+class BothWays:
+    """A periodic worker that also reacts to events: a consumer on each stream."""
+
+    name = "both"
+    interval = timedelta(seconds=5)
+    subscriptions = ("instance.*",)
+
+    async def run(self, ctx: RunContext) -> None:
+        return None

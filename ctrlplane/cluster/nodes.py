@@ -13,10 +13,10 @@ import nats.errors
 import nats.js.errors
 import structlog
 from msgspec import Struct
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ctrlplane.bus.connection import RETRYABLE, Bus
+from ctrlplane.bus.connection import RETRYABLE, Bus, stream_refusal
 from ctrlplane.cluster.errors import ClusterError, StoreMismatchError
 
 log = structlog.get_logger("ctrlplane.cluster")
@@ -235,24 +235,51 @@ class NodeRegistry:
         await self._unwatch()
 
     async def _open(self) -> KeyValue:
+        opened: list[KeyValue] = []
+
+        async def bind() -> None:
+            opened.append(await self._bind())
+
+        # A JetStream cluster electing leaders answers "unavailable" for a while.
+        await self._bus.patiently(bind, f"bucket {self._bus.subjects.nodes_bucket}")
+        return opened[-1]
+
+    async def _bind(self) -> KeyValue:
+        """Create the bucket, or bind to it (widening its age limit and
+        raising its replicas to the bus's ``stream_replicas``)."""
         bucket = self._bus.subjects.nodes_bucket
         keep = max(KEEP_FOR, self._timeout * 10).total_seconds()
+        replicas = self._bus.limits.stream_replicas
         js = self._bus.js
         try:
             kv = await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(
-                bucket=bucket, history=1, ttl=keep, storage=StorageType.FILE, direct=True
+            wanted = KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                ttl=keep,
+                storage=StorageType.FILE,
+                direct=True,
+                replicas=replicas,
             )
             try:
-                return await js.create_key_value(config)
+                return await js.create_key_value(wanted)
             except nats.js.errors.BadRequestError:
                 # Another process created it between our look and our add.
                 return await js.key_value(bucket)
+            except nats.js.errors.APIError as exc:
+                raise stream_refusal(
+                    StreamConfig(name=f"KV_{bucket}", num_replicas=replicas), exc
+                ) from exc
         info = await js.stream_info(f"KV_{bucket}")
-        if (info.config.max_age or 0) < keep:
-            info.config.max_age = keep
-            await js.update_stream(info.config)
+        config = info.config
+        if (config.max_age or 0) < keep or (config.num_replicas or 1) < replicas:
+            config.max_age = max(config.max_age or 0, keep)
+            config.num_replicas = max(config.num_replicas or 1, replicas)
+            try:
+                await js.update_stream(config)
+            except nats.js.errors.APIError as exc:
+                raise stream_refusal(config, exc) from exc
         return kv
 
     async def _loop(self) -> None:
