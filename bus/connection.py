@@ -61,6 +61,9 @@ RETRYABLE = (
 _SETUP_TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
+    # A replicated stream or bucket just made answers nothing until its raft
+    # group has elected a leader.
+    nats.js.errors.NoStreamResponseError,
     nats.errors.ConnectionReconnectingError,
     nats.js.errors.ServiceUnavailableError,
     asyncio.TimeoutError,

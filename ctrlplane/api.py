@@ -144,6 +144,8 @@ class InstanceView(Struct, frozen=True, kw_only=True):
     state_error: str | None
     command: list[str]
     updated: datetime
+    node: str | None = None
+    """The node it is placed on (host-bound providers); null when not placed."""
 
 
 class InstancesReply(Reply, frozen=True, kw_only=True):
@@ -351,6 +353,7 @@ class DomainApi:
                     state_error=i.state_error,
                     command=i.spec.command,
                     updated=i.updated,
+                    node=i.node,
                 )
             )
         return InstancesReply(instances=views)

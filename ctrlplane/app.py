@@ -23,6 +23,7 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.certs.registry import load_router
 from ctrlplane.checks.registry import close_checkers, load_checkers
 from ctrlplane.cluster.nodes import NodeRegistry
+from ctrlplane.cluster.remote import NodeLifecycle, RemoteLifecycle
 from ctrlplane.config import Config, check_names
 from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError, DataDirInUseError
@@ -107,6 +108,7 @@ class ControlPlane:
         self._checkers: dict[str, Checker] = {}
         self.inventory: Inventory | None = None
         self._nodes: NodeRegistry | None = None
+        self._lifecycle: NodeLifecycle | None = None
         self._router: Router | None = None
         # Exists before start, so that cp.telemetry.register_collector(...)
         # can add collectors; the built-in and plugin ones are added at start.
@@ -218,7 +220,12 @@ class ControlPlane:
             source=source,
             stop_grace=cfg.stop_grace,
             process_executables=cfg.process_executables,
+            nodes=self._nodes,
+            remote=RemoteLifecycle(self.bus, stop_grace=cfg.stop_grace),
         )
+        # Other nodes ask this one to start and stop the instances placed on it.
+        self._lifecycle = NodeLifecycle(self.bus, self.store, self.inventory, cfg.node)
+        await self._lifecycle.start()
         for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
             if worker.name not in cfg.disabled_workers:
                 self.register(worker)
@@ -282,7 +289,14 @@ class ControlPlane:
         # Node-scoped: each node sweeps and collects its shard of the instances.
         self.telemetry.nodes = self.nodes
         return [
-            Reconciler(self.store, providers, interval=cfg.reconcile_interval),
+            Reconciler(
+                self.store,
+                providers,
+                interval=cfg.reconcile_interval,
+                nodes=self.nodes,
+                inventory=inventory,
+                stop_grace=cfg.stop_grace,
+            ),
             HealthRunner(
                 self.store,
                 self._checkers,
@@ -320,6 +334,9 @@ class ControlPlane:
                 if api is not None:
                     await api.stop()
             self._control = self._api = None
+            if self._lifecycle is not None:
+                await self._lifecycle.stop(grace)
+                self._lifecycle = None
             await self.scheduler.stop(grace)
         finally:
             if self._nodes is not None:

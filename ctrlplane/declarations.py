@@ -28,6 +28,9 @@ class InstanceDecl(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         ports: Ports it listens on.
         metrics_url: A Prometheus text endpoint.
         checks: Its health checks (``[[instances.checks]]``).
+        node: The node to run it on, for a host-bound provider (``process``);
+            by default the live node with the fewest instances. Honoured when
+            the instance is created: applying again never moves it.
     """
 
     name: str
@@ -39,6 +42,7 @@ class InstanceDecl(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     ports: list[int] = field(default_factory=list)
     metrics_url: str | None = None
     checks: list[CheckSpec] = field(default_factory=list)
+    node: str | None = None
 
     def spec(self) -> InstanceSpec:
         return InstanceSpec(
@@ -64,6 +68,8 @@ def decl_problems(decls: list[InstanceDecl]) -> list[tuple[str, str]]:
                 (f"{at}.name", f"{d.name!r} is already declared as instances[{names[d.name]}]")
             )
         names.setdefault(d.name, i)
+        if d.node is not None and not is_valid_token(d.node):
+            problems.append((f"{at}.node", f"{d.node!r} is not a node name: {token_rule}"))
         if not d.command or not all(d.command):
             problems.append((f"{at}.command", "must be a non-empty list of non-empty strings"))
         for j, port in enumerate(d.ports):

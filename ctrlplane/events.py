@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from msgspec import Struct
+from msgspec import Struct, field
 
 from ctrlplane.actors.info import WorkerFailed
 from ctrlplane.bus.messages import Event
@@ -37,6 +37,17 @@ class InstanceLifecycle(Struct, frozen=True, kw_only=True):
     reason: str | None = None
     spec_changed: bool | None = None
     attempt: int | None = None
+
+
+class InstanceRescheduled(Struct, frozen=True, kw_only=True):
+    """``instance.rescheduled``: a host-bound instance was placed on another node
+    because its node went silent for ``node_timeout``; it is started there next."""
+
+    name: str
+    from_node: str | None = field(name="from")
+    """The node it was placed on (dead); null when it had never been placed."""
+    to_node: str = field(name="to")
+    """The live node that took it over."""
 
 
 class HealthChange(Struct, frozen=True, kw_only=True):
@@ -130,6 +141,7 @@ class CertExpiring(Struct, frozen=True, kw_only=True):
 
 EVENT_TYPES: dict[str, type[Struct]] = {
     "instance.drift": InstanceDrift,
+    "instance.rescheduled": InstanceRescheduled,
     **{
         f"instance.{kind}": InstanceLifecycle
         for kind in ("created", "updated", "started", "stopped", "restarted", "destroyed", "failed")

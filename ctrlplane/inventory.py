@@ -9,18 +9,22 @@ yet deployed is recorded as a deployment (see :mod:`ctrlplane.rollout`).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from msgspec import Struct, field
 
 from ctrlplane.bus.messages import Event
+from ctrlplane.cluster.placement import Placement, choose, load
+from ctrlplane.cluster.types import NodeView
 from ctrlplane.declarations import InstanceDecl, decl_problems
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.lifecycle import check_transition
 from ctrlplane.providers.process import executable_problem
+from ctrlplane.providers.registry import host_bound
 from ctrlplane.rollout import Rollout
 from ctrlplane.store.deployments import Deployment
 from ctrlplane.store.instances import (
@@ -49,6 +53,23 @@ class ApplyResult(Struct, frozen=True, kw_only=True):
     errors: list[str] = field(default_factory=list)
 
 
+class Remote(Protocol):
+    """Starts and stops instances on the node they are placed on
+    (:class:`ctrlplane.cluster.remote.RemoteLifecycle` asks it over NATS)."""
+
+    async def start(self, instance: Instance, *, event: str, data: dict[str, Any]) -> Instance:
+        """Have ``instance``'s node start it; the instance as recorded once running."""
+        ...
+
+    async def stop(self, instance: Instance) -> Instance:
+        """Have ``instance``'s node stop it; the instance as recorded once stopped."""
+        ...
+
+    async def release(self, instance: Instance) -> None:
+        """Have ``instance``'s node stop its process, for a removal."""
+        ...
+
+
 class InventoryError(CtrlplaneError):
     """An instance could not be started, stopped or removed."""
 
@@ -70,6 +91,16 @@ class Inventory:
         process_executables: The allow-list of the ``process`` provider's
             executables; an apply that declares anything else is refused
             whole. Empty allows any.
+        nodes: The cluster's live nodes as this process sees them. With it,
+            a new instance of a host-bound provider is placed on a node (its
+            declared ``node``, or the live node with the fewest instances),
+            and this process starts and stops only host-bound instances
+            placed on its own node: a process handle means something only on
+            the host that started it. Without it (a control plane on its
+            own) nothing is placed and every instance is this process's.
+        remote: How to have another node start or stop an instance placed
+            on it; without it such a change is refused (and a new instance
+            placed there is left for that node's reconciler to start).
     """
 
     def __init__(
@@ -81,8 +112,12 @@ class Inventory:
         source: str = "inventory",
         stop_grace: timedelta = timedelta(seconds=10),
         process_executables: Sequence[str] = (),
+        nodes: NodeView | None = None,
+        remote: Remote | None = None,
     ) -> None:
         self._executables = tuple(process_executables)
+        self._nodes = nodes
+        self._remote = remote
         self._store = store
         self.providers = providers
         self._publish = publish
@@ -103,6 +138,34 @@ class Inventory:
             raise InventoryError(
                 instance.name, f"unknown provider {instance.provider!r}; known: {known}"
             ) from None
+
+    def runs_here(self, instance: Instance) -> bool:
+        """Whether this process starts and stops ``instance`` through its own provider.
+
+        Not when it is host-bound and placed on another node: only that node
+        runs it (asked through ``remote``). An unplaced one (recorded before
+        placement existed) is any node's until the reconciler places it.
+        """
+        if self._nodes is None or instance.node is None:
+            return True
+        return instance.node == self._nodes.name or not self.is_host_bound(instance.provider)
+
+    def is_host_bound(self, provider: str) -> bool:
+        """Whether the provider named ``provider`` is host-bound (unknown ones are not)."""
+        return host_bound(self.providers.get(provider)) is not None
+
+    def _ensure_here(self, instance: Instance, action: str) -> None:
+        """Refuse to act on another node's instance.
+
+        Raises:
+            InventoryError: ``instance`` is placed on another node.
+        """
+        if not self.runs_here(instance):
+            raise InventoryError(
+                instance.name,
+                f"cannot {action} it here: it is placed on node {instance.node!r}, "
+                "which alone starts and stops it",
+            )
 
     async def emit(self, type_: str, instance: Instance, **data: Any) -> None:
         await self._publish(
@@ -138,16 +201,43 @@ class Inventory:
             )
             if refused is not None:
                 raise InventoryError(d.name, refused)
+        recorded = await self._store.instances.all()
+        existing = {i.name: i for i in recorded}
+        for d in decls:
+            if d.name not in existing:
+                self._check_node(d)
         result = ApplyResult()
-        existing = {i.name: i for i in await self._store.instances.all()}
+        counts = load(
+            [
+                Placement(
+                    id=i.id,
+                    node=i.node,
+                    host_bound=self.is_host_bound(i.provider),
+                    running=i.desired is DesiredState.RUNNING,
+                )
+                for i in recorded
+            ],
+            [] if self._nodes is None else self._nodes.live(),
+        )
         for d in decls:
             current = existing.pop(d.name, None)
             try:
                 deployment: Deployment | None = None
                 if current is None:
-                    changed = await self._create(d)
+                    changed = await self._create(d, self._place(d, counts))
                     (result.created if changed else result.unchanged).append(d.name)
-                    if changed is not None and changed.desired is DesiredState.RUNNING:
+                    running = changed is not None and changed.desired is DesiredState.RUNNING
+                    if (
+                        changed is not None
+                        and running
+                        and self._remote is None
+                        and not self.runs_here(changed)
+                    ):
+                        # Its node starts it (its reconciler): a process
+                        # started here would run on the wrong host.
+                        log.info("instance placed", instance=d.name, node=changed.node)
+                        continue
+                    if changed is not None and running:
                         deployment = await self._rollout.first(changed)
                 else:
                     changed, deployment = await self._update(current, d)
@@ -166,8 +256,40 @@ class Inventory:
                 result.errors.append(str(exc))
         return result
 
-    async def _create(self, d: InstanceDecl) -> Instance | None:
-        """Record a new instance; None if another process created it first."""
+    def _check_node(self, d: InstanceDecl) -> None:
+        """Refuse the declared node of a new instance if it cannot be honoured,
+        before anything is applied. (An existing instance is never moved by
+        apply, so its declared node is not checked: after a failover it may
+        name the dead node.)
+
+        Raises:
+            InventoryError: ``node`` is declared for a provider that is not
+                host-bound, or names a node that is not live.
+        """
+        if d.node is None or self._nodes is None:
+            return
+        if not self.is_host_bound(d.provider):
+            raise InventoryError(
+                d.name,
+                f"node: the provider {d.provider!r} is not host-bound, so it is not placed",
+            )
+        live = self._nodes.live()
+        if d.node not in live:
+            raise InventoryError(
+                d.name, f"node: {d.node!r} is not a live node (live: {', '.join(live) or 'none'})"
+            )
+
+    def _place(self, d: InstanceDecl, counts: Counter[str]) -> str | None:
+        """The node for a new instance: declared, else the one with the fewest
+        instances (and counted, so that one apply spreads what it creates)."""
+        if self._nodes is None or not self.is_host_bound(d.provider):
+            return None
+        node = d.node or (choose(counts) if counts else self._nodes.name)
+        counts[node] += 1
+        return node
+
+    async def _create(self, d: InstanceDecl, node: str | None) -> Instance | None:
+        """Record a new instance on ``node``; None if another process created it first."""
         now = datetime.now(UTC)
         spec = d.spec()
         instance = Instance(
@@ -178,6 +300,7 @@ class Inventory:
             spec_hash=spec.digest(),
             desired=d.desired_state,
             state=InstanceState.PROVISIONING,
+            node=node,
             created=now,
             updated=now,
         )
@@ -208,6 +331,9 @@ class Inventory:
         )
         if not changed and checks_before == checks_after:
             return None, None
+        if changed and self._remote is None:
+            # Refused before anything is written: another node's process.
+            self._ensure_here(current, "change")
         # Before anything is written: refused while a deployment is in progress.
         deployment = await self._rollout.claim(current, spec.digest(), d.desired_state)
         try:
@@ -222,6 +348,7 @@ class Inventory:
                     state=current.state,
                     handle=current.handle,
                     state_error=current.state_error,
+                    node=current.node,
                     created=current.created,
                     updated=datetime.now(UTC),
                 )
@@ -242,6 +369,16 @@ class Inventory:
                 await self._rollout.abort(deployment, exc)
             raise
         return instance, deployment
+
+    async def first_start(self, instance: Instance) -> Instance:
+        """Start a new instance that another node's ``apply`` placed here, recording
+        its first deployment as that ``apply`` would have.
+
+        Raises:
+            DeploymentError: it did not start (recorded ``failed``).
+        """
+        deployment = await self._rollout.first(instance)
+        return await self._rollout.run(instance, deployment, previous=None)
 
     async def converge(self, instance: Instance) -> Instance:
         """Start or stop ``instance`` so that its recorded state matches its desired one."""
@@ -291,6 +428,9 @@ class Inventory:
         """Start ``instance`` through its provider; records ``starting`` then ``running``
         (or ``failed`` with the reason) and publishes ``event`` or ``instance.failed``."""
         provider = self.provider(instance)
+        if not self.runs_here(instance) and self._remote is not None:
+            return await self._remote.start(instance, event=event, data=data)
+        self._ensure_here(instance, "start")
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.STARTING)
             try:
@@ -309,6 +449,9 @@ class Inventory:
     async def stop(self, instance: Instance) -> Instance:
         """Stop ``instance``; records ``stopping`` then ``stopped``."""
         provider = self.provider(instance)
+        if not self.runs_here(instance) and self._remote is not None:
+            return await self._remote.stop(instance)
+        self._ensure_here(instance, "stop")
         async with self.lock(instance.id):
             await self._begin(instance, InstanceState.STOPPING)
             await self._provider_stop(provider, instance, "stop")
@@ -316,6 +459,25 @@ class Inventory:
             stopped = await self._store.instances.get(instance.id)
         await self.emit("instance.stopped", stopped)
         return stopped
+
+    async def release(self, instance: Instance) -> None:
+        """Stop the process of ``instance``, which another node is removing.
+
+        Raises:
+            InventoryError: it is not this node's, or its provider failed.
+        """
+        provider = self.provider(instance)
+        self._ensure_here(instance, "remove")
+        async with self.lock(instance.id):
+            await self._provider_stop(provider, instance, "remove")
+
+    def _on_dead_node(self, instance: Instance) -> bool:
+        """Whether ``instance`` is another node's, and that node is not live."""
+        return (
+            self._nodes is not None
+            and not self.runs_here(instance)
+            and instance.node not in self._nodes.live()
+        )
 
     async def _provider_stop(self, provider: Provider, instance: Instance, action: str) -> None:
         try:
@@ -334,8 +496,19 @@ class Inventory:
         provider = self.provider(instance)
         async with self.lock(instance.id):
             instance = await self._current(instance)
+            here = self.runs_here(instance)
+            dead = not here and self._on_dead_node(instance)
+            if not here and not dead and self._remote is None:
+                self._ensure_here(instance, "remove")
             await self._begin(instance, InstanceState.DESTROYING)
-            await self._provider_stop(provider, instance, "remove")
+            if dead:
+                # Its host is gone or cut off: nothing here can stop its
+                # process, and waiting for the node would keep it forever.
+                log.warning("removed from a dead node", instance=instance.name, node=instance.node)
+            elif not here and self._remote is not None:
+                await self._remote.release(await self._current(instance))
+            else:
+                await self._provider_stop(provider, instance, "remove")
             await self._store.instances.delete(instance.id)
         self._locks.pop(instance.id, None)
         await self.emit("instance.destroyed", instance)

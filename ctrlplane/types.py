@@ -51,6 +51,13 @@ class Provider(Protocol):
     Every method may be called from any process of the control plane, also
     for instances another process started: the handle it returns from
     :meth:`start` is all it may rely on.
+
+    A provider whose instances live on the host that started them (OS
+    processes) says so with a class attribute ``host_bound = True`` and
+    implements :class:`HostBoundProvider`; without the attribute a provider
+    is not host-bound (a remote API that any node may call). Instances of a
+    host-bound provider are placed on a node, and only that node starts,
+    stops and watches them.
     """
 
     name: str
@@ -69,6 +76,24 @@ class Provider(Protocol):
 
     async def pids(self, instance: Instance) -> list[int]:
         """The OS processes of a running instance (for telemetry); empty if none."""
+        ...
+
+
+@runtime_checkable
+class HostBoundProvider(Provider, Protocol):
+    """A provider whose handles mean something only on the host that started them."""
+
+    host_bound: bool
+
+    async def local_instances(self) -> dict[str, str]:
+        """Instance id to handle of each running process this host started for an
+        instance, whatever the store records now (another node's handle, or no
+        instance at all)."""
+        ...
+
+    async def stop_local(self, instance_id: str, grace: timedelta) -> None:
+        """Stop this host's process of instance ``instance_id`` if one runs, as
+        :meth:`Provider.stop` would; the store need not know it any more."""
         ...
 
 

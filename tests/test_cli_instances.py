@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrlplane.bus.server import read_server_info
+from ctrlplane.config import default_node
 from tests.helpers import wait_for
 from tests.processes import env_for, run_cli, started, stop
 from tests.test_reconciler import free_port
@@ -82,6 +83,10 @@ async def test_apply_instances_health_and_events(tmp_path: Path) -> None:
             assert [(i["name"], i["state"], i["desired"], i["health"]) for i in listed] == [
                 ("web", "running", "running", "healthy")
             ]
+            # A process instance is placed on this process's node (the host name).
+            assert listed[0]["node"] == default_node()
+            header, row = (await _cli(["instances"], data)).stdout.splitlines()[:2]
+            assert header.split()[5] == "NODE" and row.split()[5] == default_node()
             table = (await _cli(["health"], data)).stdout
             assert "web" in table and "healthy" in table and "200 OK" in table
 

@@ -29,6 +29,7 @@ from ctrlplane.providers import (
     ProcessProvider,
     ProviderError,
     ProviderLoadError,
+    host_bound,
     load_providers,
 )
 from ctrlplane.store.instances import Instance, InstanceState
@@ -267,6 +268,30 @@ async def test_a_new_provider_recognises_a_running_process(runner: Runner, data_
     )
 
 
+async def test_this_host_remembers_what_it_started_whatever_the_store_says(
+    runner: Runner, data_dir: Path
+) -> None:
+    instance = await runner.start(make_instance(SLEEPER))
+    exited = await runner.start(make_instance([PY, "-c", "pass"], name="brief"))
+    await runner.until_exited(exited)
+    assert instance.handle is not None
+    # Another node took the instance over, or it was removed: the store no
+    # longer holds our handle. A new provider (a restarted control plane)
+    # still finds what this host runs, and only that.
+    restarted = ProcessProvider(data_dir)
+
+    assert restarted.host_bound is True
+    assert await restarted.local_instances() == {instance.id: instance.handle}
+    # Another host's data dir has no record of it.
+    assert await ProcessProvider(data_dir.parent / "b").local_instances() == {}
+
+    await restarted.stop_local("i-unknown", timedelta(0))
+    assert await restarted.local_instances() == {instance.id: instance.handle}
+    await restarted.stop_local(instance.id, timedelta(seconds=2))
+    assert await restarted.local_instances() == {}
+    await runner.until_exited(instance)
+
+
 async def test_a_reused_pid_is_neither_running_nor_signalled(
     runner: Runner, data_dir: Path
 ) -> None:
@@ -485,6 +510,11 @@ class Exploding(Fake):
         raise RuntimeError("boom")
 
 
+class BoundWithoutHandles(Fake):
+    name = "bound"
+    host_bound = True
+
+
 not_a_provider = 42
 """
 
@@ -530,6 +560,9 @@ def test_load_providers_from_entry_points(declare: Declare, data_dir: Path) -> N
 
     assert {"process", "fake", "other", "ready"} <= set(providers)
     assert isinstance(providers["process"], ProcessProvider)
+    # Host-bound only when a provider says so: the process provider does, Fake does not.
+    assert host_bound(providers["process"]) is providers["process"]
+    assert host_bound(providers["fake"]) is None and host_bound(None) is None
     assert getattr(providers["fake"], "data_dir", None) == data_dir
     assert getattr(providers["other"], "data_dir", None) == data_dir
     assert getattr(providers["ready"], "data_dir", None) == Path("/ready")
@@ -543,6 +576,7 @@ def test_load_providers_from_entry_points(declare: Declare, data_dir: Path) -> N
         ("not_a_provider", "is not a provider"),
         ("Exploding", "calling it with the data dir failed"),
         ("SyncStart", "'start' must be an async method"),
+        ("BoundWithoutHandles", "needs async 'local_instances' and 'stop_local'"),
     ],
 )
 def test_a_broken_entry_point_is_named(

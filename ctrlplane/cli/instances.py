@@ -97,7 +97,7 @@ def apply(
 def instances(
     config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
 ) -> None:
-    """List instances with their recorded and desired state and their health."""
+    """List instances with their recorded and desired state, their health and their node."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     import msgspec
@@ -109,7 +109,7 @@ def instances(
         echo_json(msgspec.json.encode(reply.instances).decode())
         return
     print_table(
-        ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "UPDATED", "ERROR"],
+        ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "NODE", "UPDATED", "ERROR"],
         [
             [
                 i.name,
@@ -117,6 +117,7 @@ def instances(
                 i.desired,
                 i.health.value,
                 i.provider,
+                i.node or "-",
                 ago(i.updated),
                 (i.state_error or "")[:60],
             ]

@@ -200,8 +200,10 @@ class NodeRegistry:
         """
         try:
             self._kv = await self._open()
-            await self._watch()
-            await self._heartbeat()
+            # A bucket just made with replicas answers nothing until its raft
+            # group has a leader: the first reads and writes wait for it too.
+            await self._bus.patiently(self._watch, f"watch of {self._bus.subjects.nodes_bucket}")
+            await self._bus.patiently(self._heartbeat, f"heartbeat of {self._node}")
         except _TRANSIENT as exc:
             await self._unwatch()
             raise ClusterError(f"the nodes bucket is not usable: {exc}") from exc

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ctrlplane.providers.process import ProcessProvider
     from ctrlplane.providers.registry import (
         ENTRY_POINT_GROUP,
+        host_bound,
         load_providers,
     )
 
@@ -27,6 +28,7 @@ __all__ = [
     "ProcessProvider",
     "ProviderError",
     "ProviderLoadError",
+    "host_bound",
     "load_providers",
 ]
 
@@ -37,6 +39,7 @@ _EXPORTS = {
     "ProviderLoadError": "ctrlplane.providers.errors",
     "ProcessProvider": "ctrlplane.providers.process",
     "ENTRY_POINT_GROUP": "ctrlplane.providers.registry",
+    "host_bound": "ctrlplane.providers.registry",
     "load_providers": "ctrlplane.providers.registry",
 }
 

@@ -11,6 +11,12 @@ after the instance is gone; pid and start together name one incarnation, which
 is how another control-plane process, or this one after a restart, recognises
 the instance. Ticks since boot, unlike an epoch timestamp, do not move when the
 clock is set.
+
+Its instances are host-bound: a handle means something only on the host that
+started it. Each start also writes ``instances/<name>/handle`` (instance id and
+handle), this host's own record of what it runs, which outlives a restart of
+the control plane and whatever the shared store says later: a node whose
+instance was moved away while it was silent finds and stops its copy with it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psutil
+import structlog
 
 from ctrlplane.files import private_dir
 from ctrlplane.providers.errors import ProviderError
@@ -36,11 +43,15 @@ from ctrlplane.types import Observation
 
 __all__ = ["ProcessProvider"]
 
+log = structlog.get_logger("ctrlplane.providers.process")
+
 # How often stop() looks whether the processes are gone yet.
 _POLL = 0.02
 # How long stop() waits for SIGKILLed processes to disappear: the kernel is
 # quick, but a process in uninterruptible sleep dies only when it wakes.
 _KILL_WAIT = 2.0
+# This host's record of an instance's process, in the instance's folder.
+_HANDLE_FILE = "handle"
 # Above this many instances, status() reads /proc in a thread.
 _INLINE_STATUS = 32
 
@@ -180,6 +191,8 @@ class ProcessProvider:
     """
 
     name = "process"
+    host_bound = True
+    """Its instances are processes of the host that started them."""
 
     def __init__(self, data_dir: Path, *, executables: Sequence[str] = ()) -> None:
         self._executables = tuple(executables)
@@ -253,7 +266,51 @@ class ProcessProvider:
         handle = f"{popen.pid}:{seen.start}"
         self._forget_exited(instance.id)
         self._children[handle] = _Child(instance_id=instance.id, popen=popen)
+        self._remember(folder, instance.id, handle)
         return handle
+
+    async def local_instances(self) -> dict[str, str]:
+        """Instance id to handle of every process this host started that still runs,
+        whatever the store records now (another node's handle, or no instance).
+
+        A node uses it to find its own copies of instances placed elsewhere,
+        or removed, while it was silent, and to re-adopt one placed back on it.
+        """
+        return await asyncio.to_thread(self._local)
+
+    async def stop_local(self, instance_id: str, grace: timedelta) -> None:
+        """Stop this host's process of the instance ``instance_id``, if one runs,
+        as :meth:`stop` does; the store need not know the instance any more."""
+        handle = (await self.local_instances()).get(instance_id)
+        if handle is not None:
+            await self._stop(handle, grace)
+
+    def _local(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        try:
+            folders = list(self._root.iterdir())
+        except OSError:
+            return found  # nothing started on this host yet
+        for folder in folders:
+            try:
+                record = (folder / _HANDLE_FILE).read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            instance_id, _, handle = record.strip().partition(" ")
+            if instance_id and _incarnation(handle) is not None:
+                found[instance_id] = handle
+        return found
+
+    def _remember(self, folder: Path, instance_id: str, handle: str) -> None:
+        """Write this host's record of the instance's process (atomically)."""
+        temporary = folder / f".{_HANDLE_FILE}.tmp"
+        try:
+            temporary.write_text(f"{instance_id} {handle}\n")
+            os.replace(temporary, folder / _HANDLE_FILE)
+        except OSError as exc:
+            # The process runs and the store will hold its handle: only the
+            # clean-up after a failover depends on this record.
+            log.warning("cannot record the handle", folder=str(folder), error=str(exc))
 
     async def status(self, instances: Sequence[Instance]) -> dict[str, Observation]:
         """What each instance's handle names now, keyed by instance id.
@@ -277,13 +334,17 @@ class ProcessProvider:
         started for the instance, so a reused pid is never signalled. Returns
         when they are all gone, or about two seconds after the SIGKILL.
         """
-        child = None if instance.handle is None else self._children.get(instance.handle)
+        if instance.handle is not None:
+            await self._stop(instance.handle, grace)
+
+    async def _stop(self, handle: str, grace: timedelta) -> None:
+        child = self._children.get(handle)
         if child is not None and child.popen.poll() is not None:
             return
-        parsed = _incarnation(instance.handle)
+        parsed = _incarnation(handle)
         if parsed is None:
             return
-        family = await asyncio.to_thread(self._family, instance.handle)
+        family = await asyncio.to_thread(self._family, handle)
         if not family:
             return
         if child is not None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from ctrlplane.plugins import entry_point_objects
 from ctrlplane.providers.errors import ProviderLoadError
 from ctrlplane.providers.process import ProcessProvider
-from ctrlplane.types import Provider
+from ctrlplane.types import HostBoundProvider, Provider
 
-__all__ = ["ENTRY_POINT_GROUP", "load_providers"]
+__all__ = ["ENTRY_POINT_GROUP", "host_bound", "load_providers"]
 
 ENTRY_POINT_GROUP = "ctrlplane.providers"
 
@@ -57,4 +57,23 @@ def _provider(ref: str, obj: object) -> Provider:
     for method in _METHODS:
         if not inspect.iscoroutinefunction(getattr(obj, method)):
             raise ProviderLoadError(ref, f"{method!r} must be an async method")
+    if getattr(obj, "host_bound", False) is True and not (
+        isinstance(obj, HostBoundProvider)
+        and inspect.iscoroutinefunction(obj.local_instances)
+        and inspect.iscoroutinefunction(obj.stop_local)
+    ):
+        raise ProviderLoadError(
+            ref, "is host-bound, so it needs async 'local_instances' and 'stop_local'"
+        )
     return obj
+
+
+def host_bound(provider: Provider | None) -> HostBoundProvider | None:
+    """``provider`` if it is host-bound (``host_bound = True``), else ``None``.
+
+    A provider without the attribute is not host-bound, so providers written
+    before placement existed keep working unchanged.
+    """
+    if getattr(provider, "host_bound", False) is True and isinstance(provider, HostBoundProvider):
+        return provider
+    return None

@@ -33,6 +33,9 @@ class Remediator:
     instance stays ``failed`` and is left alone until an ``apply`` changes
     it (its spec, or its desired state), which starts the count afresh, or
     removes it.
+
+    In a cluster it may handle an event about another node's host-bound
+    instance: the inventory has that node restart it.
     """
 
     name = "remediator"
