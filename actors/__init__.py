@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         SchedulerStateError,
     )
     from ctrlplane.actors.info import (
+        Scope,
         WorkerInfo,
         WorkerKind,
     )
@@ -36,6 +37,7 @@ __all__ = [
     "RunRecorder",
     "Scheduler",
     "SchedulerStateError",
+    "Scope",
     "Trigger",
     "Worker",
     "WorkerInfo",
@@ -54,6 +56,7 @@ _EXPORTS = {
     "Reject": "ctrlplane.actors.errors",
     "Retry": "ctrlplane.actors.errors",
     "SchedulerStateError": "ctrlplane.actors.errors",
+    "Scope": "ctrlplane.actors.info",
     "WorkerInfo": "ctrlplane.actors.info",
     "WorkerKind": "ctrlplane.actors.info",
     "Scheduler": "ctrlplane.actors.scheduler",

@@ -118,7 +118,13 @@ class Actor:
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[Any]] = set()
-        self._settler = Settler(spec.name, bus, leases, self._log)
+        self._settler = Settler(
+            spec.name,
+            bus,
+            leases,
+            self._log,
+            tick_consumer=bus.subjects.tick_consumer(spec.name, spec.node),
+        )
         self._stopping = False
         # Run timeouts: one watcher (shared by the scheduler's actors of like
         # timeouts) instead of a timer per run, late by a tenth of the timeout
@@ -330,7 +336,7 @@ class Actor:
         ledger = self._ledger
         if ledger is None or (attempt == 1 and not ledger.suspect()):
             return None
-        return await ledger.completed(self.spec.name, tick.slot)
+        return await ledger.completed(self.spec.name, tick.slot, self.spec.node)
 
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
@@ -426,7 +432,11 @@ class Actor:
                     error=error,
                 )
                 await self._ledger.complete(
-                    spec.name, tick.slot, done, within=max(LEDGER_PATIENCE, spec.interval)
+                    spec.name,
+                    tick.slot,
+                    done,
+                    within=max(LEDGER_PATIENCE, spec.interval),
+                    node=spec.node,
                 )
             except LedgerError as exc:
                 self._log.error("slot completion not recorded", error=str(exc))
@@ -547,6 +557,8 @@ class Actor:
             blocked_count=self.blocked_count,
             blocked_seconds=self.blocked_seconds,
             process=self._process,
+            scope=self.spec.scope,
+            node=self.spec.node,
         )
 
     # ------------------------------------------------------------------- stop

@@ -33,10 +33,12 @@ def ack_wait_for(spec: WorkerSpec) -> timedelta:
 
 
 def tick_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
-    """The worker's tick consumer, shared by every process."""
+    """The worker's tick consumer, shared by every process (of its node, for a
+    node-scoped worker: each node has its own, so runs never overlap on a
+    node, and a tick held by a dead process goes to another of that node)."""
     return ConsumerConfig(
-        durable_name=s.tick_consumer(spec.name),
-        filter_subject=s.tick(spec.name),
+        durable_name=s.tick_consumer(spec.name, spec.node),
+        filter_subject=s.tick(spec.name, spec.node),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         # One tick out at a time across every process: no
@@ -48,10 +50,11 @@ def tick_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
 
 
 def event_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
-    """The worker's consumer of the events it subscribes to."""
+    """The worker's consumer of the events it subscribes to (one per node for
+    a node-scoped worker, so each node handles every event once)."""
     filters = [s.event(p) for p in spec.subscriptions]
     return ConsumerConfig(
-        durable_name=s.event_consumer(spec.name),
+        durable_name=s.event_consumer(spec.name, spec.node),
         filter_subject=filters[0] if len(filters) == 1 else None,
         filter_subjects=filters if len(filters) > 1 else None,
         ack_policy=AckPolicy.EXPLICIT,

@@ -19,6 +19,16 @@ class WorkerKind(StrEnum):
     """Once at start (interval 0, no subscriptions)."""
 
 
+class Scope(StrEnum):
+    """Where a worker's runs happen: once in the cluster, or once on each node."""
+
+    CLUSTER = "cluster"
+    """One run per slot (and per event) in the whole cluster: the default."""
+    NODE = "node"
+    """One run per slot (and per event) on each node: for work that must happen
+    on the host it concerns, such as reading local processes."""
+
+
 class WorkerInfo(Struct, frozen=True, kw_only=True):
     """A snapshot of one worker in one process.
 
@@ -42,6 +52,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
             (past the watchdog's threshold) in this process.
         blocked_seconds: How long those blocks lasted in all.
         process: The process that reports it.
+        scope: ``cluster`` or ``node``.
+        node: The node whose runs it takes, for a node-scoped worker.
     """
 
     name: str
@@ -59,6 +71,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     blocked_count: int = 0
     blocked_seconds: float = 0.0
     process: str = ""
+    scope: Scope = Scope.CLUSTER
+    node: str | None = None
 
 
 class WorkerFailed(Struct, frozen=True, kw_only=True):

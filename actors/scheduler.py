@@ -21,7 +21,7 @@ from ctrlplane.actors.consumers import (
 )
 from ctrlplane.actors.deadlines import Deadlines
 from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
-from ctrlplane.actors.info import WorkerInfo
+from ctrlplane.actors.info import Scope, WorkerInfo
 from ctrlplane.actors.leases import LeaseKeeper
 from ctrlplane.actors.runs import Outcome
 from ctrlplane.actors.spec import WorkerSpec, spec_of
@@ -30,6 +30,7 @@ from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.kv import SlotLedger
+from ctrlplane.bus.subjects import is_valid_token
 
 log = structlog.get_logger("ctrlplane.scheduler")
 
@@ -62,6 +63,9 @@ class Scheduler:
             :meth:`use`, before :meth:`start`.
         runs: Where runs are recorded; ``None`` records nothing.
         process: This process's id (default ``host:pid``).
+        node: The node this process belongs to: node-scoped workers take
+            that node's ticks (and events). Required when one is registered;
+            may be given later with :meth:`use`.
         events_max_age: How long the event stream keeps events, if this
             scheduler is the one that creates it.
         clock: Epoch seconds; injectable for tests.
@@ -81,12 +85,14 @@ class Scheduler:
         *,
         runs: RunRecorder | None = None,
         process: str | None = None,
+        node: str | None = None,
         events_max_age: timedelta = timedelta(days=7),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._bus = bus
         self._runs = runs
         self.process = process or process_id()
+        self.node = _checked_node(node)
         self._events_max_age = events_max_age
         self._clock = clock
         self._workers: dict[str, tuple[WorkerSpec, Worker]] = {}
@@ -100,12 +106,14 @@ class Scheduler:
         self._watchers: list[asyncio.Task[None]] = []
         self._state = _State.NEW
 
-    def use(self, bus: Bus, runs: RunRecorder | None = None) -> None:
-        """Give the scheduler its bus (and run store) before :meth:`start`."""
+    def use(self, bus: Bus, runs: RunRecorder | None = None, *, node: str | None = None) -> None:
+        """Give the scheduler its bus (and run store, and node) before :meth:`start`."""
         if self._state is not _State.NEW:
             raise SchedulerStateError("use() must come before start()")
         self._bus = bus
         self._runs = runs
+        if node is not None:
+            self.node = _checked_node(node)
 
     @property
     def running(self) -> bool:
@@ -145,6 +153,7 @@ class Scheduler:
         bus = self._bus
         if bus is None or not bus.connected:
             raise SchedulerStateError("connect the bus first: Scheduler(bus) or scheduler.use(bus)")
+        self._bind_node()
         self._state = _State.STARTING
         try:
             await self._start(bus)
@@ -157,6 +166,21 @@ class Scheduler:
             raise
         self._state = _State.RUNNING
         log.info("scheduler started", workers=len(self._actors), process=self.process)
+
+    def _bind_node(self) -> None:
+        """Give each node-scoped worker this process's node, or say what is missing."""
+        scoped = [n for n, (spec, _) in self._workers.items() if spec.scope is Scope.NODE]
+        if not scoped:
+            return
+        node = self.node
+        if node is None:
+            raise SchedulerStateError(
+                f"node-scoped workers ({', '.join(scoped)}) need this process's node: "
+                "Scheduler(node=...) or scheduler.use(bus, node=...)"
+            )
+        for name in scoped:
+            spec, worker = self._workers[name]
+            self._workers[name] = (spec.on_node(node), worker)
 
     async def _start(self, bus: Bus) -> None:
         check_consumers(
@@ -287,6 +311,17 @@ class Scheduler:
                         kind=spec.kind,
                         subscriptions=spec.subscriptions,
                         process=self.process,
+                        scope=spec.scope,
+                        node=self.node if spec.scope is Scope.NODE else None,
                     )
                 )
         return infos
+
+
+def _checked_node(node: str | None) -> str | None:
+    if node is not None and not is_valid_token(node):
+        # It becomes a token of tick subjects and a part of consumer names.
+        raise ValueError(
+            f"node {node!r} is not a node name: use lowercase letters, digits, '-' and '_'"
+        )
+    return node

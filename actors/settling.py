@@ -26,16 +26,25 @@ class Settler:
     again, and its redelivery settles it instead.
 
     Args:
-        worker: The worker's name (its tick consumer, its dead letters).
+        worker: The worker's name (its dead letters).
         bus: The bus the messages came from.
         leases: Keeps held messages alive.
         log: The actor's logger.
+        tick_consumer: The durable name of the worker's tick consumer
+            (default: the cluster-scoped one of ``worker``).
     """
 
     def __init__(
-        self, worker: str, bus: Bus, leases: LeaseKeeper, log: structlog.typing.FilteringBoundLogger
+        self,
+        worker: str,
+        bus: Bus,
+        leases: LeaseKeeper,
+        log: structlog.typing.FilteringBoundLogger,
+        *,
+        tick_consumer: str | None = None,
     ) -> None:
         self._worker = worker
+        self._tick_consumer = tick_consumer or bus.subjects.tick_consumer(worker)
         self._bus = bus
         self._leases = leases
         self._log = log
@@ -93,7 +102,7 @@ class Settler:
             await msg.in_progress()
             delivered = consumer_seq(msg)
             info = await self._bus.js.consumer_info(
-                self._bus.subjects.ticks_stream, self._bus.subjects.tick_consumer(self._worker)
+                self._bus.subjects.ticks_stream, self._tick_consumer
             )
         except (nats.errors.Error, BusError, TimeoutError) as exc:
             self._log.warning("cannot tell whether a held tick is still ours", error=str(exc))

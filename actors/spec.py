@@ -6,10 +6,10 @@ import hashlib
 import math
 from datetime import UTC, datetime, timedelta
 
-from msgspec import Struct
+from msgspec import Struct, structs
 
 from ctrlplane.actors.errors import InvalidWorkerError
-from ctrlplane.actors.info import WorkerKind
+from ctrlplane.actors.info import Scope, WorkerKind
 from ctrlplane.actors.types import Worker
 from ctrlplane.bus.messages import Tick
 from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_token
@@ -36,6 +36,10 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     ``offset`` shifts the worker's slot boundaries by a deterministic amount
     derived from its name, so workers with the same interval do not all fire
     at the same instant, yet every process computes the same slots.
+
+    ``node`` is the node whose runs this process takes, for a node-scoped
+    worker: its ticks, consumers and slot records are that node's own. It is
+    set by the scheduler (:meth:`on_node`), which knows its process's node.
     """
 
     name: str
@@ -46,6 +50,15 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     concurrency: int
     prefetch: int
     offset: timedelta
+    scope: Scope = Scope.CLUSTER
+    node: str | None = None
+
+    def on_node(self, node: str) -> WorkerSpec:
+        """This spec as run by a process of ``node``: unchanged for a
+        cluster-scoped worker, bound to ``node`` for a node-scoped one."""
+        if self.scope is Scope.CLUSTER:
+            return self
+        return structs.replace(self, node=node)
 
     @property
     def kind(self) -> WorkerKind:
@@ -73,13 +86,21 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
 
         A tick names its worker, and its slot begins at its ``scheduled``
         time (less an offset under one interval); it is refused when any of
-        that disagrees, when its slot lies more than :data:`TICK_LEAD`
-        intervals ahead of ``now``, or when it is older than
+        that disagrees, when it names another node than this run's (none for
+        a cluster-scoped worker), when its slot lies more than
+        :data:`TICK_LEAD` intervals ahead of ``now``, or when it is older than
         :data:`TICK_MAX_AGE` (or four intervals): a forged or corrupted tick
         is dead-lettered, never run.
         """
         if tick.worker != self.name:
             return f"tick names worker {tick.worker!r} but came on the subject of {self.name!r}"
+        if tick.node != self.node:
+            # Each node's ticks are its own: a tick of another node (or a
+            # cluster tick for a node-scoped worker) would run that node's
+            # slot here, where its local state is not.
+            theirs = "the cluster" if tick.node is None else f"node {tick.node!r}"
+            ours = "the cluster" if self.node is None else f"node {self.node!r}"
+            return f"tick is for {theirs} but this run is for {ours}"
         interval = tick.interval.total_seconds()
         if interval <= 0:
             return f"tick interval must be positive, got {tick.interval}"
@@ -164,6 +185,19 @@ def spec_of(worker: object) -> WorkerSpec:
     if not isinstance(prefetch, int) or prefetch < 1:
         raise InvalidWorkerError(name, "'prefetch' must be an int >= 1")
 
+    scope = getattr(worker, "scope", Scope.CLUSTER)
+    try:
+        scope = Scope(scope)
+    except ValueError:
+        problem = f"'scope' must be 'cluster' or 'node', not {scope!r}"
+        raise InvalidWorkerError(name, problem) from None
+    if scope is Scope.NODE and interval <= timedelta(0) and not subscriptions:
+        raise InvalidWorkerError(
+            name,
+            "scope 'node' needs an interval or subscriptions: a one-shot worker "
+            "already runs once in every process",
+        )
+
     return WorkerSpec(
         name=name,
         interval=interval,
@@ -173,4 +207,5 @@ def spec_of(worker: object) -> WorkerSpec:
         concurrency=concurrency,
         prefetch=max(prefetch, concurrency),
         offset=_offset(name, interval),
+        scope=scope,
     )

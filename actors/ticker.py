@@ -97,6 +97,7 @@ class Ticker:
             scheduled=spec.slot_start_dt(slot),
             interval=spec.interval,
             origin=self._process,
+            node=spec.node,
         )
         task = asyncio.create_task(self._send(tick), name=f"tick-{tick.msg_id}")
         self._in_flight[spec.name] = task

@@ -389,8 +389,10 @@ class Bus:
             or max_msg_size != current.max_msg_size
             or replicas != (current.num_replicas or 1)
             or max_consumers != current.max_consumers
+            or config.subjects != current.subjects
         ):
             updated = StreamConfig.from_response(current.as_dict())
+            updated.subjects = config.subjects  # tick.* became tick.> for node-scoped ticks
             updated.duplicate_window = window
             updated.max_age = max_age
             updated.max_bytes = max_bytes
@@ -494,7 +496,7 @@ class Bus:
     async def publish_tick(self, tick: Tick) -> bool:
         """Publish ``tick``; returns False when another process already did."""
         ack = await self._publish(
-            self.subjects.tick(tick.worker), encode(tick), {MSG_ID: tick.msg_id}
+            self.subjects.tick(tick.worker, tick.node), encode(tick), {MSG_ID: tick.msg_id}
         )
         return not bool(ack.duplicate)
 

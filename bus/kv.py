@@ -157,14 +157,17 @@ class SlotLedger:
             raise NotConnectedError("use the slot ledger before open()")
         return self._kv
 
-    async def completed(self, worker: str, slot: int) -> SlotCompletion | None:
-        """The run that completed ``worker``'s ``slot`` somewhere, if one did.
+    async def completed(
+        self, worker: str, slot: int, node: str | None = None
+    ) -> SlotCompletion | None:
+        """The run that completed ``worker``'s ``slot`` somewhere, if one did
+        (on ``node``, for a node-scoped worker: each node has its own slots).
 
         A server that cannot be asked answers "none": at worst a redelivered
         tick runs again, which is what at-least-once already allows.
         """
         try:
-            entry = await self._bucket.get(_key(worker, slot))
+            entry = await self._bucket.get(_key(worker, slot, node))
         except nats.js.errors.KeyNotFoundError:
             return None
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
@@ -178,9 +181,16 @@ class SlotLedger:
             return SlotCompletion(run_id="", process="", attempt=0, started=0, finished=0)
 
     async def complete(
-        self, worker: str, slot: int, run: SlotCompletion, *, within: timedelta
+        self,
+        worker: str,
+        slot: int,
+        run: SlotCompletion,
+        *,
+        within: timedelta,
+        node: str | None = None,
     ) -> None:
-        """Record that ``worker``'s ``slot`` ran to completion, as ``run``.
+        """Record that ``worker``'s ``slot`` (on ``node``, for a node-scoped
+        worker) ran to completion, as ``run``.
 
         Retries while NATS is away, for at most ``within``; an entry that
         already exists counts as written.
@@ -188,7 +198,7 @@ class SlotLedger:
         Raises:
             LedgerError: the write did not land within ``within``.
         """
-        key = _key(worker, slot)
+        key = _key(worker, slot, node)
         value = msgspec.json.encode(run)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within.total_seconds()
@@ -206,5 +216,6 @@ class SlotLedger:
                 delay = min(delay * 2, 1.0)
 
 
-def _key(worker: str, slot: int) -> str:
-    return f"{worker}.{slot}"
+def _key(worker: str, slot: int, node: str | None) -> str:
+    # Names are tokens without dots: "gc.7" and "gc.node-a.7" never collide.
+    return f"{worker}.{slot}" if node is None else f"{worker}.{node}.{slot}"

@@ -53,6 +53,8 @@ class Tick(Struct, frozen=True, kw_only=True):
         scheduled: The start time of the slot, the time the run was due.
         interval: The worker's interval when the tick was made.
         origin: The process that published the tick (any replica may).
+        node: For a node-scoped worker, the node whose run it is (absent for
+            a cluster-scoped one).
     """
 
     worker: str
@@ -60,11 +62,15 @@ class Tick(Struct, frozen=True, kw_only=True):
     scheduled: datetime
     interval: timedelta
     origin: str = ""
+    node: str | None = None
 
     @property
     def msg_id(self) -> str:
-        """The JetStream de-duplication id: one tick per worker and slot."""
-        return f"{self.worker}/{self.slot}"
+        """The JetStream de-duplication id: one tick per worker and slot (and
+        node, for a node-scoped worker): ``gc/42``, ``telemetry/node-a/42``."""
+        if self.node is None:
+            return f"{self.worker}/{self.slot}"
+        return f"{self.worker}/{self.node}/{self.slot}"
 
 
 class DeadLetter(Struct, frozen=True, kw_only=True):

@@ -84,13 +84,17 @@ class Subjects(Struct, frozen=True):
         """The key-value bucket of the cluster's node heartbeats."""
         return f"{self._stream_base}_NODES"
 
-    def tick(self, worker: str) -> str:
-        """The subject of ticks for ``worker``."""
-        return f"{self.prefix}.tick.{worker}"
+    def tick(self, worker: str, node: str | None = None) -> str:
+        """The subject of ticks for ``worker``; for a node-scoped worker, those
+        of its runs on ``node`` (``<prefix>.tick.<worker>.<node>``)."""
+        if node is None:
+            return f"{self.prefix}.tick.{worker}"
+        return f"{self.prefix}.tick.{worker}.{node}"
 
     @property
     def all_ticks(self) -> str:
-        return f"{self.prefix}.tick.*"
+        """Every tick subject, cluster-scoped and node-scoped."""
+        return f"{self.prefix}.tick.>"
 
     def event(self, event_type: str) -> str:
         """The subject of an event type (or pattern) such as ``health.failed``."""
@@ -117,10 +121,14 @@ class Subjects(Struct, frozen=True):
         """A request/reply control API subject such as ``workers``."""
         return f"{self.prefix}.api.{name}"
 
-    def tick_consumer(self, worker: str) -> str:
-        """The durable consumer shared by every process for ``worker``'s ticks."""
-        return f"tick-{worker}"
+    def tick_consumer(self, worker: str, node: str | None = None) -> str:
+        """The durable consumer shared by every process for ``worker``'s ticks;
+        for a node-scoped worker, by every process of ``node``."""
+        return f"tick-{worker}" if node is None else f"tick-{worker}@{node}"
 
-    def event_consumer(self, worker: str) -> str:
-        """The durable consumer shared by every process for ``worker``'s events."""
-        return f"events-{worker}"
+    def event_consumer(self, worker: str, node: str | None = None) -> str:
+        """The durable consumer shared by every process for ``worker``'s events;
+        for a node-scoped worker, by every process of ``node``."""
+        # "@" is in neither alphabet (worker and node names are tokens), so no
+        # worker-node pair is spelt like another, and consumer names allow it.
+        return f"events-{worker}" if node is None else f"events-{worker}@{node}"

@@ -101,7 +101,7 @@ class ControlPlane:
             ),
         )
         self.store = store_for(self.config)
-        self.scheduler = Scheduler(events_max_age=self.config.events_max_age)
+        self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
         self._server: EmbeddedServer | None = None
         self._control: ControlApi | None = None
         self._api: DomainApi | None = None
@@ -286,6 +286,8 @@ class ControlPlane:
     ) -> list[Worker]:
         cfg = self.config
         self.telemetry.register_defaults(load_collectors(providers))
+        # Node-scoped: each node sweeps and collects its shard of the instances.
+        self.telemetry.nodes = self.nodes
         return [
             Reconciler(
                 self.store,
@@ -300,6 +302,7 @@ class ControlPlane:
                 self._checkers,
                 interval=cfg.health_interval,
                 concurrency=cfg.health_concurrency,
+                nodes=self.nodes,
             ),
             Remediator(self.store, inventory, cfg.remediation),
             AuditRecorder(self.store),

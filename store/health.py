@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import Struct
+
+from ctrlplane.store.types import Dialect
 
 if TYPE_CHECKING:
     # Annotations only: this module's records are imported by the config and
@@ -201,13 +204,20 @@ class HealthStore:
             )
 
     async def states(
-        self, instance_id: str | None = None, *, with_last: bool = True
+        self,
+        instance_id: str | None = None,
+        *,
+        with_last: bool = True,
+        instance_ids: Collection[str] | None = None,
     ) -> list[CheckState]:
-        """Every check's state, or one instance's, including states still queued.
+        """Every check's state, or one instance's (or those of ``instance_ids``),
+        including states still queued.
 
         ``with_last`` also fills ``last_checked``, ``last_message`` and
         ``last_latency`` from the check's newest result; a sweep, which only
-        needs status and streaks, leaves them out.
+        needs status and streaks, leaves them out. A node's sweep reads only
+        its shard's (``instance_ids``): decoding every other node's states
+        too is a cost each node would pay for the whole cluster.
         """
         await self._writer.flush()
         if with_last:
@@ -215,10 +225,19 @@ class HealthStore:
             sql = f"SELECT {columns} FROM health_checks c {_LAST_RESULT}"
         else:
             sql = f"SELECT {_STATE_COLUMNS} FROM health_checks c"
-        params: tuple[str, ...] = ()
+        params: tuple[object, ...] = ()
         if instance_id is not None:
             sql += " WHERE c.instance_id = ?"
             params = (instance_id,)
+        elif instance_ids is not None:
+            # One parameter, however many ids (no limit on bound variables):
+            # a JSON array SQLite unpacks, an array PostgreSQL compares with.
+            if self._db.dialect is Dialect.POSTGRESQL:
+                sql += " WHERE c.instance_id = ANY(?)"
+                params = (list(instance_ids),)
+            else:
+                sql += " WHERE c.instance_id IN (SELECT value FROM json_each(?))"
+                params = (msgspec.json.encode(list(instance_ids)).decode(),)
         sql += " ORDER BY c.instance_id, c.name"
         return [_state(r) for r in await self._db.fetch(sql, params)]
 

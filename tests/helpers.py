@@ -133,6 +133,22 @@ def tick_context(worker: str, published: list[Event]) -> RunContext:
     )
 
 
+class FixedNodes:
+    """A NodeView whose live list the test sets: it stands for the node
+    registry's view (heartbeats), so a test controls which nodes are live."""
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        self._name = name
+        self.alive = list(live)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def live(self) -> list[str]:
+        return sorted(self.alive)
+
+
 def sqlite_connection(store: Store) -> aiosqlite.Connection:
     """The aiosqlite connection of a SQLite store (for its statement trace)."""
     assert isinstance(store.db, SqliteDatabase), "a SQLite-only test got another backend"

@@ -24,6 +24,7 @@ from ctrlplane.bus import (
     PublishError,
     ReplicasError,
     Subjects,
+    Tick,
     decode_event,
     encode,
 )
@@ -35,6 +36,10 @@ from ctrlplane.bus.server import EmbeddedServer
 def test_subjects_derive_everything_from_the_prefix() -> None:
     s = Subjects("acme.prod")
     assert s.tick("gc") == "acme.prod.tick.gc"
+    assert s.tick("telemetry", "node-a") == "acme.prod.tick.telemetry.node-a"
+    assert s.all_ticks == "acme.prod.tick.>"
+    assert (s.tick_consumer("gc"), s.tick_consumer("gc", "node-a")) == ("tick-gc", "tick-gc@node-a")
+    assert s.event_consumer("r", "node-a") == "events-r@node-a"
     assert s.event("health.failed") == "acme.prod.events.health.failed"
     assert s.dlq("gc") == "acme.prod.dlq.gc"
     assert s.api("workers") == "acme.prod.api.workers"
@@ -190,6 +195,28 @@ async def test_streams_only_widen_their_duplicate_window(bus: Bus) -> None:
     await bus.ensure_streams(duplicate_window=timedelta(minutes=3))
     info = await bus.js.stream_info(bus.subjects.ticks_stream)
     assert info.config.duplicate_window == timedelta(hours=2).total_seconds()
+
+
+async def test_a_tick_stream_made_for_cluster_ticks_only_is_widened_to_node_ticks(
+    bus: Bus,
+) -> None:
+    # A stream an older version created took tick.* only: a node's tick
+    # (tick.<worker>.<node>) would have no stream to land in.
+    s = bus.subjects
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    info = await bus.js.stream_info(s.ticks_stream)
+    info.config.subjects = [f"{s.prefix}.tick.*"]
+    await bus.js.update_stream(info.config)
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    assert (await bus.js.stream_info(s.ticks_stream)).config.subjects == [s.all_ticks]
+    tick = Tick(
+        worker="w", slot=1, scheduled=datetime.now(UTC), interval=timedelta(minutes=1), node="n"
+    )
+    assert await bus.publish_tick(tick) is True
+    assert await bus.publish_tick(tick) is False  # one per node and slot
+    assert await bus.publish_tick(msgspec.structs.replace(tick, node="m")) is True
+    state = await bus.js.stream_info(s.ticks_stream, subjects_filter=s.all_ticks)
+    assert state.state.subjects == {s.tick("w", "n"): 1, s.tick("w", "m"): 1}
 
 
 async def test_event_retention_follows_the_latest_setting(bus: Bus) -> None:

@@ -22,6 +22,7 @@ from ctrlplane.bus import Event
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.server import ServerInfo, read_server_info
 from ctrlplane.cli.events import FETCH_WAIT, print_events
+from ctrlplane.config import default_node
 from tests.helpers import wait_for
 from tests.processes import env_for, run_cli, started, stop
 from tests.sample_workers import read_log
@@ -55,6 +56,10 @@ async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> N
         assert w["interval"] == "PT1S"
         assert w["run_count"] >= 1
         assert w["process"].endswith(f":{proc.pid}")
+        assert (w["scope"], w.get("node")) == ("cluster", None)
+        (health,) = [w for w in workers if w["name"] == "health_runner"]
+        # Node-scoped, on this host's node (the default node name).
+        assert (health["scope"], health["node"]) == ("node", default_node())
         assert set(w) >= {
             "name",
             "interval",
@@ -70,6 +75,8 @@ async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> N
         assert table.returncode == 0, table.stderr
         assert "slot-log" in table.stdout and "periodic" in table.stdout
         assert "DEAD LETTERS" in table.stdout.splitlines()[0]
+        assert "SCOPE" in table.stdout.splitlines()[0]
+        assert f"node:{default_node()}" in table.stdout
 
         code = await asyncio.to_thread(stop, proc)
     assert code == 0, (tmp_path / "run.log").read_text()

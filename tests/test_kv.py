@@ -50,6 +50,16 @@ async def test_a_second_process_binds_to_the_bucket_and_widens_its_ttl(bus: Bus)
     longer.close()
 
 
+async def test_each_node_has_its_own_slots_of_a_node_scoped_worker(bus: Bus) -> None:
+    ledger = SlotLedger(bus, ttl=timedelta(minutes=5))
+    await ledger.open()
+    await ledger.complete("telemetry", 7, RUN, within=timedelta(seconds=5), node="node-a")
+    assert await ledger.completed("telemetry", 7, "node-a") == RUN
+    assert await ledger.completed("telemetry", 7, "node-b") is None
+    assert await ledger.completed("telemetry", 7) is None
+    ledger.close()
+
+
 async def test_a_bucket_with_more_replicas_than_servers_names_the_setting(bus: Bus) -> None:
     bus.limits = msgspec.structs.replace(bus.limits, stream_replicas=2)
     ledger = SlotLedger(bus, ttl=timedelta(minutes=3))

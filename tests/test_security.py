@@ -58,7 +58,9 @@ def test_observer_and_publisher_may_not_publish_apply_or_ticks() -> None:
     for role in (Role.OBSERVER, Role.PUBLISHER):
         allowed = permissions(role, s).publish
         assert s.api("apply") not in allowed
-        assert not any(p in ("acme.>", "acme.api.>", "acme.tick.*", ">") for p in allowed)
+        assert not any(
+            p in ("acme.>", "acme.api.>", "acme.tick.*", "acme.tick.>", ">") for p in allowed
+        )
         assert not any(p.startswith(("acme.tick", "$JS.ACK", "$KV")) for p in allowed)
 
 
@@ -236,8 +238,10 @@ async def test_observer_and_publisher_cannot_apply(plane: Plane, tmp_path: Path)
         await assert_apply_refused(plane, role, tmp_path)
 
 
-async def test_observer_and_publisher_cannot_publish_ticks(plane: Plane) -> None:
-    tick = plane.subjects.tick("nobody")
+@pytest.mark.parametrize("node", [None, "node-a"])
+async def test_observer_and_publisher_cannot_publish_ticks(plane: Plane, node: str | None) -> None:
+    # Cluster ticks, and a node's ticks (tick.<worker>.<node>) alike.
+    tick = plane.subjects.tick("nobody", node)
     for role in (Role.OBSERVER, Role.PUBLISHER):
         client = await connect_as(plane.url(role))
         try:

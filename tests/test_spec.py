@@ -1,4 +1,4 @@
-"""WorkerSpec.tick_problem: which ticks a worker accepts (issue 9), without NATS."""
+"""WorkerSpec: which ticks a worker accepts (issue 9) and its scope (issue 11), without NATS."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ctrlplane.actors.errors import InvalidWorkerError
+from ctrlplane.actors.info import Scope
 from ctrlplane.actors.spec import WorkerSpec, spec_of
 from ctrlplane.bus import Tick
 
@@ -55,3 +57,79 @@ def test_the_next_slot_is_accepted_despite_clock_skew() -> None:
 def test_forged_ticks_are_refused_with_a_reason(tick: Tick, reason: str) -> None:
     problem = SPEC.tick_problem(tick, NOW)
     assert problem is not None and reason in problem
+
+
+class PerNode(Minutely):
+    name = "per-node"
+    scope = "node"
+
+
+NODE_SPEC: WorkerSpec = spec_of(PerNode()).on_node("node-a")
+
+
+def _node_tick(node: str | None) -> Tick:
+    slot = NODE_SPEC.slot_at(NOW)
+    return Tick(
+        worker=NODE_SPEC.name,
+        slot=slot,
+        scheduled=NODE_SPEC.slot_start_dt(slot),
+        interval=NODE_SPEC.interval,
+        node=node,
+    )
+
+
+def test_scope_is_cluster_unless_a_worker_says_node() -> None:
+    assert SPEC.scope is Scope.CLUSTER and SPEC.on_node("node-a") is SPEC
+    assert SPEC.on_node("node-a").node is None
+    assert spec_of(PerNode()).scope is Scope.NODE
+    assert (spec_of(PerNode()).node, NODE_SPEC.node) == (None, "node-a")
+
+
+def test_a_node_scoped_worker_takes_only_its_own_nodes_ticks() -> None:
+    assert NODE_SPEC.tick_problem(_node_tick("node-a"), NOW) is None
+    other = NODE_SPEC.tick_problem(_node_tick("node-b"), NOW)
+    assert other == "tick is for node 'node-b' but this run is for node 'node-a'"
+    cluster = NODE_SPEC.tick_problem(_node_tick(None), NOW)
+    assert cluster == "tick is for the cluster but this run is for node 'node-a'"
+    # And a cluster-scoped worker refuses a tick that names a node.
+    named = SPEC.tick_problem(_tick(node="node-a"), NOW)
+    assert named == "tick is for node 'node-a' but this run is for the cluster"
+
+
+def test_node_ticks_have_a_deduplication_id_per_node() -> None:
+    assert _node_tick("node-a").msg_id == f"per-node/node-a/{NODE_SPEC.slot_at(NOW)}"
+    assert _node_tick("node-a").msg_id != _node_tick("node-b").msg_id
+    assert _tick().msg_id == f"minutely/{SPEC.slot_at(NOW)}"
+
+
+class _Scoped:
+    interval = timedelta(minutes=1)
+    subscriptions: tuple[str, ...] = ()
+
+    def __init__(self, scope: object, interval: timedelta | None = None) -> None:
+        self.name = "scoped"
+        self.scope = scope
+        if interval is not None:
+            self.interval = interval
+
+    async def run(self, ctx: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("worker", "problem"),
+    [
+        (_Scoped("host"), "'scope' must be 'cluster' or 'node', not 'host'"),
+        (_Scoped(None), "'scope' must be 'cluster' or 'node', not None"),
+        (_Scoped("node", timedelta(0)), "a one-shot worker already runs once in every process"),
+    ],
+)
+def test_a_bad_scope_is_refused_with_the_reason(worker: _Scoped, problem: str) -> None:
+    with pytest.raises(InvalidWorkerError, match=problem):
+        spec_of(worker)
+
+
+def test_a_node_scoped_event_worker_is_accepted() -> None:
+    worker = _Scoped("node", timedelta(0))
+    worker.subscriptions = ("instance.*",)
+    assert spec_of(worker).scope is Scope.NODE

@@ -26,6 +26,7 @@ from ctrlplane.store import (
     Trigger,
     WorkerRun,
 )
+from ctrlplane.store.health import CheckSpec
 from ctrlplane.store.migrations import LATEST
 from ctrlplane.store.runs import MAX_ERROR, MAX_REF
 from ctrlplane.store.sqlite import (
@@ -390,3 +391,19 @@ async def test_checks_removed_to_none_are_gone(store: Store) -> None:
     assert [s.name for s in await store.health.states(instance.id)] == ["b"]
     await store.health.set_checks(instance.id, [])
     assert await store.health.states(instance.id) == []
+
+
+async def test_the_states_of_some_instances_only(store: Store) -> None:
+    # A node's sweep reads its shard's states, however many ids that is.
+    ids = [f"i-{n:04d}" for n in range(1200)]
+    for instance_id in ids[:3]:
+        await store.instances.put(make_instance(instance_id, id=instance_id))
+        await store.health.set_checks(
+            instance_id,
+            [CheckSpec(name="a", target="http://x/"), CheckSpec(name="b", target="http://x/")],
+        )
+    states = await store.health.states(with_last=False, instance_ids=[*ids[1:], "nope"])
+    assert [(s.instance_id, s.name) for s in states] == [
+        (i, n) for i in ids[1:3] for n in ("a", "b")
+    ]
+    assert await store.health.states(instance_ids=[]) == []

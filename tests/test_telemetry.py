@@ -49,7 +49,7 @@ from ctrlplane.telemetry import (
 )
 from ctrlplane.types import Collector, Observation, Provider
 from ctrlplane.workers.telemetry_collector import CollectionError, TelemetryCollector
-from tests.helpers import make_instance, serving, sqlite_connection, wait_for
+from tests.helpers import FixedNodes, make_instance, serving, sqlite_connection, wait_for
 from tests.processes import env_for, run_cli, started, stop
 from tests.test_cli_instances import _kill_instances
 from tests.test_reconciler import free_port
@@ -458,6 +458,42 @@ async def test_at_most_concurrency_pairs_are_collected_at_once(store: Store) -> 
     counting = Counting()
     await TelemetryCollector(store, [counting], concurrency=3).collect()
     assert (counting.calls, counting.most) == (10, 3)
+
+
+async def test_each_node_collects_its_own_instances_and_a_share_of_the_rest(
+    store: Store,
+) -> None:
+    class Noting(Constant):
+        def __init__(self, node: str, seen: list[tuple[str, str]]) -> None:
+            super().__init__()
+            self._node = node
+            self._seen = seen
+
+        async def collect_metrics(self, instance: Instance) -> list[Metric]:
+            self._seen.append((self._node, instance.id))
+            return await super().collect_metrics(instance)
+
+    nodes = ["node-a", "node-b"]
+    for n in range(30):
+        placed = msgspec.structs.replace(
+            make_instance(f"w{n}", SLEEPER, id=f"i-{n}"),
+            # node-c is dead: its instances are collected where they are spread.
+            node=None if n % 2 else ["node-a", "node-b", "node-c"][n % 3],
+        )
+        await store.instances.put(placed)
+    seen: list[tuple[str, str]] = []
+    workers = [
+        TelemetryCollector(store, [Noting(node, seen)], nodes=FixedNodes(node, nodes))
+        for node in nodes
+    ]
+    collections = await asyncio.gather(*(w.collect() for w in workers))
+    assert sorted(i for _, i in seen) == sorted(f"i-{n}" for n in range(30))
+    assert sum(c.instances for c in collections) == 30
+    assert all(c.instances > 0 for c in collections)
+    where = {i.id: i.node for i in await store.instances.all()}
+    # A process collector reads local pids: an instance of a live node is
+    # collected there.
+    assert all(node == where[i] for node, i in seen if where[i] in nodes)
 
 
 async def test_registering_collectors(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

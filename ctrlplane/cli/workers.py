@@ -60,6 +60,7 @@ def workers(
             "PROCESS",
             "WORKER",
             "KIND",
+            "SCOPE",
             "INTERVAL",
             "RUNNING",
             "RUNS",
@@ -74,6 +75,8 @@ def workers(
                 w.process,
                 w.name,
                 w.kind.value,
+                # A node-scoped worker runs once per node: say whose runs this is.
+                w.scope.value if w.node is None else f"{w.scope.value}:{w.node}",
                 format_duration(w.interval) if w.interval else "-",
                 "yes" if w.running else "no",
                 str(w.run_count),

@@ -1,4 +1,4 @@
-"""HealthRunner: executes every configured check of every running instance."""
+"""HealthRunner: executes the checks of the running instances this node is responsible for."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
+from ctrlplane.actors.info import Scope
 from ctrlplane.bus.messages import Event
 from ctrlplane.checks.text import bounded
+from ctrlplane.cluster.shards import shard
+from ctrlplane.cluster.types import NodeView
 from ctrlplane.events import HealthChange, data_of
 from ctrlplane.health import advance, persisted_change, status_of
 from ctrlplane.store.db import Store
@@ -22,7 +25,15 @@ DEFAULT_INTERVAL = timedelta(seconds=30)
 
 
 class HealthRunner:
-    """Runs every check of every running instance, with bounded concurrency.
+    """Runs the checks of the running instances of its node's shard, with bounded concurrency.
+
+    Node-scoped: every node sweeps once per interval, and each sweep covers
+    the instances this node is responsible for (:func:`~ctrlplane.cluster.shards.shard`):
+    those placed on it, and its share by rendezvous hash of those placed on no
+    live node. Together the live nodes' sweeps cover every check once; when a
+    node dies, the next sweep of each live node (whose view no longer lists
+    it) takes over a part of its share. Without a node view, a sweep covers
+    every running instance.
 
     All results of one run are stored in one batched write; each status
     change is published as ``health.passed``, ``health.failed``,
@@ -33,9 +44,11 @@ class HealthRunner:
         checkers: Checkers by check type.
         interval: How often to run (``Config.health_interval``).
         concurrency: Checks in flight at once.
+        nodes: Which nodes are live, and this process's own.
     """
 
     name = "health_runner"
+    scope = Scope.NODE
 
     def __init__(
         self,
@@ -44,8 +57,10 @@ class HealthRunner:
         *,
         interval: timedelta = DEFAULT_INTERVAL,
         concurrency: int = 64,
+        nodes: NodeView | None = None,
     ) -> None:
         self.interval = interval
+        self.nodes = nodes
         # A sweep may take as long as its slowest check plus queueing; it must
         # not be cut off at a short interval.
         self.timeout = max(interval, timedelta(seconds=60))
@@ -60,13 +75,11 @@ class HealthRunner:
             ctx.log.info("health changed", changes=len(changes))
 
     async def sweep(self) -> list[Event]:
-        """Execute all checks once, store the results, return the change events."""
-        running = {
-            i.id: i for i in await self._store.instances.all() if i.state is InstanceState.RUNNING
-        }
-        states = [
-            s for s in await self._store.health.states(with_last=False) if s.instance_id in running
-        ]
+        """Execute this node's checks once, store the results, return the change events."""
+        running = {i.id: i for i in await self._responsible_for()}
+        if not running:
+            return []
+        states = await self._store.health.states(with_last=False, instance_ids=running.keys())
         if not states:
             return []
         results: list[CheckResult | None] = [None] * len(states)
@@ -107,6 +120,13 @@ class HealthRunner:
         if events:
             await self._store.flush()
         return events
+
+    async def _responsible_for(self) -> list[Instance]:
+        """The running instances whose checks this node runs, as of now."""
+        running = [i for i in await self._store.instances.all() if i.state is InstanceState.RUNNING]
+        nodes = self.nodes
+        # The live list is read once per sweep: a sweep is one consistent shard.
+        return running if nodes is None else shard(running, nodes.name, nodes.live())
 
     async def _execute(
         self, state: CheckState, instance: Instance, deadlines: Deadlines

@@ -1,4 +1,4 @@
-"""TelemetryCollector: runs every collector for every running instance and stores the results."""
+"""TelemetryCollector: runs every collector for the running instances of its node's shard."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from datetime import timedelta
 from msgspec import Struct, field
 
 from ctrlplane.actors.context import RunContext
+from ctrlplane.actors.info import Scope
+from ctrlplane.cluster.shards import shard
+from ctrlplane.cluster.types import NodeView
 from ctrlplane.store.db import Store
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
@@ -87,7 +90,13 @@ class _Outcome(Struct, frozen=True, kw_only=True):
 
 
 class TelemetryCollector:
-    """Invokes every collector for every running instance and stores what they return.
+    """Invokes every collector for the running instances of its node and stores what they return.
+
+    Node-scoped: the ``process`` collector reads the instance's local
+    process, so an instance's telemetry is collected on the node it is placed
+    on; instances placed on no live node are spread over the live nodes as
+    the health checks are (:func:`~ctrlplane.cluster.shards.shard`). Without
+    a node view (``nodes``), a run collects every running instance.
 
     Each run calls ``collect_metrics`` and ``collect_resources`` of every
     registered collector for every instance recorded as running, at most
@@ -116,9 +125,12 @@ class TelemetryCollector:
         concurrency: (collector, instance) pairs in flight at once
             (``Config.telemetry_concurrency``).
         collect_timeout: How long one collector may take for one instance.
+        nodes: Which nodes are live, and this process's own (the control
+            plane sets it at start, before the worker is registered).
     """
 
     name = "telemetry_collector"
+    scope = Scope.NODE
 
     def __init__(
         self,
@@ -128,6 +140,7 @@ class TelemetryCollector:
         interval: timedelta = DEFAULT_INTERVAL,
         concurrency: int = 16,
         collect_timeout: timedelta = timedelta(seconds=10),
+        nodes: NodeView | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -135,6 +148,7 @@ class TelemetryCollector:
         # A run takes as long as its slowest pairs plus queueing; it must not
         # be cut off at a short interval.
         self.timeout = max(interval, timedelta(seconds=60))
+        self.nodes = nodes
         self._store = store
         self._concurrency = concurrency
         self._collect_timeout = collect_timeout
@@ -197,8 +211,10 @@ class TelemetryCollector:
             raise CollectionError(collection.failures)
 
     async def collect(self) -> Collection:
-        """Collect from every running instance once and store it all in one batch."""
+        """Collect from this node's running instances once and store it all in one batch."""
         running = [i for i in await self._store.instances.all() if i.state is InstanceState.RUNNING]
+        if self.nodes is not None:
+            running = shard(running, self.nodes.name, self.nodes.live())
         pairs = [(c, i) for i in running for c in list(self._collectors.values())]
         outcomes: list[_Outcome | None] = [None] * len(pairs)
         next_index = iter(range(len(pairs)))
