@@ -45,28 +45,9 @@ from ctrlplane.store import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
 from ctrlplane.workers.reconciler import Reconciler
 from ctrlplane.workers.remediator import Remediator
-from tests.helpers import subscribe_events, wait_for
+from tests.helpers import FixedNodes, make_instance, subscribe_events, wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
-
-
-class FixedNodes:
-    """Stands for the node registry's view, so a test decides which nodes are live.
-
-    ``live_nodes`` is what ``live()`` answers, as the registry would after
-    heartbeats came in or stopped (a node silent for ``node_timeout``).
-    """
-
-    def __init__(self, name: str, live: list[str]) -> None:
-        self._name = name
-        self.live_nodes = sorted(live)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def live(self) -> list[str]:
-        return list(self.live_nodes)
 
 
 @dataclass
@@ -222,6 +203,27 @@ async def test_apply_twice_through_either_node_makes_one_instance_started_once(
     assert web.node == "a"
     assert len(of_type(a.published + b.published, "instance.started")) == 1
     assert await a.local("web") == web.handle and await b.local("web") is None
+
+
+async def test_an_instance_of_a_provider_not_host_bound_is_reconciled_by_one_node(
+    cluster: MakeNode,
+) -> None:
+    live = ["a", "b", "c"]
+    nodes = [await cluster(n, live) for n in live]
+    # No provider of that name here: not host-bound, so not placed on a node.
+    elsewhere = [make_instance(f"svc-{n}", provider="cloud-vm") for n in range(12)]
+    for instance in elsewhere:
+        assert instance.node is None
+        owners = [n.view.name for n in nodes if n.reconciler._mine(instance)]
+        assert len(owners) == 1, (instance.id, owners)
+    # Spread, not all on one node; and a dead node's share moves to the others.
+    spread = {n.view.name for i in elsewhere for n in nodes if n.reconciler._mine(i)}
+    assert len(spread) > 1
+    for n in nodes:
+        n.view.alive = ["a", "b"]
+    for instance in elsewhere:
+        owners = [n.view.name for n in nodes[:2] if n.reconciler._mine(instance)]
+        assert len(owners) == 1
 
 
 async def test_a_new_instance_goes_to_the_emptiest_node_whose_reconciler_starts_it(
@@ -400,7 +402,7 @@ async def test_nodes_that_disagree_on_who_is_live_never_both_take_an_instance(
     await c.inventory.apply([decl(n, node="c") for n in names])
     # c is gone, and a has not heard from b yet: a plans to take all six, b
     # its half. Only the conditional placement keeps them apart.
-    a.view.live_nodes, b.view.live_nodes = ["a"], ["a", "b"]
+    a.view.alive, b.view.alive = ["a"], ["a", "b"]
     for handle in [i.handle for i in await a.store.instances.all()]:
         os.killpg(pid(handle), signal.SIGKILL)
 
@@ -418,7 +420,7 @@ async def test_nodes_that_disagree_on_who_is_live_never_both_take_an_instance(
         assert await other.local(instance.name) is None
 
     # Once their views agree again, nothing moves.
-    a.view.live_nodes = b.view.live_nodes = ["a", "b"]
+    a.view.alive = b.view.alive = ["a", "b"]
     await asyncio.gather(a.reconcile(), b.reconcile())
     assert len(of_type(a.published + b.published, "instance.rescheduled")) == len(names)
     assert len(of_type(a.published + b.published, "instance.started")) == len(names)
@@ -434,7 +436,7 @@ async def test_a_silent_nodes_instances_move_and_it_lets_them_go_when_it_returns
     old = await running(a, "web")
 
     # a goes silent (its heartbeats stop) but its process goes on: a partition.
-    b.view.live_nodes = ["b"]
+    b.view.alive = ["b"]
     await b.reconcile()
     await b.reconcile()
 
@@ -451,7 +453,7 @@ async def test_a_silent_nodes_instances_move_and_it_lets_them_go_when_it_returns
     assert (idle.node, idle.state) == ("a", InstanceState.STOPPED)
 
     # a returns: it stops its own copy of what moved away, keeps the rest.
-    b.view.live_nodes = a.view.live_nodes = ["a", "b"]
+    b.view.alive = a.view.alive = ["a", "b"]
     assert alive(old.handle)
     await a.reconcile()
     assert not alive(old.handle) and await a.local("web") is None
@@ -470,12 +472,12 @@ async def test_an_instance_removed_while_its_node_was_silent_is_stopped_when_it_
     web = await running(a, "web")
 
     # a is silent; b removes web, which nobody can stop now.
-    b.view.live_nodes = ["b"]
+    b.view.alive = ["b"]
     removed = await b.inventory.apply([decl("api", node="a")])
     assert (removed.removed, removed.errors) == (["web"], [])
     assert alive(web.handle)
 
-    b.view.live_nodes = a.view.live_nodes = ["a", "b"]
+    b.view.alive = a.view.alive = ["a", "b"]
     await a.reconcile()
     assert not alive(web.handle)
     # What is still a's runs on.
@@ -492,12 +494,12 @@ async def test_an_instance_placed_back_on_its_old_node_is_readopted_not_started_
 
     # a is cut off; b takes both over; then b dies with its copies, and a,
     # whose processes lived on, is the only node left.
-    b.view.live_nodes = ["b"]
+    b.view.alive = ["b"]
     await b.reconcile()
     b_copies = [(await running(b, n)).handle for n in ("web", "api")]
     for handle in b_copies:
         os.killpg(pid(handle), signal.SIGKILL)
-    a.view.live_nodes = ["a"]
+    a.view.alive = ["a"]
     await a.reconcile()
 
     for before in (web, api):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from ctrlplane.actors.context import RunContext
 from ctrlplane.bus.messages import Event
 from ctrlplane.cluster.placement import Move, Placement, plan
+from ctrlplane.cluster.shards import owner
 from ctrlplane.cluster.types import NodeView
 from ctrlplane.errors import CtrlplaneError, PartialFailure
 from ctrlplane.events import InstanceDrift, InstanceRescheduled, data_of
@@ -146,9 +147,13 @@ class Reconciler:
         return host_bound(self._providers.get(instance.provider))
 
     def _mine(self, instance: Instance) -> bool:
-        """Whether this node reconciles ``instance``."""
-        if self._nodes is None or self._host_bound(instance) is None:
+        """Whether this node reconciles ``instance``: a host-bound one if it is
+        placed here; any other on the one live node the stable hash picks, so
+        each is reconciled once per slot in the cluster, not once per node."""
+        if self._nodes is None:
             return True
+        if self._host_bound(instance) is None:
+            return owner(instance.id, self._live()) == self._nodes.name
         return instance.node == self._nodes.name
 
     def _live(self) -> list[str]:
