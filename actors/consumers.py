@@ -85,10 +85,11 @@ def consumers_needed(specs: Iterable[WorkerSpec]) -> ConsumerCount:
     one event consumer per worker that subscribes to events.
 
     Replicas running the same workers share these consumers, so this is the
-    count for one subject prefix, whatever the number of processes. A worker
-    whose ticks are split by node needs one tick consumer per node: such a
-    count must be multiplied by every node that may join, not only the live
-    ones, so that a node joining later does not hit the limit.
+    count for one subject prefix, whatever the number of processes. A
+    node-scoped worker has a consumer per node, and each node adds its own:
+    it is counted once here (this node's), and a node that joins a stream
+    already at its limit is refused by the server when it creates its
+    consumer, with an error that names ``max_consumers`` too.
     """
     ticks = events = 0
     for spec in specs:
