@@ -61,6 +61,7 @@ from bench.health_sweep import (
     populate,
     process_cpu_s,
     quiet_logs,
+    start_server,
     start_target,
     stop_target,
 )
@@ -152,24 +153,7 @@ async def serve_lean() -> int:
 
 
 async def start_lean_target() -> tuple[asyncio.subprocess.Process, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SCRIPT),
-        "--serve-lean",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        preexec_fn=_die_with_parent,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(READY_S):
-            line = await proc.stdout.readline()
-        if not line.startswith(b"PORT "):
-            raise RuntimeError(f"target server did not start: {line!r}")
-        return proc, int(line.split()[1])
-    except BaseException:
-        await stop_target(proc)
-        raise
+    return await start_server(SCRIPT, "--serve-lean", READY_S)
 
 
 # ----------------------------------------------------------------- replica

@@ -230,17 +230,25 @@ def _die_with_parent() -> None:
 
 async def start_target() -> tuple[asyncio.subprocess.Process, int]:
     """Start the target server process; returns it and the port it listens on."""
+    return await start_server(SCRIPT, "--serve", SERVER_READY_S)
+
+
+async def start_server(
+    script: Path, flag: str, ready_s: float
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Run ``script flag`` as a server process; returns it and the port it
+    prints (``PORT n``) within ``ready_s`` seconds."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPT),
-        "--serve",
+        str(script),
+        flag,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
     try:
         assert proc.stdout is not None
-        async with asyncio.timeout(SERVER_READY_S):
+        async with asyncio.timeout(ready_s):
             line = await proc.stdout.readline()
         if not line.startswith(b"PORT "):
             raise RuntimeError(f"target server did not start: {line!r}")

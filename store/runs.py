@@ -91,8 +91,11 @@ class RunStore:
         self._db = db
         self._writer = writer
 
-    def record(self, run: WorkerRun) -> None:
-        """Queue ``run`` for the next batched write; never waits on the disk."""
+    def record(self, run: WorkerRun, on_commit: OnCommit | None = None) -> None:
+        """Queue ``run`` for the next batched write; never waits on the disk.
+
+        ``on_commit`` is told once the row is written (``True``) or dropped.
+        """
         self.record_row(
             run.id,
             run.worker,
@@ -104,6 +107,7 @@ class RunStore:
             _ts(run.finished),
             run.outcome,
             run.error,
+            on_commit,
         )
 
     def record_row(

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +38,7 @@ from tests.helpers import wait_for
 from tests.natscluster import NatsCluster
 from tests.postgres import PASSWORD, PostgresServer
 from tests.processes import ROOT, ctrlplane_bin, env_for, run_cli
+from tests.test_cli_instances import _instances_toml
 from tests.test_nats_cluster import _binary_or_skip
 from tests.test_reconciler import free_port
 
@@ -175,25 +175,6 @@ def _reaping(handles: set[str]) -> Iterator[None]:
                 os.killpg(int(handle.split(":")[0]), signal.SIGKILL)
 
 
-def _instances_toml(ports: dict[str, int]) -> str:
-    out = []
-    for name, port in ports.items():
-        out.append(
-            f"""
-[[instances]]
-name = "{name}"
-command = ["{sys.executable}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
-
-[[instances.checks]]
-name = "http"
-type = "http"
-target = "http://127.0.0.1:{port}/"
-timeout = "2s"
-"""
-        )
-    return "\n".join(out)
-
-
 @pytest.mark.timeout(240)
 async def test_the_compose_topology_applies_once_answers_alike_and_survives_a_node(
     topology: list[Replica], tmp_path: Path
@@ -207,7 +188,7 @@ async def test_the_compose_topology_applies_once_answers_alike_and_survives_a_no
 
     first = replicas[0]
     declared = tmp_path / "instances.toml"
-    declared.write_text(_instances_toml({"web": free_port(), "api": free_port()}))
+    declared.write_text(_instances_toml(("web", free_port()), ("api", free_port())))
     handles: set[str] = set()
     with _reaping(handles):
         applied = await first.cli("apply", "-f", str(declared))

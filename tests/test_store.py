@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
+import msgspec
 import pytest
 
 from ctrlplane.actors.runs import new_run_id
@@ -341,17 +342,8 @@ async def test_on_commit_tells_once_another_store_can_read_the_row(
 
         tasks: list[asyncio.Task[None]] = []
         run = _run()
-        store.runs.record_row(
-            run.id,
-            run.worker,
-            run.process,
-            run.trigger,
-            run.trigger_ref,
-            run.attempt,
-            run.started.timestamp(),
-            None,
-            run.outcome,
-            None,
+        store.runs.record(
+            msgspec.structs.replace(run, finished=None),
             lambda ok: tasks.append(asyncio.ensure_future(read_then())),
         )
         store.runs.flush_soon()
