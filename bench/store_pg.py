@@ -50,15 +50,16 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 
+from bench.health_sweep import make_results
 from ctrlplane.store import Store
-from ctrlplane.store.health import CheckResult, HealthStatus, Outcome
+from ctrlplane.store.health import CheckResult
 from ctrlplane.store.sql import numbered
 from tests.postgres import PostgresServer
 
@@ -95,22 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.results, args.runs, args.rounds = 10_000, 5_000, 1
     return args
-
-
-def make_results(m: int) -> list[CheckResult]:
-    base = datetime.now(UTC)
-    return [
-        CheckResult(
-            instance_id=f"i-{i // 10:06d}",
-            check=f"http-{i % 10}",
-            time=base + timedelta(milliseconds=i),
-            outcome=Outcome.PASS,
-            status=HealthStatus.HEALTHY,
-            latency=timedelta(microseconds=500 + i % 1000),
-            message="200 OK",
-        )
-        for i in range(m)
-    ]
 
 
 def result_row(r: CheckResult) -> tuple[object, ...]:
