@@ -10,12 +10,10 @@ periodic and event workers: what the runtime promises must hold through it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import os
 import time
 import uuid
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -62,21 +60,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
         authorization=embedded_authorization(Subjects(TEST_PREFIX)),
     ) as c:
         yield c
-
-
-def _collect_dropped_sockets() -> None:
-    """Collect sockets the NATS client dropped without closing them.
-
-    Under load, a reconnect attempt to the node just killed can fail half-way
-    (nats-py reuses its transport for the next attempt and drops the half-open
-    stream unclosed). The socket's ResourceWarning then fires wherever the
-    garbage collector happens to run, failing an unrelated later test (the
-    suite turns warnings into errors): collect it here, at the end of the
-    test that killed the node.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def _prefix() -> Subjects:
@@ -272,6 +255,12 @@ def failover_window(
     return end, lost
 
 
+# Under load, a reconnect attempt to the node being killed can fail after its
+# TCP connect; nats-py then reuses its transport for the next attempt and
+# drops that half-open stream without closing it (its _attempt_reconnect and
+# TcpTransport.connect), so the stream's ResourceWarning fires in this test.
+# A leak of the library's, one socket per failed attempt, not of ours.
+@pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")
 @pytest.mark.timeout(60)
 async def test_a_nats_node_killed_mid_run_loses_no_event_and_runs_no_slot_twice(
     cluster: NatsCluster,
@@ -342,8 +331,6 @@ async def test_a_nats_node_killed_mid_run_loses_no_event_and_runs_no_slot_twice(
             await scheduler.stop(grace=timedelta(seconds=1))
         for bus in (*buses, publisher):
             await bus.close()
-        buses.clear()
-        _collect_dropped_sockets()
 
     end, lost = failover_window(runs, workers, t0, killed, t1)
     print(

@@ -11,7 +11,7 @@ import pytest
 
 from ctrlplane.bus.connection import Bus
 from ctrlplane.cluster.errors import StoreMismatchError
-from ctrlplane.cluster.nodes import NodeRegistry
+from ctrlplane.cluster.nodes import NodeRegistry, _cancelled
 from tests.helpers import wait_for
 
 TIMEOUT = timedelta(seconds=2)
@@ -135,3 +135,22 @@ async def test_a_lost_watcher_is_started_again(bus: Bus) -> None:
             await bus.js.delete_consumer(stream, consumer.name)
         async with joined(bus, "b", "h:2"):
             await wait_for(lambda: a.live() == ["a", "b"])
+
+
+async def test_stopping_ends_a_task_that_swallowed_its_cancellation() -> None:
+    # As asyncio.wait_for (inside nats-py's calls) can on Python 3.11: an
+    # earlier stop() waited on such a task for ever.
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await _cancelled(task)
+    assert swallowed.is_set() and task.cancelled()

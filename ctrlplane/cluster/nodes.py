@@ -226,9 +226,7 @@ class NodeRegistry:
         """Stop heartbeating; the last beat says the process left on purpose."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancelled(task)
             if self._kv is not None:
                 with contextlib.suppress(*_TRANSIENT, nats.errors.Error):
                     async with asyncio.timeout(2):
@@ -363,12 +361,11 @@ class NodeRegistry:
         follower, self._follower = self._follower, None
         watcher, self._watcher = self._watcher, None
         if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            await _cancelled(follower)
         if watcher is not None:
             with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(2):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _check_stores(self) -> None:
         ours = self._beat.store_id
@@ -382,6 +379,21 @@ class NodeRegistry:
                     theirs=beat.store_id,
                     ours=ours,
                 )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    On Python 3.11 ``asyncio.wait_for`` (which nats-py uses inside its
+    calls) swallows a cancellation that lands in the loop iteration where
+    what it waits for completes, so one ``cancel()`` may not end the task:
+    cancel again until it has.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("node task ended with an error", error=repr(task.exception()))
 
 
 def _stored_at(created: object) -> datetime | None:
