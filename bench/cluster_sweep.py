@@ -69,6 +69,7 @@ from ctrlplane.checks import HttpChecker
 from ctrlplane.cluster.shards import shard
 from ctrlplane.store import Store
 from ctrlplane.workers.health_runner import HealthRunner
+from tests.helpers import FixedNodes
 
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
@@ -92,22 +93,6 @@ class Sweep:
     per_replica_checks: list[int]
     cpu_s: list[float]
     """Each replica's CPU time for the sweep."""
-
-
-class StaticNodes:
-    """The node view of a replica: a fixed live list (no heartbeats in the
-    benchmark: every replica runs for the whole measurement)."""
-
-    def __init__(self, name: str, live: list[str]) -> None:
-        self._name = name
-        self._live = sorted(live)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def live(self) -> list[str]:
-        return list(self._live)
 
 
 # ------------------------------------------------------------ lean target
@@ -167,7 +152,7 @@ async def replica(store_path: str, node: str, nodes: list[str], concurrency: int
     await store.open()
     checker = HttpChecker(max_connections=concurrency, max_per_host=concurrency)
     runner = HealthRunner(
-        store, {"http": checker}, concurrency=concurrency, nodes=StaticNodes(node, nodes)
+        store, {"http": checker}, concurrency=concurrency, nodes=FixedNodes(node, nodes)
     )
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 
-from bench.health_sweep import make_results
+from bench.health_sweep import make_results, result_row
 from ctrlplane.store import Store
 from ctrlplane.store.health import CheckResult
 from ctrlplane.store.sql import numbered
@@ -96,20 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.results, args.runs, args.rounds = 10_000, 5_000, 1
     return args
-
-
-def result_row(r: CheckResult) -> tuple[object, ...]:
-    """The row HealthStore.record writes for ``r``."""
-    latency = None if r.latency is None else r.latency.total_seconds() * 1000
-    return (
-        r.instance_id,
-        r.check,
-        r.time.timestamp(),
-        r.outcome.value,
-        r.status.value,
-        latency,
-        r.message,
-    )
 
 
 def make_runs(n: int) -> list[Run]:
