@@ -4,6 +4,7 @@ convention, durations in seconds, and replies that match ``ctrlplane schema api`
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -143,6 +144,7 @@ async def test_the_service_is_discovered_with_ping_info_and_stats(
             assert all(a["name"] == SERVICE_NAME for a in answers)
     ping = json.loads((await _call(bus, "", b"", f"$SRV.PING.{SERVICE_NAME}.{service.id}")).data)
     assert ping["type"] == "io.nats.micro.v1.ping_response"
+    assert ping["version"] == importlib.metadata.version("ctrlplane-workers")
     assert ping["metadata"] == {
         "api_versions": "v1",
         "subject_prefix": s.prefix,

@@ -23,7 +23,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
-from ctrlplane.api import SERVICE_NAME, ApplyReply, ApplyRequest, InstancesReply, request
+from ctrlplane.api import (
+    SERVICE_NAME,
+    ApplyReply,
+    ApplyRequest,
+    InstancesReply,
+    RemoteError,
+    request,
+)
 from ctrlplane.bus import Event
 from ctrlplane.bus.codec import encode
 from ctrlplane.bus.connection import Bus
@@ -438,10 +445,11 @@ async def test_api_apply_false_refuses_apply(config: Config, bus: Bus, tmp_path:
     await cp.start()
     await cp.bus.nc.flush()  # its API subscriptions have reached the server
     try:
-        with pytest.raises(CtrlplaneError, match=r"api_apply = false"):
+        with pytest.raises(RemoteError, match=r"api_apply = false") as refused:
             await request(
                 bus, "apply", ApplyRequest(instances=[marker_decl(marker)]), ApplyReply, within=10
             )
+        assert refused.value.code == 403
         reply = await request(bus, "instances", {}, InstancesReply, within=10)
         assert reply.instances == []
     finally:

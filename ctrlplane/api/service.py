@@ -19,7 +19,7 @@ import contextlib
 import re
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog
@@ -98,7 +98,7 @@ class ApiService:
             service = await add_service(
                 self._bus.nc,
                 name=SERVICE_NAME,
-                version=version("ctrlplane-workers"),
+                version=_version(),
                 description="ctrlplane control API",
                 metadata={
                     "api_versions": ",".join(API_VERSIONS),
@@ -190,6 +190,14 @@ class ApiService:
             with contextlib.suppress(Exception):
                 await self._service.stop()
             self._service = None
+
+
+def _version() -> str:
+    """The package's version: the service's version in ``$SRV.INFO``."""
+    try:
+        return version("ctrlplane-workers")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.0.0+unknown"
 
 
 def _api_error(name: str, exc: Exception) -> ApiError:
