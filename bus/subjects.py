@@ -14,6 +14,9 @@ _EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 # An event pattern may use NATS wildcards: "*" for one token, ">" for the rest.
 _PATTERN_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+|\*|>")
 
+API_VERSION = "v1"
+"""The control API version this code serves; it is the subject's token after ``api``."""
+
 
 def is_valid_prefix(prefix: str) -> bool:
     """Whether ``prefix`` can start NATS subjects (dot-separated, no wildcards)."""
@@ -117,9 +120,19 @@ class Subjects(Struct, frozen=True):
     def all_dlq(self) -> str:
         return f"{self.prefix}.dlq.*"
 
-    def api(self, name: str) -> str:
-        """A request/reply control API subject such as ``workers``."""
-        return f"{self.prefix}.api.{name}"
+    def api(self, endpoint: str, version: str = API_VERSION) -> str:
+        """The subject of a control API endpoint, ``<prefix>.api.<version>.<endpoint>``."""
+        return f"{self.prefix}.api.{version}.{endpoint}"
+
+    @property
+    def all_api(self) -> str:
+        """Every control API subject, of every version."""
+        return f"{self.prefix}.api.>"
+
+    def internal(self, name: str) -> str:
+        """A subject the processes use among themselves (``service`` role only),
+        ``<prefix>.internal.<name>``: not part of the control API."""
+        return f"{self.prefix}.internal.{name}"
 
     def tick_consumer(self, worker: str, node: str | None = None) -> str:
         """The durable consumer shared by every process for ``worker``'s ticks;

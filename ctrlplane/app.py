@@ -12,10 +12,10 @@ from types import TracebackType
 
 import structlog
 
-from ctrlplane.actors.control import ControlApi
+from ctrlplane.actors.control import workers_reply
 from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.actors.types import Worker
-from ctrlplane.api import DomainApi
+from ctrlplane.api import ApiService, DomainApi, WorkersReply, WorkersRequest
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.limits import BusLimits
 from ctrlplane.bus.server import EmbeddedServer
@@ -103,8 +103,7 @@ class ControlPlane:
         self.store = store_for(self.config)
         self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
         self._server: EmbeddedServer | None = None
-        self._control: ControlApi | None = None
-        self._api: DomainApi | None = None
+        self._api: ApiService | None = None
         self._checkers: dict[str, Checker] = {}
         self.inventory: Inventory | None = None
         self._nodes: NodeRegistry | None = None
@@ -231,9 +230,7 @@ class ControlPlane:
                 self.register(worker)
         self.scheduler.use(self.bus, self.store.runs)
         await self.scheduler.start()
-        self._control = ControlApi(self.bus, self.scheduler)
-        await self._control.start()
-        self._api = DomainApi(
+        domain = DomainApi(
             self.bus,
             self.store,
             self.inventory,
@@ -241,6 +238,12 @@ class ControlPlane:
             allow_apply=cfg.api_apply,
             nodes=self._nodes,
         )
+        scheduler = self.scheduler
+
+        async def workers(_: WorkersRequest) -> WorkersReply:
+            return workers_reply(scheduler)
+
+        self._api = ApiService(self.bus, {**domain.handlers(), "workers": workers})
         await self._api.start()
         if cfg.instances is not None:
             # After the scheduler: the workers' consumers exist, so the
@@ -330,10 +333,9 @@ class ControlPlane:
     async def _shutdown(self, grace: timedelta) -> None:
         self._started = False
         try:
-            for api in (self._control, self._api):
-                if api is not None:
-                    await api.stop()
-            self._control = self._api = None
+            if self._api is not None:
+                await self._api.stop()
+            self._api = None
             if self._lifecycle is not None:
                 await self._lifecycle.stop(grace)
                 self._lifecycle = None

@@ -202,7 +202,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         publisher_event_types: The event types (NATS wildcards allowed) the
             embedded server's ``publisher`` user may publish; ``None`` allows
             every event type.
-        api_apply: Whether ``<prefix>.api.apply`` (``ctrlplane apply``) is
+        api_apply: Whether ``<prefix>.api.v1.apply`` (``ctrlplane apply``) is
             served; ``false`` refuses it, and declarations come only from
             the config file.
         process_executables: The executables the ``process`` provider may

@@ -64,13 +64,18 @@ READ_ENDPOINTS: tuple[str, ...] = (
     "certs",
     "nodes",
 )
-"""``<prefix>.api.<name>`` endpoints that change nothing: observers may call them."""
+"""``<prefix>.api.v1.<name>`` endpoints that change nothing: observers may call them
+(the catalog of :mod:`ctrlplane.api.endpoints`, checked by the tests)."""
 
 MUTATING_ENDPOINTS: tuple[str, ...] = ("apply",)
 """Endpoints that change the fleet (``apply`` runs commands): admin and service only."""
 
 # Replies to requests come back on the requester's inbox; JetStream answers there too.
 _INBOX = "_INBOX.>"
+# NATS micro service discovery: $SRV.PING, $SRV.INFO, $SRV.STATS and their
+# per-name and per-id forms. Requests carry no data and answers say only what
+# the service is, so every role that may call the API may discover it.
+_DISCOVERY = "$SRV.>"
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,}")
 
 
@@ -114,8 +119,8 @@ def permissions(
         # answer requests on inboxes and keep held messages with +WPI acks
         # from a second connection, hence acks by subject, not by response.
         return Permissions(
-            publish=(f"{s.prefix}.>", "$JS.API.>", "$KV.>", "$JS.ACK.>", _INBOX),
-            subscribe=(f"{s.prefix}.>", _INBOX),
+            publish=(f"{s.prefix}.>", "$JS.API.>", "$KV.>", "$JS.ACK.>", _DISCOVERY, _INBOX),
+            subscribe=(f"{s.prefix}.>", _DISCOVERY, _INBOX),
         )
     if role is Role.PUBLISHER:
         if event_types is None:
@@ -138,6 +143,7 @@ def _observer_publish(s: Subjects) -> tuple[str, ...]:
     events = s.events_stream
     return (
         *(s.api(name) for name in READ_ENDPOINTS),
+        _DISCOVERY,
         # Only unnamed (ephemeral) consumers, and only on the events stream:
         # a named create could rewrite a worker's durable consumer.
         f"$JS.API.CONSUMER.CREATE.{events}",

@@ -42,7 +42,10 @@ def test_subjects_derive_everything_from_the_prefix() -> None:
     assert s.event_consumer("r", "node-a") == "events-r@node-a"
     assert s.event("health.failed") == "acme.prod.events.health.failed"
     assert s.dlq("gc") == "acme.prod.dlq.gc"
-    assert s.api("workers") == "acme.prod.api.workers"
+    assert s.api("workers") == "acme.prod.api.v1.workers"
+    assert s.api("workers", "v2") == "acme.prod.api.v2.workers"
+    assert s.all_api == "acme.prod.api.>"
+    assert s.internal("node.a.lifecycle") == "acme.prod.internal.node.a.lifecycle"
     assert (s.ticks_stream, s.events_stream, s.dlq_stream) == (
         "ACME_PROD_TICKS",
         "ACME_PROD_EVENTS",

@@ -53,7 +53,7 @@ async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> N
         assert {"reconciler", "health_runner", "remediator", "audit_recorder"} <= set(names)
         (w,) = [w for w in workers if w["name"] == "slot-log"]
         assert w["kind"] == "periodic"
-        assert w["interval"] == "PT1S"
+        assert w["interval"] == 1.0  # seconds, as on the wire
         assert w["run_count"] >= 1
         assert w["process"].endswith(f":{proc.pid}")
         assert (w["scope"], w.get("node")) == ("cluster", None)

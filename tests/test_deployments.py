@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from ctrlplane.api import DomainApi
+from ctrlplane.api import ApiService, DomainApi
 from ctrlplane.bus import Bus, Event
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.declarations import InstanceDecl
@@ -256,7 +256,7 @@ async def test_ctrlplane_deployments_lists_them(
 ) -> None:
     await inventory.apply([_decl("1")])
     await inventory.apply([_decl("2", command=["/nonexistent/program"])])
-    api = DomainApi(bus, store, inventory)
+    api = ApiService(bus, DomainApi(bus, store, inventory).handlers())
     await api.start()
     try:
         env = env_for(CTRLPLANE_SUBJECT_PREFIX=bus.subjects.prefix)

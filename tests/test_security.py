@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import uuid
@@ -22,7 +23,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
-from ctrlplane.api import ApplyReply, ApplyRequest, InstancesReply, request
+from ctrlplane.api import (
+    SERVICE_NAME,
+    ApplyReply,
+    ApplyRequest,
+    InstancesReply,
+    RemoteError,
+    request,
+)
 from ctrlplane.bus import Event
 from ctrlplane.bus.codec import encode
 from ctrlplane.bus.connection import Bus
@@ -88,6 +96,16 @@ def test_publisher_may_be_limited_to_event_types() -> None:
     assert limited.publish == ("acme.events.usage.*", "acme.events.build.done")
     with pytest.raises(SecurityError, match="not an event type pattern"):
         permissions(Role.PUBLISHER, s, event_types=["a b"])
+
+
+def test_every_role_but_publisher_may_discover_the_api_service() -> None:
+    s = Subjects("acme")
+    service = permissions(Role.SERVICE, s)
+    assert "$SRV.>" in service.subscribe and "$SRV.>" in service.publish
+    for role in (Role.OBSERVER, Role.ADMIN):
+        assert "$SRV.>" in permissions(role, s).publish
+    publisher = permissions(Role.PUBLISHER, s)
+    assert not any(p.startswith("$SRV") for p in publisher.publish + publisher.subscribe)
 
 
 def test_service_is_confined_to_its_prefix_on_core_subjects() -> None:
@@ -271,6 +289,15 @@ async def test_observer_reads_events_and_read_only_endpoints(plane: Plane) -> No
         try:
             reply = await request(bus, "instances", {}, InstancesReply, within=5)
             assert reply.instances == []
+            # Discovery, as `nats micro info ctrlplane` does it.
+            found = await bus.nc.request(f"$SRV.INFO.{SERVICE_NAME}", b"", timeout=5)
+            info = json.loads(found.data)
+            assert info["metadata"]["subject_prefix"] == plane.subjects.prefix
+            assert plane.subjects.api("apply") in [e["subject"] for e in info["endpoints"]]
+            # apply is refused to the observer by the server (no answer, a
+            # permissions error), not by the service.
+            with pytest.raises(nats.errors.TimeoutError):
+                await bus.nc.request(plane.subjects.api("apply"), b"{}", timeout=REFUSED)
             await plane.cp.bus.publish_event(event)
             async with asyncio.timeout(5):
                 got = await live.get()
@@ -324,6 +351,9 @@ async def test_publisher_publishes_allowed_events_a_worker_sees(plane: Plane) ->
         with pytest.raises(nats.errors.TimeoutError):
             await client.nc.request(plane.subjects.api("instances"), b"{}", timeout=REFUSED)
         await client.wait_refused(plane.subjects.api("instances"))
+        with pytest.raises(nats.errors.TimeoutError):
+            await client.nc.request(f"$SRV.PING.{SERVICE_NAME}", b"", timeout=REFUSED)
+        await client.wait_refused("$srv.ping")  # nats-py lowercases the error text
     finally:
         await client.nc.close()
 
@@ -415,10 +445,11 @@ async def test_api_apply_false_refuses_apply(config: Config, bus: Bus, tmp_path:
     await cp.start()
     await cp.bus.nc.flush()  # its API subscriptions have reached the server
     try:
-        with pytest.raises(CtrlplaneError, match=r"api_apply = false"):
+        with pytest.raises(RemoteError, match=r"api_apply = false") as refused:
             await request(
                 bus, "apply", ApplyRequest(instances=[marker_decl(marker)]), ApplyReply, within=10
             )
+        assert refused.value.code == 403
         reply = await request(bus, "instances", {}, InstancesReply, within=10)
         assert reply.instances == []
     finally:

@@ -34,14 +34,14 @@ def certs(
     config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
 ) -> None:
     """List domains with their certificate: issuer, serial, expiry and time left."""
-    import msgspec
 
     from ctrlplane.api import CertsReply
+    from ctrlplane.api.wire import encode_body
 
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     reply = ask(config, "certs", {}, CertsReply)
     if as_json:
-        echo_json(msgspec.json.encode(reply.certs).decode())
+        echo_json(encode_body(reply.certs).decode())
         return
     print_table(
         ["HOSTNAME", "INSTANCE", "ISSUER", "SERIAL", "NOT AFTER", "LEFT", "RENEWS", "ERROR"],

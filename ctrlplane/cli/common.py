@@ -17,7 +17,6 @@ from ctrlplane.durations import format_duration
 from ctrlplane.errors import ConfigError, CtrlplaneError
 
 if TYPE_CHECKING:
-    from ctrlplane.api import Reply
     from ctrlplane.bus.connection import Bus
     from ctrlplane.config import Config
     from ctrlplane.security import Role
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 # line cost no more than click.
 
 T = TypeVar("T")
-R = TypeVar("R", bound="Reply")
+R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Exit codes: 2 for bad input (as click uses for usage errors), 1 for a
@@ -191,7 +190,7 @@ READ_WAIT = 10.0
 def ask(
     config: Config, name: str, body: object, reply_type: type[R], within: float = READ_WAIT
 ) -> R:
-    """Send the control request ``<prefix>.api.<name>`` and return the answer;
+    """Send the control request ``<prefix>.api.v1.<name>`` and return the answer;
     no answer or an error answer ends the command with a message.
 
     A mutating endpoint is asked as ``admin``, any other as ``observer``.

@@ -41,16 +41,16 @@ def deployments(
     as_json: bool,
 ) -> None:
     """List deployments, newest first: instance, spec, state, when, and why one failed."""
-    import msgspec
 
     from ctrlplane.api import DeploymentsReply, DeploymentsRequest
+    from ctrlplane.api.wire import encode_body
 
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
     body = DeploymentsRequest(instance=instance, limit=limit)
     reply = ask(config, "deployments", body, DeploymentsReply)
     if as_json:
-        echo_json(msgspec.json.encode(reply.deployments).decode())
+        echo_json(encode_body(reply.deployments).decode())
         return
     print_table(
         ["ID", "INSTANCE", "STATE", "SPEC", "PREVIOUS", "STARTED", "TOOK", "ERROR"],

@@ -152,3 +152,22 @@ def schema_events() -> None:
     from ctrlplane.events import event_schema
 
     echo_json(json.dumps(event_schema(), indent=2, sort_keys=True))
+
+
+@schema.command(name="api")
+@click.option(
+    "--prefix",
+    default="ctrlplane",
+    show_default=True,
+    help="The subject prefix to write the endpoints' subjects with.",
+)
+def schema_api(prefix: str) -> None:
+    """The JSON Schema of the control API: each endpoint's subject, request, reply and error."""
+    from ctrlplane.api.schema import api_schema
+    from ctrlplane.bus.subjects import Subjects
+
+    try:
+        subjects = Subjects(prefix)
+    except ValueError as exc:
+        fail(f"--prefix: {exc}", EXIT_CONFIG)
+    echo_json(json.dumps(api_schema(subjects), indent=2, sort_keys=True))

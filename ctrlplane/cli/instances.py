@@ -44,9 +44,9 @@ def apply(
     as they are. Idempotent: applying the same file twice changes nothing the
     second time.
     """
-    import msgspec
 
     from ctrlplane.api import ApplyReply, ApplyRequest
+    from ctrlplane.api.wire import encode_body, to_wire
     from ctrlplane.config import load_config
 
     try:
@@ -63,10 +63,10 @@ def apply(
     result = reply.result
     assert result is not None
     if as_json:
-        shown = msgspec.to_builtins(result)
+        shown = to_wire(result)
         if reply.domains is not None:
-            shown["domains"] = msgspec.to_builtins(reply.domains)
-        echo_json(msgspec.json.encode(shown).decode())
+            shown["domains"] = to_wire(reply.domains)
+        echo_json(encode_body(shown).decode())
     else:
         for verb, names in (
             ("created", result.created),
@@ -100,13 +100,12 @@ def instances(
     """List instances with their recorded and desired state, their health and their node."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    import msgspec
-
     from ctrlplane.api import InstancesReply
+    from ctrlplane.api.wire import encode_body
 
     reply = ask(config, "instances", {}, InstancesReply)
     if as_json:
-        echo_json(msgspec.json.encode(reply.instances).decode())
+        echo_json(encode_body(reply.instances).decode())
         return
     print_table(
         ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "NODE", "UPDATED", "ERROR"],
@@ -135,13 +134,12 @@ def health(
     """Per instance and check: the status, the last result and when it last changed."""
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    import msgspec
-
     from ctrlplane.api import HealthReply
+    from ctrlplane.api.wire import encode_body
 
     reply = ask(config, "health", {}, HealthReply)
     if as_json:
-        echo_json(msgspec.json.encode(reply.checks).decode())
+        echo_json(encode_body(reply.checks).decode())
         return
     print_table(
         ["INSTANCE", "CHECK", "TYPE", "STATUS", "LATENCY", "CHECKED", "CHANGED", "MESSAGE"],

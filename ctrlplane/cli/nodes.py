@@ -42,9 +42,8 @@ def nodes(
     """
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    import msgspec
-
     from ctrlplane.api import NodesReply
+    from ctrlplane.api.wire import encode_body
 
     reply = ask(config, "nodes", {}, NodesReply)
     if check is not None:
@@ -54,7 +53,7 @@ def nodes(
         echo(f"node {check!r} is live")
         return
     if as_json:
-        echo_json(msgspec.json.encode(reply).decode())
+        echo_json(encode_body(reply).decode())
         return
     print_table(
         ["NODE", "STATE", "PROCESSES", "LAST HEARTBEAT", "INSTANCES", "STORE"],

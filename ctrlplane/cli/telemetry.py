@@ -59,9 +59,9 @@ def telemetry(
         fail(f"--since: must be greater than zero, got {since!r}", EXIT_CONFIG)
     if window > MAX_SINCE:
         fail(f"--since: must be at most {format_duration(MAX_SINCE)}, got {since!r}", EXIT_CONFIG)
-    import msgspec
 
     from ctrlplane.api import TelemetryReply, TelemetryRequest
+    from ctrlplane.api.wire import encode_body
 
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     body = TelemetryRequest(instance=instance, since=window)
@@ -73,7 +73,7 @@ def telemetry(
             "snapshot": reply.snapshot,
             "metrics": reply.metrics,
         }
-        echo_json(msgspec.json.encode(shown).decode())
+        echo_json(encode_body(shown).decode())
         return
     echo(f"instance {reply.instance} ({reply.instance_id})")
     echo(_snapshot(reply.snapshot))

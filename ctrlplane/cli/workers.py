@@ -39,9 +39,9 @@ def workers(
     wait: float,
 ) -> None:
     """List every worker of every running process on that NATS."""
-    import msgspec
 
-    from ctrlplane.actors.control import list_workers
+    from ctrlplane.api.client import list_workers
+    from ctrlplane.api.wire import encode_body
 
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
@@ -51,7 +51,7 @@ def workers(
     replies = with_bus(config, ask)
     infos = [w for r in replies for w in r.workers]
     if as_json:
-        echo_json(msgspec.json.encode(infos).decode())
+        echo_json(encode_body(infos).decode())
         return
     if not replies:
         fail("no ctrlplane process answered on this NATS")

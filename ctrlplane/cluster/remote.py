@@ -4,11 +4,13 @@ A host-bound instance's process can only be started, signalled and watched on
 its own host. ``apply`` and the remediator may run on any node (the API is a
 queue group; events go to whichever process takes them), so when they must
 start or stop another node's instance they ask that node, with a request on
-``<prefix>.api.node.<node>.lifecycle``, and it does the work through its own
+``<prefix>.internal.node.<node>.lifecycle``, and it does the work through its own
 inventory: recording each step and publishing the events as it would for a
 change of its own. Only the ``service`` role may use that subject (the
 ``admin`` and ``observer`` users may call only the endpoints named in
-:mod:`ctrlplane.security`), and no stream captures ``<prefix>.api.>``.
+:mod:`ctrlplane.security`), and no stream captures ``<prefix>.internal.>``. It is internal, not
+part of the control API: its subject is outside ``<prefix>.api.>`` so that
+the API's unknown-endpoint answer never races a node's own answer.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class LifecycleReply(Struct, frozen=True, kw_only=True):
 
 def lifecycle_subject(bus: Bus, node: str) -> str:
     """Where ``node`` takes lifecycle requests."""
-    return bus.subjects.api(f"node.{node}.lifecycle")
+    return bus.subjects.internal(f"node.{node}.lifecycle")
 
 
 class RemoteLifecycle:

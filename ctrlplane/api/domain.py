@@ -1,0 +1,203 @@
+"""The handlers of the domain's endpoints: apply declarations, list instances, health, ..."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from ctrlplane.api.errors import ForbiddenError, NotFoundError, UnavailableError
+from ctrlplane.api.messages import (
+    ApplyReply,
+    ApplyRequest,
+    CertsReply,
+    CertsRequest,
+    CertView,
+    CheckView,
+    DeploymentsReply,
+    DeploymentsRequest,
+    HealthReply,
+    HealthRequest,
+    InstancesReply,
+    InstancesRequest,
+    InstanceView,
+    NodesReply,
+    NodesRequest,
+    TelemetryReply,
+    TelemetryRequest,
+)
+from ctrlplane.api.service import Handler
+from ctrlplane.bus.connection import Bus
+from ctrlplane.certs.renewal import renewal_time
+from ctrlplane.cluster.nodes import NodeRegistry
+from ctrlplane.domains import DomainError, apply_domains, domain_problems
+from ctrlplane.inventory import Inventory
+from ctrlplane.store.db import Store
+from ctrlplane.store.health import CheckState, HealthStatus, worst
+from ctrlplane.store.instances import Instance
+from ctrlplane.types import Router
+
+__all__ = ["DomainApi", "check_view"]
+
+
+def check_view(instance: Instance, state: CheckState) -> CheckView:
+    return CheckView(
+        instance=instance.name,
+        instance_id=instance.id,
+        check=state.name,
+        type=state.spec.type,
+        status=state.status,
+        last_checked=state.last_checked,
+        last_message=state.last_message,
+        last_latency=state.last_latency,
+        changed=state.changed,
+        consecutive_passes=state.consecutive_passes,
+        consecutive_failures=state.consecutive_failures,
+    )
+
+
+class DomainApi:
+    """Answers ``apply``, ``instances``, ``health``, ``telemetry``, ``deployments``,
+    ``certs`` and ``nodes`` (served by :class:`~ctrlplane.api.service.ApiService`).
+
+    Args:
+        allow_apply: Whether ``apply`` is served (``Config.api_apply``); when
+            False it is answered with a 403 and changes nothing.
+        nodes: The node registry; without one ``nodes`` answers 503.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        inventory: Inventory,
+        *,
+        router: Router | None = None,
+        allow_apply: bool = True,
+        nodes: NodeRegistry | None = None,
+    ) -> None:
+        self._allow_apply = allow_apply
+        self._nodes = nodes
+        self._bus = bus
+        self._store = store
+        self._inventory = inventory
+        self._router = router
+
+    def handlers(self) -> dict[str, Handler]:
+        """Endpoint name to handler, for :class:`~ctrlplane.api.service.ApiService`."""
+        return {
+            "apply": self.apply,
+            "instances": self.instances,
+            "health": self.health,
+            "telemetry": self.telemetry,
+            "deployments": self.deployments,
+            "certs": self.certs,
+            "nodes": self.nodes,
+        }
+
+    async def apply(self, request: ApplyRequest) -> ApplyReply:
+        if not self._allow_apply:
+            raise ForbiddenError(
+                "apply over NATS is turned off on this control plane (api_apply = false); "
+                "declare instances and domains in its config file"
+            )
+        if request.domains is None:
+            return ApplyReply(result=await self._inventory.apply(request.instances))
+        # Checked before any instance is touched: a bad domain applies nothing.
+        names = [i.name for i in request.instances]
+        problems = domain_problems(request.domains, names)
+        if problems:
+            raise DomainError(problems)
+        if self._router is None:
+            raise UnavailableError("this process has no router: domains cannot be applied")
+        result = await self._inventory.apply(request.instances)
+        synced = await apply_domains(
+            self._store,
+            self._router,
+            request.domains,
+            self._bus.publish_event,
+            source="api.apply",
+            instances=names,
+        )
+        return ApplyReply(result=result, domains=synced)
+
+    async def certs(self, request: CertsRequest) -> CertsReply:
+        now = datetime.now(UTC)
+        current = await self._store.certificates.all_current()
+        views = []
+        for d in await self._store.domains.all():
+            cert = current.get(d.hostname)
+            views.append(
+                CertView(
+                    hostname=d.hostname,
+                    instance=d.instance,
+                    issuer=d.issuer,
+                    auto_renew=d.auto_renew,
+                    serial=None if cert is None else cert.serial,
+                    not_before=None if cert is None else cert.not_before,
+                    not_after=None if cert is None else cert.not_after,
+                    time_left=None if cert is None else cert.not_after - now,
+                    renew_at=None if cert is None else renewal_time(cert, d),
+                    cert_path=None if cert is None else cert.cert_path,
+                    failures=d.failures,
+                    next_attempt=d.next_attempt,
+                    last_error=d.last_error,
+                )
+            )
+        return CertsReply(certs=views)
+
+    async def instances(self, request: InstancesRequest) -> InstancesReply:
+        states = await self._store.health.states(with_last=False)
+        views = []
+        for i in await self._store.instances.all():
+            mine = [s.status for s in states if s.instance_id == i.id]
+            views.append(
+                InstanceView(
+                    id=i.id,
+                    name=i.name,
+                    provider=i.provider,
+                    desired=i.desired,
+                    state=i.state,
+                    health=worst(mine) if mine else HealthStatus.UNKNOWN,
+                    handle=i.handle,
+                    state_error=i.state_error,
+                    command=i.spec.command,
+                    updated=i.updated,
+                    node=i.node,
+                )
+            )
+        return InstancesReply(instances=views)
+
+    async def health(self, request: HealthRequest) -> HealthReply:
+        instances = {i.id: i for i in await self._store.instances.all()}
+        checks = [
+            check_view(instances[s.instance_id], s)
+            for s in await self._store.health.states()
+            if s.instance_id in instances
+        ]
+        return HealthReply(checks=checks)
+
+    async def deployments(self, request: DeploymentsRequest) -> DeploymentsReply:
+        found = await self._store.deployments.list(instance=request.instance, limit=request.limit)
+        return DeploymentsReply(deployments=found)
+
+    async def telemetry(self, request: TelemetryRequest) -> TelemetryReply:
+        instance = await self._store.instances.find(request.instance)
+        if instance is None:
+            raise NotFoundError(f"no instance {request.instance!r}")
+        since = datetime.now(UTC) - request.since
+        return TelemetryReply(
+            instance=instance.name,
+            instance_id=instance.id,
+            snapshot=await self._store.telemetry.latest_snapshot(instance.id),
+            metrics=await self._store.telemetry.latest_metrics(instance.id, since),
+        )
+
+    async def nodes(self, request: NodesRequest) -> NodesReply:
+        if self._nodes is None:
+            raise UnavailableError("this process keeps no node registry")
+        counts = await self._store.instances.count_by_node()
+        nodes = [
+            msgspec.structs.replace(n, instances=counts.get(n.name, 0)) for n in self._nodes.nodes()
+        ]
+        return NodesReply(node=self._nodes.name, store_id=self._store.identity, nodes=nodes)

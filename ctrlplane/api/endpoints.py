@@ -1,0 +1,99 @@
+"""The catalog of control API endpoints: name, request, reply, who may call, how many answer."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from ctrlplane.api import messages as m
+from ctrlplane.bus.subjects import API_VERSION
+
+__all__ = ["API_VERSIONS", "ENDPOINTS", "SERVICE_NAME", "EndpointSpec", "endpoint"]
+
+SERVICE_NAME = "ctrlplane"
+"""The NATS micro service name every ``ctrlplane run`` process registers."""
+
+API_VERSIONS: tuple[str, ...] = (API_VERSION,)
+"""The API versions served: the subject's token after ``api``."""
+
+
+class EndpointSpec(Struct, frozen=True, kw_only=True):
+    """One endpoint of the API.
+
+    Attributes:
+        name: Its name, the last token of its subject.
+        request: The Struct its request body must decode to (an empty body is ``{}``).
+        reply: The Struct of its answer when it succeeds.
+        description: What it does, for people and for ``$SRV.INFO``.
+        mutating: Whether it changes the fleet (``admin`` and ``service`` only).
+        scatter: Whether every process answers (each in a queue group of its
+            own) rather than exactly one (one queue group shared by all).
+    """
+
+    name: str
+    request: type
+    reply: type
+    description: str
+    mutating: bool = False
+    scatter: bool = False
+
+
+ENDPOINTS: tuple[EndpointSpec, ...] = (
+    EndpointSpec(
+        name="apply",
+        request=m.ApplyRequest,
+        reply=m.ApplyReply,
+        description="Make the recorded instances (and domains, when given) exactly the request's.",
+        mutating=True,
+    ),
+    EndpointSpec(
+        name="instances",
+        request=m.InstancesRequest,
+        reply=m.InstancesReply,
+        description="Every recorded instance with its state and worst health.",
+    ),
+    EndpointSpec(
+        name="health",
+        request=m.HealthRequest,
+        reply=m.HealthReply,
+        description="Every health check of every instance.",
+    ),
+    EndpointSpec(
+        name="telemetry",
+        request=m.TelemetryRequest,
+        reply=m.TelemetryReply,
+        description="One instance's newest resource snapshot and metrics.",
+    ),
+    EndpointSpec(
+        name="deployments",
+        request=m.DeploymentsRequest,
+        reply=m.DeploymentsReply,
+        description="The newest deployments, of one instance or all.",
+    ),
+    EndpointSpec(
+        name="certs",
+        request=m.CertsRequest,
+        reply=m.CertsReply,
+        description="Every domain and its current certificate.",
+    ),
+    EndpointSpec(
+        name="nodes",
+        request=m.NodesRequest,
+        reply=m.NodesReply,
+        description="The cluster's nodes as the answering process sees them.",
+    ),
+    EndpointSpec(
+        name="workers",
+        request=m.WorkersRequest,
+        reply=m.WorkersReply,
+        description="Each process's workers: every process answers (gather until quiet).",
+        scatter=True,
+    ),
+)
+"""Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
+
+_BY_NAME = {e.name: e for e in ENDPOINTS}
+
+
+def endpoint(name: str) -> EndpointSpec | None:
+    """The endpoint called ``name``, or None."""
+    return _BY_NAME.get(name)

@@ -1,0 +1,199 @@
+"""Requests and replies of the control API (``<prefix>.api.v1.<endpoint>``).
+
+Requests forbid unknown fields, so a typo is refused rather than ignored;
+replies may gain fields within a version. Durations are ``timedelta`` here
+and seconds on the wire (:mod:`ctrlplane.api.wire`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from msgspec import Struct, field
+
+from ctrlplane.actors.control import WorkersReply, WorkersRequest
+from ctrlplane.cluster.nodes import NodeInfo
+from ctrlplane.declarations import InstanceDecl
+from ctrlplane.domains import DomainDecl
+from ctrlplane.inventory import ApplyResult
+from ctrlplane.limits import MAX_LIMIT, MAX_SINCE
+from ctrlplane.store.certs import DomainSync
+from ctrlplane.store.deployments import Deployment
+from ctrlplane.store.health import HealthStatus
+from ctrlplane.store.instances import DesiredState, InstanceState
+from ctrlplane.store.telemetry import Metric, ResourceSnapshot
+
+__all__ = [
+    "ApplyReply",
+    "ApplyRequest",
+    "CertView",
+    "CertsReply",
+    "CertsRequest",
+    "CheckView",
+    "DeploymentsReply",
+    "DeploymentsRequest",
+    "HealthReply",
+    "HealthRequest",
+    "InstanceView",
+    "InstancesReply",
+    "InstancesRequest",
+    "NodesReply",
+    "NodesRequest",
+    "TelemetryReply",
+    "TelemetryRequest",
+    "WorkersReply",
+    "WorkersRequest",
+]
+
+
+class ApplyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Make the recorded instances exactly ``instances``.
+
+    Attributes:
+        instances: Every instance, as ``[[instances]]`` tables declare them.
+        domains: Every domain; ``null`` or absent leaves the recorded domains as they are.
+    """
+
+    instances: list[InstanceDecl]
+    domains: list[DomainDecl] | None = None
+
+
+class ApplyReply(Struct, frozen=True, kw_only=True):
+    """What apply changed: instances by name, and domains when they were given."""
+
+    result: ApplyResult
+    domains: DomainSync | None = None
+
+
+class CertsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every domain and its current certificate: no parameters."""
+
+
+class CertView(Struct, frozen=True, kw_only=True):
+    """A domain and its current certificate, as ``ctrlplane certs`` shows them."""
+
+    hostname: str
+    instance: str
+    issuer: str
+    auto_renew: bool
+    serial: str | None
+    not_before: datetime | None
+    not_after: datetime | None
+    time_left: timedelta | None
+    """Until ``not_after``, from when the answer was made (negative once expired)."""
+    renew_at: datetime | None
+    """When the CertRenewer renews it (jitter included)."""
+    cert_path: str | None
+    failures: int
+    next_attempt: datetime | None
+    last_error: str | None
+
+
+class CertsReply(Struct, frozen=True, kw_only=True):
+    certs: list[CertView] = field(default_factory=list)
+
+
+class HealthRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every check of every instance: no parameters."""
+
+
+class CheckView(Struct, frozen=True, kw_only=True):
+    """A check as ``ctrlplane health`` shows it."""
+
+    instance: str
+    instance_id: str
+    check: str
+    type: str
+    status: HealthStatus
+    last_checked: datetime | None
+    last_message: str | None
+    last_latency: timedelta | None
+    changed: datetime | None
+    consecutive_passes: int
+    consecutive_failures: int
+
+
+class HealthReply(Struct, frozen=True, kw_only=True):
+    checks: list[CheckView] = field(default_factory=list)
+
+
+class InstancesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every recorded instance: no parameters."""
+
+
+class InstanceView(Struct, frozen=True, kw_only=True):
+    """An instance as ``ctrlplane instances`` shows it."""
+
+    id: str
+    name: str
+    provider: str
+    desired: DesiredState
+    state: InstanceState
+    health: HealthStatus
+    handle: str | None
+    state_error: str | None
+    command: list[str]
+    updated: datetime
+    node: str | None = None
+    """The node it is placed on (host-bound providers); null when not placed."""
+
+
+class InstancesReply(Struct, frozen=True, kw_only=True):
+    instances: list[InstanceView] = field(default_factory=list)
+
+
+class DeploymentsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``instance``: one instance's deployments (name or id), or null for all;
+    the newest ``limit`` of them (1 to 10000)."""
+
+    instance: str | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        # A ValueError here is a decode failure (msgspec's ValidationError): the
+        # store would otherwise fail on an integer SQLite cannot hold.
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {self.limit}")
+
+
+class DeploymentsReply(Struct, frozen=True, kw_only=True):
+    deployments: list[Deployment] = field(default_factory=list)
+
+
+class TelemetryRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One instance's (name or id) telemetry: metrics collected in the last
+    ``since`` seconds (0 to 36500 days)."""
+
+    instance: str
+    since: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if not timedelta(0) <= self.since <= MAX_SINCE:
+            raise ValueError(f"since must be between 0s and {MAX_SINCE.days}d")
+
+
+class TelemetryReply(Struct, frozen=True, kw_only=True):
+    """The newest snapshot and the newest value of each series (name and labels)."""
+
+    instance: str
+    instance_id: str
+    snapshot: ResourceSnapshot | None = None
+    metrics: list[Metric] = field(default_factory=list)
+
+
+class NodesRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The cluster's nodes: no parameters."""
+
+
+class NodesReply(Struct, frozen=True, kw_only=True):
+    """The cluster's nodes, as the answering process sees them.
+
+    Attributes:
+        node: The answering process's node.
+        store_id: The identity of the answering process's store.
+        nodes: Every node heard from lately, live or not.
+    """
+
+    node: str
+    store_id: str
+    nodes: list[NodeInfo] = field(default_factory=list)
