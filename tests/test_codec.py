@@ -122,8 +122,9 @@ def test_an_event_over_the_size_limit_is_refused_before_parsing() -> None:
     payload = encode(Event(type="a", source="s", data={"s": "x" * 2_000}))
     msg = Msg(_client=None, subject="t.events.a", data=payload)  # type: ignore[arg-type]
     with pytest.raises(DecodeError, match="maximum event size"):
-        decode_event_msg(msg, max_size=1_000)
-    assert decode_event_msg(msg, max_size=len(payload)).data["s"] == "x" * 2_000
+        decode_event_msg(msg, events_head="t.events.", max_size=1_000)
+    decoded = decode_event_msg(msg, events_head="t.events.", max_size=len(payload))
+    assert decoded.data["s"] == "x" * 2_000
 
 
 def _letter(payload: bytes, max_bytes: int | None) -> DeadLetter:
