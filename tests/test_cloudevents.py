@@ -141,9 +141,7 @@ async def test_an_event_the_sdk_writes_is_handled_by_a_worker_once(
         info = await bus.js.consumer_info(bus.subjects.events_stream, consumer)
         return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-    async with asyncio.timeout(10):
-        while not await settled():
-            await asyncio.sleep(0.05)
+    await wait_for(settled)
     [got] = worker.events
     assert (got.id, got.source, got.type) == (
         sent.get_id(),
