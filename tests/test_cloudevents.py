@@ -2,13 +2,15 @@
 
 An event we publish, taken off a real NATS subscription, parses with the SDK
 (both its current ``cloudevents.core`` API and the ``cloudevents.v1`` one),
-and an event the SDK writes, published by a plain NATS client, is handled
-by a real worker exactly once.
+an event the SDK writes, published by a plain NATS client, is handled by a
+real worker exactly once, and the events the decoder refuses reach the
+dead-letter queue with their reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -37,9 +39,9 @@ class OnHealth:
 
     name = "on-health"
     interval = timedelta(0)
-    subscriptions = ("health.*",)
 
-    def __init__(self) -> None:
+    def __init__(self, subscriptions: tuple[str, ...] = ("health.*",)) -> None:
+        self.subscriptions = subscriptions
         self.events: list[Event] = []
 
     async def run(self, ctx: RunContext) -> None:
@@ -155,3 +157,60 @@ async def test_an_event_the_sdk_writes_is_handled_by_a_worker_once(
     assert (got.subject, got.instance_id) == ("web", "i-7")
     assert got.data == data_of(_health_failed_data())
     assert await dead_letters(bus, worker.name) == []
+
+
+def _cloudevent(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "specversion": "1.0",
+        "id": "ce-1",
+        "source": "monitor",
+        "type": "health.failed",
+        "time": "2026-11-30T06:34:33+01:00",
+        "data": data_of(_health_failed_data()),
+        **changes,
+    }
+    return json.dumps({k: v for k, v in fields.items() if v is not ...}).encode()
+
+
+async def test_refused_events_reach_the_dead_letter_queue_with_the_reason(
+    scheduler: Scheduler, bus: Bus
+) -> None:
+    worker = OnHealth(subscriptions=("health.*", "interop.*"))
+    scheduler.register(worker)
+    await scheduler.start()
+    refused = [
+        ("interop.mismatch", _cloudevent(id="r1"), "does not match the subject"),
+        ("health.failed", _cloudevent(id="r2", data={"check": "http"}), "is not a HealthChange"),
+        (
+            "health.failed",
+            _cloudevent(id="r3", datacontenttype="application/xml"),
+            "datacontenttype 'application/xml' is refused",
+        ),
+        ("health.failed", _cloudevent(id="r4", data=..., data_base64="aGk="), "data_base64"),
+        ("health.failed", _cloudevent(id="r5", specversion="0.3"), "specversion '0.3'"),
+        ("health.failed", _cloudevent(id="r6", time=...), "time is required"),
+    ]
+    for event_type, payload, _ in refused:
+        await bus.js.publish(bus.subjects.event(event_type), payload)
+    # Handled: data null (as {}), on a type with no data schema, and the
+    # previous release's envelope.
+    await bus.js.publish(
+        bus.subjects.event("interop.ping"),
+        _cloudevent(id="ok-1", type="interop.ping", data=None),
+    )
+    legacy: dict[str, object] = {"id": "ok-2", "type": "health.failed", "source": "old"}
+    legacy |= {"instance_id": "i-1", "data": data_of(_health_failed_data())}
+    await bus.js.publish(bus.subjects.event("health.failed"), json.dumps(legacy).encode())
+
+    await wait_for(lambda: len(worker.events) == 2)
+    assert [(e.id, e.data) for e in worker.events] == [
+        ("ok-1", {}),
+        ("ok-2", data_of(_health_failed_data())),
+    ]
+    assert worker.events[1].instance_id == "i-1"
+    letters = await dead_letters(bus, worker.name)
+    assert len(letters) == len(refused)
+    for letter, (event_type, payload, says) in zip(letters, refused, strict=True):
+        assert says in letter.reason, letter.reason
+        assert letter.subject == bus.subjects.event(event_type)
+        assert letter.payload == payload.decode()
