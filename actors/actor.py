@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -98,6 +98,7 @@ class Actor:
         watchdog: LoopWatchdog | None = None,
         deadlines: Deadlines | None = None,
         clock: Callable[[], float] = time.time,
+        event_types: Mapping[str, type[Any]] | None = None,
     ) -> None:
         self.spec = spec
         self.worker = worker
@@ -114,6 +115,8 @@ class Actor:
         self._capacity = spec.prefetch
         self._ack_wait = ack_wait_for(spec).total_seconds()
         self._max_event_size: int | None = None  # read from the bus at start
+        self._events_head = bus.subjects.event("")
+        self._event_types = event_types
         self._feeds: list[PullFeed] = []
         self._intake: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
@@ -301,7 +304,12 @@ class Actor:
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event_msg(msg, max_size=self._max_event_size)
+                event = decode_event_msg(
+                    msg,
+                    events_head=self._events_head,
+                    data_types=self._event_types,
+                    max_size=self._max_event_size,
+                )
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
                 return
@@ -469,14 +477,15 @@ class Actor:
             Event(
                 type=WORKER_FAILED,
                 source=self.spec.name,
+                subject=self.spec.name,
                 data=msgspec.to_builtins(
                     WorkerFailed(
                         worker=self.spec.name,
                         run_id=ctx.run_id,
-                        trigger=ctx.trigger.value,
+                        trigger=ctx.trigger,
                         ref=ref,
                         attempt=ctx.attempt,
-                        outcome=outcome.value,
+                        outcome="timeout" if outcome is Outcome.TIMEOUT else "error",
                         # An error text of any size must not make the event
                         # too large to publish.
                         error=None if error is None else clip(error, MAX_REASON),

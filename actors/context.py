@@ -92,9 +92,20 @@ class RunContext:
         data: Mapping[str, Any] | None = None,
         *,
         instance_id: str | None = None,
+        subject: str | None = None,
     ) -> Event:
-        """Build an event from this worker and publish it; returns the event."""
-        event = Event(type=type, source=self.worker, instance_id=instance_id, data=dict(data or {}))
+        """Build an event from this worker and publish it; returns the event.
+
+        ``subject`` is the CloudEvents ``subject``: what the event is about
+        within this worker (an instance's name, a hostname), if anything.
+        """
+        event = Event(
+            type=type,
+            source=self.worker,
+            subject=subject,
+            instance_id=instance_id,
+            data=dict(data or {}),
+        )
         await self._publish(event)
         return event
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from msgspec import Struct
+
+from ctrlplane.actors.runs import Trigger
 
 
 class WorkerKind(StrEnum):
@@ -75,15 +78,20 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     node: str | None = None
 
 
-class WorkerFailed(Struct, frozen=True, kw_only=True):
-    """The ``data`` of a ``worker.failed`` event: a run raised or timed out."""
+class WorkerFailed(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The ``data`` of a ``worker.failed`` event: a run raised or timed out.
+
+    A field with no value is left out (never null), as in every event's data.
+    """
 
     worker: str
     run_id: str
-    trigger: str
-    ref: str | None
-    """The tick (``worker/slot``) or event id that triggered the run."""
+    trigger: Trigger
+    ref: str | None = None
+    """The tick (``worker/slot``) or event id that triggered the run; absent
+    for a run at start."""
     attempt: int
-    outcome: str
-    error: str | None
+    outcome: Literal["error", "timeout"]
+    error: str | None = None
+    """What it raised (clipped); absent for a timeout."""
     process: str

@@ -6,9 +6,10 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from enum import Enum
+from typing import Any
 
 import structlog
 
@@ -69,6 +70,10 @@ class Scheduler:
         events_max_age: How long the event stream keeps events, if this
             scheduler is the one that creates it.
         clock: Epoch seconds; injectable for tests.
+        event_types: Event types whose ``data`` is checked on the way in: an
+            event of one of them whose data does not convert (strictly) to
+            the Struct given is dead-lettered with the reason. The control
+            plane passes :data:`ctrlplane.events.EVENT_TYPES`.
 
     Example::
 
@@ -88,8 +93,10 @@ class Scheduler:
         node: str | None = None,
         events_max_age: timedelta = timedelta(days=7),
         clock: Callable[[], float] = time.time,
+        event_types: Mapping[str, type[Any]] | None = None,
     ) -> None:
         self._bus = bus
+        self._event_types = event_types
         self._runs = runs
         self.process = process or process_id()
         self.node = _checked_node(node)
@@ -225,6 +232,7 @@ class Scheduler:
                 watchdog=watchdog,
                 deadlines=deadlines,
                 clock=self._clock,
+                event_types=self._event_types,
             )
             actor.skipped_count = counts.get((spec.name, Outcome.SKIPPED), 0)
             actor.dead_letter_count = counts.get((spec.name, Outcome.DEAD_LETTERED), 0)

@@ -82,6 +82,7 @@ from nats.js.api import (
 
 from ctrlplane.actors import RunContext, Scheduler
 from ctrlplane.bus import Bus, Event, Subjects, encode
+from ctrlplane.bus.connection import event_msg_id
 from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.store import Store
 
@@ -130,7 +131,7 @@ def make_backlog(n: int) -> list[tuple[bytes, str]]:
             instance_id=f"i-{i % 100:03d}",
             data={"seq": i, "region": "eu-west-1", "status": "running"},
         )
-        backlog.append((encode(event), f"event/{event.id}"))
+        backlog.append((encode(event), event_msg_id(event)))
     return backlog
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType, field
+import structlog
+from msgspec import Meta, Struct
 
 from ctrlplane.bus.errors import DecodeError
-from ctrlplane.bus.messages import DeadLetter, Event, Tick
+from ctrlplane.bus.messages import JSON, SPECVERSION, DeadLetter, Event, Tick
 from ctrlplane.text import clip
 
 if TYPE_CHECKING:
@@ -20,22 +22,32 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = structlog.get_logger("ctrlplane.bus")
+
 
 class _InboundEvent(Struct, frozen=True, kw_only=True):
-    """An :class:`Event` as other clients may send it.
+    """An :class:`Event` as other clients may send it: a CloudEvents 1.0
+    event, or the envelope of the previous release (no ``specversion``).
 
-    ``id`` and ``time`` may be absent (they are then derived from the
-    JetStream message, see :func:`decode_event`); UNSET rather than None keeps
-    an explicit ``null`` refused. ``time`` must carry a UTC offset: a naive
+    Every optional attribute is ``None`` whether absent or an explicit
+    ``null`` (CloudEvents: null means unset); :func:`_complete` then applies
+    the rules of each envelope. ``time`` must carry a UTC offset: a naive
     time is ambiguous, and comparing it with our aware times raises later.
     """
 
-    id: str | UnsetType = UNSET
-    type: str
-    source: str
-    time: Annotated[datetime, Meta(tz=True)] | UnsetType = UNSET
+    specversion: str | None = None
+    id: Annotated[str, Meta(min_length=1)] | None = None
+    source: Annotated[str, Meta(min_length=1)]
+    type: Annotated[str, Meta(min_length=1)]
+    time: Annotated[datetime, Meta(tz=True)] | None = None
+    datacontenttype: str | None = None
+    subject: str | None = None
+    instanceid: str | None = None
+    # The previous envelope's name of instanceid.
     instance_id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None
+    # Only to refuse it with a reason: binary data has no place in our events.
+    data_base64: Any = None
 
 
 class StreamPosition(NamedTuple):
@@ -91,39 +103,67 @@ def decode_event(
     payload: bytes,
     subject: str = "",
     *,
+    events_head: str | None = None,
+    data_types: Mapping[str, type[Any]] | None = None,
     stream: str | None = None,
     stream_seq: int | None = None,
     stream_time: datetime | None = None,
 ) -> Event:
     """Decode an :class:`Event`, raising :class:`DecodeError` with the reason.
 
-    A ``time`` without a UTC offset is refused. A missing ``id`` becomes
-    ``"<stream>-<stream_seq>"`` and a missing ``time`` becomes ``stream_time``
-    when those are given, so every delivery of one stored message, to every
-    worker, decodes to the same event; without them (core NATS) a missing id
-    is a random one and a missing time is now.
+    A CloudEvents 1.0 event (``specversion`` present) must be version 1.0 and
+    have a non-empty ``id``, ``source`` and ``type``, a ``time`` with a UTC
+    offset, no ``datacontenttype`` but ``application/json``, and a ``data``
+    that is a JSON object (absent or null: ``{}``). ``data_base64`` is refused.
+
+    The envelope of the previous release (no ``specversion``, ``instance_id``)
+    is still accepted, with a warning logged once per source: a missing
+    ``id`` becomes ``"<stream>-<stream_seq>"`` and a missing ``time``
+    becomes ``stream_time`` when those are given, so every delivery of one
+    stored message, to every worker, decodes to the same event; without
+    them (core NATS) a missing id is a random one and a missing time is now.
+
+    Args:
+        payload: The message's bytes.
+        subject: The subject it arrived on.
+        events_head: The events subjects' head, ``<prefix>.events.``; when
+            given, ``subject`` must be exactly the head followed by the
+            event's ``type``. None checks nothing (a reader of stored events).
+        data_types: Event types whose ``data`` must convert (strictly) to the
+            Struct given; the event keeps ``data`` as the mapping it was.
     """
-    return _complete(_decode_inbound(payload, subject), stream, stream_seq, stream_time)
+    event = _complete(_decode_inbound(payload, subject), subject, stream, stream_seq, stream_time)
+    return _checked(event, subject, events_head, data_types)
 
 
-def decode_event_msg(msg: Msg, *, max_size: int | None = None) -> Event:
+def decode_event_msg(
+    msg: Msg,
+    *,
+    events_head: str | None,
+    data_types: Mapping[str, type[Any]] | None = None,
+    max_size: int | None = None,
+) -> Event:
     """Decode the :class:`Event` in ``msg``, deriving a missing id or time from it.
 
     The same as ``decode_event(msg.data, msg.subject, ...)`` with the
-    message's :func:`stream_position`, read only when the payload lacks an
-    ``id`` or a ``time`` (the hot path never parses the reply subject).
-    A payload larger than ``max_size`` bytes is refused before it is parsed.
+    message's :func:`stream_position`, read only when a previous-release
+    envelope lacks an ``id`` or a ``time`` (the hot path never parses the
+    reply subject). A payload larger than ``max_size`` bytes is refused
+    before it is parsed.
     """
     data = msg.data
+    subject = msg.subject
     if max_size is not None and len(data) > max_size:
         raise DecodeError(
-            msg.subject, f"event of {len(data)} bytes exceeds the maximum event size ({max_size})"
+            subject, f"event of {len(data)} bytes exceeds the maximum event size ({max_size})"
         )
-    inbound = _decode_inbound(data, msg.subject)
-    if inbound.id is UNSET or inbound.time is UNSET:
+    inbound = _decode_inbound(data, subject)
+    if inbound.specversion is None and (inbound.id is None or inbound.time is None):
         stream, seq, time = stream_position(msg)
-        return _complete(inbound, stream, seq, time)
-    return _complete(inbound, None, None, None)
+        event = _complete(inbound, subject, stream, seq, time)
+    else:
+        event = _complete(inbound, subject, None, None, None)
+    return _checked(event, subject, events_head, data_types)
 
 
 def decode_tick(payload: bytes, subject: str = "") -> Tick:
@@ -201,29 +241,115 @@ def _check_depth(payload: bytes, subject: str) -> None:
 
 def _complete(
     inbound: _InboundEvent,
+    subject: str,
     stream: str | None,
     stream_seq: int | None,
     stream_time: datetime | None,
 ) -> Event:
+    if inbound.data_base64 is not None:
+        raise DecodeError(
+            subject, "data_base64 is refused: an event's data must be a JSON object in data"
+        )
+    data = inbound.data if inbound.data is not None else {}
+    if inbound.specversion is not None:
+        return _cloudevent(inbound, subject, data)
+    # The previous release's envelope.
+    _warn_legacy(inbound.source)
     id_ = inbound.id
-    if isinstance(id_, UnsetType):
+    if id_ is None:
         id_ = f"{stream}-{stream_seq}" if stream and stream_seq is not None else uuid.uuid4().hex
     time = inbound.time
-    if isinstance(time, UnsetType):
+    if time is None:
         time = stream_time if stream_time is not None else datetime.now(UTC)
     return Event(
         id=id_,
-        type=inbound.type,
         source=inbound.source,
+        type=inbound.type,
         time=time,
+        subject=inbound.subject,
         instance_id=inbound.instance_id,
-        data=inbound.data,
+        data=data,
+    )
+
+
+def _cloudevent(inbound: _InboundEvent, subject: str, data: dict[str, Any]) -> Event:
+    if inbound.specversion != SPECVERSION:
+        raise DecodeError(
+            subject,
+            f"specversion {inbound.specversion!r} is not supported: "
+            f"only CloudEvents {SPECVERSION} is",
+        )
+    if inbound.id is None:
+        raise DecodeError(subject, "id is required (a non-empty string)")
+    if inbound.time is None:
+        raise DecodeError(
+            subject, "time is required (RFC 3339 with a UTC offset, e.g. 2026-11-30T06:34:33Z)"
+        )
+    if inbound.datacontenttype is not None and inbound.datacontenttype != JSON:
+        raise DecodeError(
+            subject,
+            f"datacontenttype {inbound.datacontenttype!r} is refused: "
+            f"only {JSON} (or none) is accepted",
+        )
+    return Event(
+        id=inbound.id,
+        source=inbound.source,
+        type=inbound.type,
+        time=inbound.time,
+        subject=inbound.subject,
+        instance_id=inbound.instanceid,
+        data=data,
+    )
+
+
+def _checked(
+    event: Event,
+    subject: str,
+    events_head: str | None,
+    data_types: Mapping[str, type[Any]] | None,
+) -> Event:
+    if events_head is not None and subject != events_head + event.type:
+        raise DecodeError(
+            subject,
+            f"type {event.type!r} does not match the subject {subject!r} "
+            f"(expected {events_head}{event.type})",
+        )
+    if data_types is not None:
+        cls = data_types.get(event.type)
+        if cls is not None:
+            try:
+                msgspec.convert(event.data, cls)
+            except msgspec.ValidationError as exc:
+                raise DecodeError(
+                    subject, f"data of a {event.type} event is not a {cls.__name__}: {exc}"
+                ) from None
+    return event
+
+
+_LEGACY_WARNED: set[str] = set()
+_LEGACY_WARN_MAX = 1024
+"""Sources warned about, at most: the set holds names taken from the wire."""
+
+
+def _warn_legacy(source: str) -> None:
+    if source in _LEGACY_WARNED or len(_LEGACY_WARNED) >= _LEGACY_WARN_MAX:
+        return
+    _LEGACY_WARNED.add(source)
+    log.warning(
+        "event in the previous envelope (no specversion); it is accepted until the next "
+        "release: publish CloudEvents 1.0 (see README, Events)",
+        source=source,
     )
 
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, msgspec.ValidationError) and "timezone component" in str(exc):
         return f"time has no UTC offset (write it as in 2026-11-30T06:34:33Z): {exc}"
+    if isinstance(exc, msgspec.ValidationError) and str(exc).endswith("at `$.data`"):
+        return (
+            "data must be a JSON object (an event's data is a mapping, for every event "
+            f"type; wrap another value in an object): {exc}"
+        )
     if isinstance(exc, msgspec.DecodeError):
         return str(exc)
     text = str(exc)

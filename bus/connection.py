@@ -75,11 +75,14 @@ MSG_ID = "Nats-Msg-Id"
 
 
 def event_msg_id(event: Event) -> str:
-    """The de-duplication key of a published event: ``event/<source>/<id>``.
+    """The de-duplication key of a published event: ``event/<source>/<id>``,
+    sent as the ``Nats-Msg-Id`` header (a public contract: README, Events).
 
     ``(source, id)`` identifies an event, so two sources may use one id; a
     retried publish of the same event within the stream's duplicate window
-    (2 minutes) is stored once.
+    (2 minutes) is stored once. Only the stream de-duplicates: a core NATS
+    subscriber to the events subjects sees every publish, retries included;
+    a JetStream consumer sees the one stored copy.
     """
     return f"event/{event.source}/{event.id}"
 

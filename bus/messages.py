@@ -8,40 +8,66 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
+
+SPECVERSION: Literal["1.0"] = "1.0"
+"""The CloudEvents version of our events."""
+
+JSON: Literal["application/json"] = "application/json"
+"""The ``datacontenttype`` of our events, the only one accepted inbound."""
+
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Event(Struct, frozen=True, kw_only=True):
-    """A domain event, published on ``<prefix>.events.<type>``.
+class Event(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A domain event: a CloudEvents 1.0 event in JSON structured mode,
+    published on ``<prefix>.events.<type>``.
 
-    ``(source, id)`` identifies an event. On the wire ``id`` and ``time`` may
-    be left out: a consumer of the events stream then derives them from the
-    stored message (``<stream>-<sequence>`` and the stream's timestamp), so
-    every delivery to every worker sees the same values.
+    ``(source, id)`` identifies an event. The field names below are the
+    CloudEvents attribute names on the wire, except :attr:`instance_id`,
+    written as the extension attribute ``instanceid`` (CloudEvents allows
+    only lowercase letters and digits in attribute names). An attribute
+    with no value is left out, never written as null.
 
     Attributes:
+        specversion: Always ``"1.0"``, always written.
         id: Id of the event, unique per source. A string, because other
             services publish events with their own id schemes.
-        type: Dot-separated event type, e.g. ``health.failed``.
         source: Who published it (a worker name, a service name).
+        type: Dot-separated event type, e.g. ``health.failed``; the subject's
+            tail must be this type.
         time: When it happened; RFC 3339 with a UTC offset on the wire (a
             time without one is refused at decode).
-        instance_id: The instance the event is about, if any.
-        data: Event-specific payload.
+        datacontenttype: Always ``"application/json"``, always written.
+        subject: What the event is about within its source, if anything:
+            the instance name for instance, health and deploy events, the
+            hostname for domain and cert events, the worker for
+            ``worker.failed``.
+        instance_id: The instance the event is about, if any (``instanceid``
+            on the wire).
+        data: Event-specific payload, a JSON object (``{}`` when empty).
     """
 
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    type: str
-    source: str
+    # A default_factory, not a default: omit_defaults leaves out a field equal
+    # to its default, and these two must always be written.
+    specversion: Literal["1.0"] = field(default_factory=lambda: SPECVERSION)
+    id: NonEmpty = field(default_factory=lambda: uuid.uuid4().hex)
+    source: NonEmpty
+    type: NonEmpty
     time: Annotated[datetime, Meta(tz=True)] = field(default_factory=_now)
-    instance_id: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    datacontenttype: Literal["application/json"] = field(default_factory=lambda: JSON)
+    subject: str | None = None
+    instance_id: str | None = field(default=None, name="instanceid")
+    # Not default_factory=dict: omit_defaults would then leave an empty data
+    # out, and consumers should not have to tell {} from absent.
+    data: dict[str, Any] = field(default_factory=lambda: {})  # noqa: PIE807
 
 
 class Tick(Struct, frozen=True, kw_only=True):

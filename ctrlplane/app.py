@@ -27,6 +27,7 @@ from ctrlplane.cluster.remote import NodeLifecycle, RemoteLifecycle
 from ctrlplane.config import Config, check_names
 from ctrlplane.domains import DomainError, apply_domains
 from ctrlplane.errors import CtrlplaneError, DataDirInUseError
+from ctrlplane.events import EVENT_TYPES
 from ctrlplane.files import private_dir
 from ctrlplane.inventory import Inventory
 from ctrlplane.plugins import entry_point_workers, load_worker
@@ -101,7 +102,11 @@ class ControlPlane:
             ),
         )
         self.store = store_for(self.config)
-        self.scheduler = Scheduler(events_max_age=self.config.events_max_age, node=self.config.node)
+        self.scheduler = Scheduler(
+            events_max_age=self.config.events_max_age,
+            node=self.config.node,
+            event_types=EVENT_TYPES,
+        )
         self._server: EmbeddedServer | None = None
         self._api: ApiService | None = None
         self._checkers: dict[str, Checker] = {}

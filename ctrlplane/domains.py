@@ -149,6 +149,7 @@ async def apply_domains(
             Event(
                 type=f"domain.{kind}",
                 source=source,
+                subject=domain.hostname,
                 instance_id=None if instance is None else instance.id,
                 data=data_of(data),
             )

@@ -172,8 +172,10 @@ class Inventory:
             Event(
                 type=type_,
                 source=self._source,
+                subject=instance.name,
                 instance_id=instance.id,
-                data={"name": instance.name, **data},
+                # A field with no value is left out, never null (README, Events).
+                data={"name": instance.name, **{k: v for k, v in data.items() if v is not None}},
             )
         )
 

@@ -279,7 +279,7 @@ class Rollout:
             deployment=deployment.id,
             spec_hash=deployment.spec_hash,
             previous_hash=deployment.previous_hash,
-            state=deployment.state.value,
+            state=deployment.state,
             error=deployment.error,
             rolled_back=rolled_back,
         )

@@ -9,7 +9,7 @@ share no state, and the ``service`` role's permissions are those of every run.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,11 +18,13 @@ import pytest_asyncio
 
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.limits import BusLimits
+from ctrlplane.bus.messages import Event
 from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.config import Config
 from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.store.db import Store
+from tests import event_contract
 from tests.postgres import postgres_server, postgres_url
 
 __all__ = ["postgres_server", "postgres_url"]  # fixtures, from their own module
@@ -31,6 +33,34 @@ TEST_PREFIX = "t"
 """The prefix the session server's roles are built for; every test's is under it."""
 
 TEST_LIMITS = BusLimits(events_max_bytes=16 * 1024**2, dlq_max_bytes=8 * 1024**2)
+
+
+@pytest.fixture(autouse=True)
+def published_events_follow_the_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every event this test publishes in-process is checked against
+    ``ctrlplane schema events``; one that does not follow it fails the test.
+
+    The check wraps the one place events are encoded for publishing
+    (``Bus._encode_event``), and ``tests.helpers.tick_context``'s publish.
+    """
+    event_contract.INVALID.clear()
+    encode_event = Bus._encode_event
+
+    def checked(self: Bus, event: Event) -> bytes:
+        payload = encode_event(self, event)
+        event_contract.note(event, payload)
+        return payload
+
+    monkeypatch.setattr(Bus, "_encode_event", checked)
+    yield
+    invalid = list(event_contract.INVALID)
+    event_contract.INVALID.clear()
+    if invalid:
+        pytest.fail(
+            "published events that do not follow `ctrlplane schema events`:\n  "
+            + "\n  ".join(invalid[:20]),
+            pytrace=False,
+        )
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -24,6 +24,7 @@ from ctrlplane.bus.server import ServerInfo
 from ctrlplane.store.db import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 from ctrlplane.store.sqlite import SqliteDatabase
+from tests import event_contract
 
 
 async def wait_for(
@@ -104,6 +105,23 @@ async def subscribe_events(nats_server: ServerInfo, subject: str) -> tuple[Clien
     return nc, seen
 
 
+def health_failed(*, source: str = "test", id: str | None = None, check: str = "http") -> Event:
+    """A ``health.failed`` event whose data follows its schema (HealthChange)."""
+    event = Event(
+        type="health.failed",
+        source=source,
+        subject="web",
+        data={
+            "name": "web",
+            "check": check,
+            "previous": "healthy",
+            "current": "unhealthy",
+            "message": "connection refused",
+        },
+    )
+    return event if id is None else msgspec.structs.replace(event, id=id)
+
+
 async def dead_letters(bus: Bus, worker: str) -> list[DeadLetter]:
     """The dead letters kept for ``worker`` so far (at most 100)."""
     sub = await bus.js.pull_subscribe(bus.subjects.dlq(worker), stream=bus.subjects.dlq_stream)
@@ -120,6 +138,7 @@ def tick_context(worker: str, published: list[Event]) -> RunContext:
     """A tick run's context for ``worker`` whose events land in ``published``."""
 
     async def publish(event: Event) -> int:
+        event_contract.note(event)
         published.append(event)
         return len(published)
 

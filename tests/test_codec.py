@@ -4,10 +4,13 @@ reason, depth is bounded before parsing, and a dead letter always fits."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import structlog
+from msgspec import Struct
 from nats.aio.msg import Msg
 
 from ctrlplane.bus import (
@@ -15,6 +18,7 @@ from ctrlplane.bus import (
     DecodeError,
     Event,
     Tick,
+    codec,
     decode,
     decode_event,
     decode_tick,
@@ -122,8 +126,9 @@ def test_an_event_over_the_size_limit_is_refused_before_parsing() -> None:
     payload = encode(Event(type="a", source="s", data={"s": "x" * 2_000}))
     msg = Msg(_client=None, subject="t.events.a", data=payload)  # type: ignore[arg-type]
     with pytest.raises(DecodeError, match="maximum event size"):
-        decode_event_msg(msg, max_size=1_000)
-    assert decode_event_msg(msg, max_size=len(payload)).data["s"] == "x" * 2_000
+        decode_event_msg(msg, events_head="t.events.", max_size=1_000)
+    decoded = decode_event_msg(msg, events_head="t.events.", max_size=len(payload))
+    assert decoded.data["s"] == "x" * 2_000
 
 
 def _letter(payload: bytes, max_bytes: int | None) -> DeadLetter:
@@ -173,3 +178,94 @@ def test_a_dead_letter_reason_is_clipped() -> None:
     )
     assert len(letter.reason) < 5_000 and letter.reason.endswith("[cut 95904 characters]")
     assert clip("short", 10) == "short"
+
+
+# ------------------------------------------------ CloudEvents inbound (issue 12)
+
+HEAD = "t.events."
+CE = {
+    "specversion": "1.0",
+    "id": "e1",
+    "source": "svc",
+    "type": "job.done",
+    "time": "2026-11-30T06:34:33Z",
+    "data": {"n": 1},
+}
+
+
+class _Job(Struct):
+    n: int
+
+
+def _ce(**changes: object) -> bytes:
+    fields = {**CE, **changes}
+    return json.dumps({k: v for k, v in fields.items() if v is not ...}).encode()
+
+
+def test_a_cloudevent_decodes_with_its_subject_and_instanceid() -> None:
+    payload = _ce(subject="web", instanceid="i-1", datacontenttype="application/json", ext="x")
+    event = decode_event(
+        payload, HEAD + "job.done", events_head=HEAD, data_types={"job.done": _Job}
+    )
+    assert (event.id, event.source, event.type, event.subject, event.instance_id) == (
+        "e1",
+        "svc",
+        "job.done",
+        "web",
+        "i-1",
+    )
+    assert event.time == datetime(2026, 11, 30, 6, 34, 33, tzinfo=UTC)
+    assert event.data == {"n": 1}  # kept as the mapping, not the Struct
+
+
+def test_what_we_encode_decodes_to_the_same_event() -> None:
+    event = Event(type="job.done", source="s", subject="x", instance_id="i-1", data={"n": 1})
+    assert decode_event(encode(event), HEAD + "job.done", events_head=HEAD) == event
+
+
+@pytest.mark.parametrize("data", [None, ...])
+def test_data_null_or_absent_is_an_empty_object(data: object) -> None:
+    assert decode_event(_ce(data=data)).data == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"type": "job.other"}, "type 'job.other' does not match the subject 't.events.job.done'"),
+        ({"data": {"n": "one"}}, "data of a job.done event is not a _Job: Expected `int`"),
+        ({"data": {}}, "data of a job.done event is not a _Job: Object missing required field"),
+        ({"datacontenttype": "text/plain"}, "datacontenttype 'text/plain' is refused"),
+        ({"data": ..., "data_base64": "aGk="}, "data_base64 is refused"),
+        ({"specversion": "0.3"}, "specversion '0.3' is not supported"),
+        ({"time": ...}, "time is required"),
+        ({"time": None}, "time is required"),
+        ({"time": "yesterday"}, "Invalid RFC3339 encoded datetime - at `$.time`"),
+        ({"time": "2026-11-30T06:34:33"}, "no UTC offset"),
+        ({"id": ...}, "id is required"),
+        ({"id": ""}, "length >= 1 - at `$.id`"),
+        ({"source": ""}, "length >= 1 - at `$.source`"),
+        ({"data": [1, 2]}, "data must be a JSON object"),
+        ({"data": "text"}, "data must be a JSON object"),
+    ],
+)
+def test_a_bad_cloudevent_is_refused_with_the_reason(changes: dict[str, object], says: str) -> None:
+    subject = HEAD + "job.done"
+    with pytest.raises(DecodeError) as caught:
+        decode_event(_ce(**changes), subject, events_head=HEAD, data_types={"job.done": _Job})
+    assert says in caught.value.reason
+    assert caught.value.subject == subject
+
+
+def test_the_previous_envelope_is_accepted_with_one_warning_per_source() -> None:
+    codec._LEGACY_WARNED.discard("old-svc")
+    legacy = b'{"id": "l1", "type": "job.done", "source": "old-svc", "instance_id": "i-2"}'
+    with structlog.testing.capture_logs() as logs:
+        first = decode_event(legacy, HEAD + "job.done", events_head=HEAD)
+        decode_event(legacy, HEAD + "job.done", events_head=HEAD)
+    assert (first.id, first.instance_id, first.data) == ("l1", "i-2", {})
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["source"] == "old-svc"
+    assert "next release" in warnings[0]["event"]
+    # Its subject and type are checked all the same.
+    with pytest.raises(DecodeError, match="does not match the subject"):
+        decode_event(legacy, HEAD + "job.other", events_head=HEAD)

@@ -525,8 +525,14 @@ async def test_instances_recorded_before_placement_are_placed_on_the_first_recon
 
 def test_the_event_schema_has_rescheduled_with_from_and_to() -> None:
     schema = event_schema()
-    ref = schema["x-event-types"]["instance.rescheduled"]["$ref"].removeprefix("#/$defs/")
+    [data] = [
+        rule["then"]["properties"]["data"]
+        for rule in schema["allOf"]
+        if rule["if"]["properties"]["type"]["const"] == "instance.rescheduled"
+    ]
+    ref = data["$ref"].removeprefix("#/$defs/")
     assert set(schema["$defs"][ref]["properties"]) == {"name", "from", "to"}
+    assert schema["$defs"][ref]["required"] == ["name", "to"]  # from: absent if never placed
 
 
 # Whole control planes: the node registry's heartbeats decide who is dead.

@@ -22,7 +22,7 @@ from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.server import ServerInfo
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.store import Outcome, Store
-from tests.helpers import dead_letters, wait_for
+from tests.helpers import dead_letters, health_failed, wait_for
 
 
 class Recorder:
@@ -126,6 +126,7 @@ async def test_event_worker_reacts_to_plain_nats_client(
     nc = await nats.connect(nats_server.client_url)
     try:
         payload = {
+            "specversion": "1.0",
             "id": "ext-1",
             "type": "health.failed",
             "source": "other-service",
@@ -157,7 +158,7 @@ async def test_undecodable_event_goes_to_dlq_and_worker_goes_on(
     await bus.nc.publish(bus.subjects.event("health.failed"), b"{not json")
     await bus.nc.publish(bus.subjects.event("health.failed"), b'{"type": "health.failed"}')
     await bus.nc.publish(bus.subjects.event("health.failed"), b"\xff\xfe")
-    await bus.publish_event(Event(type="health.failed", source="test"))
+    await bus.publish_event(health_failed())
     await wait_for(lambda: len(worker.events) == 1)
     letters = await dead_letters(bus, worker.name)
     assert len(letters) == 3
@@ -512,7 +513,8 @@ async def test_event_encodes_as_plain_json(bus: Bus) -> None:
     decoded = msgspec.json.decode(encode(event))
     assert decoded["type"] == "health.failed"
     assert decoded["time"].endswith("Z")
-    assert decoded["instance_id"] == "i-1"
+    assert decoded["instanceid"] == "i-1"
+    assert (decoded["specversion"], decoded["datacontenttype"]) == ("1.0", "application/json")
 
 
 async def test_a_crash_in_an_actor_loop_restarts_it_and_work_goes_on(
@@ -536,7 +538,7 @@ async def test_a_crash_in_an_actor_loop_restarts_it_and_work_goes_on(
     scheduler.register(worker)
     scheduler.register(other)
     await scheduler.start()
-    await bus.publish_event(Event(type="health.failed", source="test"))
+    await bus.publish_event(health_failed())
     await wait_for(lambda: len(worker.events) == 1 and len(other.ticks) >= 2)
     assert calls > 2
 
@@ -554,7 +556,7 @@ async def test_prefetch_bounds_what_one_process_holds(bus: Bus, store: Store) ->
     await scheduler.start()
     try:
         for i in range(5):
-            await bus.publish_event(Event(type="health.failed", source="t", id=f"e{i}"))
+            await bus.publish_event(health_failed(source="t", id=f"e{i}"))
         await wait_for(lambda: scheduler.workers()[0].running)
         await asyncio.sleep(0.3)
         info = await bus.js.consumer_info(bus.subjects.events_stream, "events-on-health")

@@ -136,8 +136,10 @@ def _print(subject: str, payload: bytes, as_json: bool) -> None:
             echo(f"{subject}: undecodable: {exc.reason}")
         else:
             data = json.dumps(ev.data, separators=(",", ":"), default=str)
-            instance = ev.instance_id or "-"
-            echo(f"{ev.time.isoformat()}  {ev.type:<20} {instance:<16} {ev.source}  {data}")
+            # The CloudEvents subject (an instance's name, a hostname) reads
+            # better than an instance id; older events have only the id.
+            about = ev.subject or ev.instance_id or "-"
+            echo(f"{ev.time.isoformat()}  {ev.type:<20} {about:<16} {ev.source}  {data}")
     sys.stdout.flush()
 
 
@@ -148,7 +150,8 @@ def schema() -> None:
 
 @schema.command(name="events")
 def schema_events() -> None:
-    """The JSON Schema of the event envelope and of each event type's data."""
+    """The JSON Schema (draft 2020-12) of every event: the CloudEvents 1.0
+    envelope, each built-in type tied to the schema of its data."""
     from ctrlplane.events import event_schema
 
     echo_json(json.dumps(event_schema(), indent=2, sort_keys=True))

@@ -213,6 +213,7 @@ class CertRenewer:
             Event(
                 type=type_,
                 source=self.name,
+                subject=domain.hostname,
                 instance_id=None if instance is None else instance.id,
                 data=data,
             )

@@ -182,15 +182,18 @@ def _change_event(
     return Event(
         type=event_type,
         source=HealthRunner.name,
+        subject=instance.name,
         instance_id=instance.id,
         data=data_of(
             HealthChange(
                 name=instance.name,
                 check=after.name,
-                previous=before.status.value,
-                current=after.status.value,
+                previous=before.status,
+                current=after.status,
                 message=after.last_message or "",
-                latency=after.last_latency.total_seconds() if after.last_latency else None,
+                latency=(
+                    None if after.last_latency is None else after.last_latency.total_seconds()
+                ),
             )
         ),
     )

@@ -206,6 +206,7 @@ class Reconciler:
             Event(
                 type="instance.rescheduled",
                 source=self.name,
+                subject=instance.name,
                 instance_id=instance.id,
                 data=data_of(
                     InstanceRescheduled(
@@ -350,14 +351,15 @@ class Reconciler:
         return Event(
             type="instance.drift",
             source=self.name,
+            subject=instance.name,
             instance_id=instance.id,
             data=data_of(
                 InstanceDrift(
                     name=instance.name,
-                    recorded=recorded.value,
-                    actual=actual.value,
+                    recorded=recorded,
+                    actual=actual,
                     detected_at=now,
-                    detail=seen.detail,
+                    detail=seen.detail or None,
                 )
             ),
         )

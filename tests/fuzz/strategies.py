@@ -43,30 +43,6 @@ huge_binary = st.integers(min_value=700_000, max_value=1_000_000).map(lambda n: 
 
 invalid_utf8 = st.binary(min_size=1, max_size=64).map(lambda b: b'{"type":"' + b + b'\xff"}')
 
-event_shaped = st.fixed_dictionaries(
-    {"type": st.text(max_size=20) | json_values, "source": st.text(max_size=20) | json_values},
-    optional={
-        "id": st.text(max_size=30) | json_values,
-        "time": st.sampled_from(
-            ["2026-11-30T10:00:00Z", "2026-11-30T10:00:00", "not a time", "9999-99-99T00:00:00Z"]
-        )
-        | json_values,
-        "instance_id": st.none() | st.text(max_size=20) | json_values,
-        "data": st.dictionaries(st.text(max_size=10), json_values, max_size=5) | json_values,
-    },
-).map(_dumps)
-
-event_payloads: st.SearchStrategy[bytes] = st.one_of(
-    event_shaped,
-    event_shaped,  # weighted: most look like events, many are valid
-    json_values.map(_dumps),
-    st.binary(max_size=200),
-    deep_nesting,
-    huge_strings,
-    huge_binary,
-    invalid_utf8,
-)
-
 # Odd but publishable event subject tails under ``<prefix>.events.fuzz.``.
 event_tails = st.lists(
     st.text(
@@ -77,6 +53,53 @@ event_tails = st.lists(
     min_size=1,
     max_size=4,
 ).map(".".join)
+
+_times = st.sampled_from(
+    ["2026-11-30T10:00:00Z", "2026-11-30T10:00:00", "not a time", "9999-99-99T00:00:00Z"]
+)
+
+
+def _event_shaped(tail: str) -> st.SearchStrategy[bytes]:
+    """Events, CloudEvents or of the previous envelope, published on
+    ``fuzz.<tail>``: the type is mostly the one the subject says."""
+    return st.fixed_dictionaries(
+        {
+            "type": st.just(f"fuzz.{tail}") | st.text(max_size=20) | json_values,
+            "source": st.text(max_size=20) | json_values,
+        },
+        optional={
+            "specversion": st.just("1.0") | st.just("0.3") | json_values,
+            "id": st.text(max_size=30) | json_values,
+            "time": _times | json_values,
+            "datacontenttype": st.sampled_from(["application/json", "text/plain"]) | json_values,
+            "subject": st.text(max_size=20) | json_values,
+            "instanceid": st.text(max_size=20) | json_values,
+            "instance_id": st.none() | st.text(max_size=20) | json_values,
+            "data": st.dictionaries(st.text(max_size=10), json_values, max_size=5) | json_values,
+            "data_base64": st.just("aGk=") | json_values,
+            "ext1": json_values,
+        },
+    ).map(_dumps)
+
+
+def _payloads_for(tail: str) -> st.SearchStrategy[bytes]:
+    shaped = _event_shaped(tail)
+    return st.one_of(
+        shaped,
+        shaped,  # weighted: most look like events, many are valid
+        json_values.map(_dumps),
+        st.binary(max_size=200),
+        deep_nesting,
+        huge_strings,
+        huge_binary,
+        invalid_utf8,
+    )
+
+
+fuzzed_events: st.SearchStrategy[tuple[str, bytes]] = event_tails.flatmap(
+    lambda tail: st.tuples(st.just(tail), _payloads_for(tail))
+)
+"""(subject tail under ``fuzz.``, payload) pairs."""
 
 
 def tick_payloads(spec: WorkerSpec) -> st.SearchStrategy[bytes]:

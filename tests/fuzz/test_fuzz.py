@@ -31,7 +31,7 @@ from ctrlplane.app import ControlPlane
 from ctrlplane.bus import DeadLetter, Event
 from ctrlplane.config import Config
 from ctrlplane.store import Outcome
-from tests.fuzz.strategies import api_payloads, event_payloads, event_tails, tick_payloads
+from tests.fuzz.strategies import api_payloads, fuzzed_events, tick_payloads
 from tests.helpers import wait_for
 
 T = TypeVar("T")
@@ -145,7 +145,7 @@ async def test_fuzzed_events_are_handled_or_dead_lettered_never_lost(
     plane: ControlPlane, record_property: Callable[[str, Any], None]
 ) -> None:
     cp, s = plane, plane.bus.subjects
-    payloads = generate(st.tuples(event_tails, event_payloads), EXAMPLES)
+    payloads = generate(fuzzed_events, EXAMPLES)
     rss_before = _rss()
     published: set[int] = set()
     for tail, payload in payloads:
