@@ -202,11 +202,17 @@ def event_schema() -> dict[str, Any]:
     # Other CloudEvents extension attributes are allowed, with a legal name and
     # a scalar value; anything else (instance_id, data_base64) is refused.
     envelope["propertyNames"] = {"pattern": EXTENSION_NAME}
-    envelope["additionalProperties"] = {"type": ["string", "integer", "boolean"]}
+    # anyOf rather than a type list: Ajv's strict mode refuses union types.
+    envelope["additionalProperties"] = {
+        "anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "boolean"}]
+    }
+    # "type": "object" in each branch is redundant for the standard but keeps
+    # Ajv's strict mode (strictTypes) content, as other-language clients use it.
     rules = [
         {
-            "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+            "if": {"type": "object", "properties": {"type": {"const": name}}, "required": ["type"]},
             "then": {
+                "type": "object",
                 "properties": {"data": {"$ref": f"#/$defs/{cls.__name__}"}},
                 "required": ["data"],
             },

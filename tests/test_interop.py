@@ -36,6 +36,7 @@ from ctrlplane.bus.subjects import Subjects
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.store.health import CheckSpec
 from tests.helpers import wait_for
+from tests.test_failover import _reap
 
 CLIENT = Path(__file__).parent / "interop" / "client.cjs"
 MODULES_ENV = "CTRLPLANE_INTEROP_NODE_MODULES"
@@ -112,6 +113,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[tuple[ControlPlane, Ponger]]:
         yield cp, ponger
     finally:
         await cp.stop()
+        _reap([cp])
 
 
 def _schema(kind: str, path: Path) -> Path:
@@ -177,6 +179,7 @@ async def test_a_nats_js_client_reads_publishes_and_calls_the_api(
                 "prefix": subjects.prefix,
                 "stream": subjects.events_stream,
                 "service_name": "ctrlplane",
+                "processes": 1,
                 "endpoint": "instances",
                 "endpoint_reply": "InstancesReply",
                 "events_schema": str(_schema("events", tmp_path / "events.json")),

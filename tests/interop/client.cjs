@@ -16,7 +16,7 @@
 // Every wait is bounded by `timeout_ms`; the process exits by itself.
 
 const fs = require("node:fs");
-const { connect, AckPolicy, DeliverPolicy } = require("nats");
+const { connect, AckPolicy, DeliverPolicy, RequestStrategy } = require("nats");
 const Ajv2020 = require("ajv/dist/2020").default;
 const addFormats = require("ajv-formats").default;
 
@@ -34,7 +34,10 @@ function serviceError(msg) {
 
 async function discover(nc, cfg) {
   const found = [];
-  const infos = await nc.services.client({ maxWait: cfg.timeout_ms }).info(cfg.service_name);
+  // Every process answers $SRV.INFO: stop at the count expected, or at maxWait.
+  const infos = await nc.services
+    .client({ strategy: RequestStrategy.Count, maxMessages: cfg.processes, maxWait: cfg.timeout_ms })
+    .info(cfg.service_name);
   for await (const info of infos) {
     found.push({ name: info.name, version: info.version, endpoints: info.endpoints.map((e) => e.subject) });
   }
@@ -94,11 +97,11 @@ async function readEvents(nc, cfg, validate) {
   return summary;
 }
 
-async function callApi(nc, cfg, ajv, apiSchema) {
+async function callApi(nc, cfg, ajv) {
   const subject = `${cfg.prefix}.api.v1.${cfg.endpoint}`;
   const reply = await nc.request(subject, JSON.stringify({}), { timeout: cfg.timeout_ms });
   const body = reply.json();
-  const validate = ajv.compile({ $ref: `${apiSchema.$id}#/$defs/${cfg.endpoint_reply}` });
+  const validate = ajv.compile({ $ref: `ctrlplane-api#/$defs/${cfg.endpoint_reply}` });
   const result = { subject, error: serviceError(reply), body, valid: validate(body), errors: validate.errors };
   const bad = await nc.request(subject, "not json", { timeout: cfg.timeout_ms });
   result.bad_request = { headers: serviceError(bad), body: bad.json() };
@@ -111,7 +114,7 @@ async function main() {
   addFormats(ajv);
   const validateEvent = ajv.compile(readJson(cfg.events_schema));
   const apiSchema = readJson(cfg.api_schema);
-  ajv.addSchema(apiSchema);
+  ajv.addSchema(apiSchema, "ctrlplane-api");
 
   const observer = await connect({ servers: cfg.server, user: "observer", pass: cfg.observer_password });
   const publisher = await connect({ servers: cfg.server, user: "publisher", pass: cfg.publisher_password });
@@ -120,7 +123,7 @@ async function main() {
     out.services = await discover(observer, cfg);
     out.acks = await publishPing(publisher, cfg);
     out.events = await readEvents(observer, cfg, validateEvent);
-    out.api = await callApi(observer, cfg, ajv, apiSchema);
+    out.api = await callApi(observer, cfg, ajv);
     process.stdout.write(JSON.stringify(out));
   } finally {
     await publisher.close();
