@@ -16,6 +16,7 @@ from msgspec import Meta, Struct, field
 
 from ctrlplane.actors.info import WorkerFailed
 from ctrlplane.bus.messages import Event
+from ctrlplane.schemas import without_null
 from ctrlplane.store.deployments import DeploymentState
 from ctrlplane.store.health import HealthStatus
 from ctrlplane.store.instances import DesiredState, InstanceState
@@ -196,7 +197,7 @@ def event_schema() -> dict[str, Any]:
     """
     structs: list[Any] = [Event, *dict.fromkeys(EVENT_TYPES.values())]
     _, components = msgspec.json.schema_components(structs, ref_template="#/$defs/{name}")
-    defs = {name: _without_null(schema) for name, schema in components.items()}
+    defs = {name: without_null(schema) for name, schema in components.items()}
     envelope = defs["Event"]
     envelope["required"] = list(ENVELOPE_REQUIRED)
     # Other CloudEvents extension attributes are allowed, with a legal name and
@@ -235,27 +236,3 @@ def event_schema() -> dict[str, Any]:
         "allOf": rules,
         "$defs": defs,
     }
-
-
-_NULL = {"type": "null"}
-
-
-def _without_null(node: Any) -> Any:
-    """``node`` with null taken out of every ``anyOf`` (and null defaults
-    dropped): msgspec writes ``X | None`` as nullable, our rule is absent."""
-    if isinstance(node, list):
-        return [_without_null(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {key: _without_null(value) for key, value in node.items()}
-    options = out.get("anyOf")
-    if isinstance(options, list) and _NULL in options:
-        out.pop("anyOf")
-        kept = [option for option in options if option != _NULL]
-        if len(kept) == 1:
-            out = {**kept[0], **out}
-        else:
-            out["anyOf"] = kept
-        if "default" in out and out["default"] is None:
-            del out["default"]
-    return out

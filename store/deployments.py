@@ -57,7 +57,7 @@ class Deployment(Struct, frozen=True, kw_only=True):
     instance_id: str
     instance_name: str
     spec_hash: str
-    previous_hash: str | None
+    previous_hash: str | None = None
     state: DeploymentState
     started: datetime
     finished: datetime | None = None

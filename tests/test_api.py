@@ -203,6 +203,10 @@ async def test_every_endpoint_answers_and_matches_the_schema(service: ApiService
     assert not _validator(schema, "/properties/instances/properties/reply").is_valid(naive)
     (view,) = answers["instances"]["instances"]
     assert (view["name"], view["desired"], view["health"]) == ("web", "stopped", "unknown")
+    # A field with no value is absent, never null (as in events), and the
+    # schema admits no null anywhere.
+    assert "handle" not in view and "state_error" not in view
+    assert '"null"' not in json.dumps(schema)
     assert answers["telemetry"]["instance"] == "web"
     assert answers["workers"]["workers"][0]["interval"] == 1.5  # seconds, a number
     # Without a node registry, nodes says so: 503, valid against the error schema.
@@ -414,11 +418,13 @@ def test_ctrlplane_schema_api_prints_a_strict_draft_2020_12_schema() -> None:
         return found
 
     assert keywords(schema) <= standard
-    assert defs["CheckView"]["properties"]["last_checked"]["anyOf"][0] == {
+    # No value is absent, never null: optional, and not nullable.
+    assert defs["CheckView"]["properties"]["last_checked"] == {
         "type": "string",
         "format": "date-time",
     }
-    assert defs["CheckView"]["properties"]["last_latency"]["anyOf"][0]["type"] == "number"
+    assert "last_checked" not in defs["CheckView"]["required"]
+    assert defs["CheckView"]["properties"]["last_latency"]["type"] == "number"
     assert defs["TelemetryRequest"]["properties"]["since"]["default"] == 600
     assert set(defs["HealthStatus"]["enum"]) == {"unknown", "healthy", "degraded", "unhealthy"}
     assert defs["Deployment"]["properties"]["started"] == {"type": "string", "format": "date-time"}

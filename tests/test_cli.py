@@ -66,10 +66,11 @@ async def test_run_on_the_embedded_default_and_list_workers(tmp_path: Path) -> N
             "kind",
             "running",
             "last_run",
-            "last_error",
             "run_count",
             "next_run",
         }
+        # No error yet: absent, never null (the API's and events' rule).
+        assert "last_error" not in w
 
         table = await asyncio.to_thread(run_cli, ["workers", "--data-dir", str(data)], env)
         assert table.returncode == 0, table.stderr

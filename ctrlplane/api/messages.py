@@ -51,7 +51,7 @@ class ApplyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     Attributes:
         instances: Every instance, as ``[[instances]]`` tables declare them.
-        domains: Every domain; ``null`` or absent leaves the recorded domains as they are.
+        domains: Every domain; absent leaves the recorded domains as they are.
     """
 
     instances: list[InstanceDecl]
@@ -76,17 +76,17 @@ class CertView(Struct, frozen=True, kw_only=True):
     instance: str
     issuer: str
     auto_renew: bool
-    serial: str | None
-    not_before: datetime | None
-    not_after: datetime | None
-    time_left: timedelta | None
+    serial: str | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    time_left: timedelta | None = None
     """Until ``not_after``, from when the answer was made (negative once expired)."""
-    renew_at: datetime | None
+    renew_at: datetime | None = None
     """When the CertRenewer renews it (jitter included)."""
-    cert_path: str | None
+    cert_path: str | None = None
     failures: int
-    next_attempt: datetime | None
-    last_error: str | None
+    next_attempt: datetime | None = None
+    last_error: str | None = None
 
 
 class CertsReply(Struct, frozen=True, kw_only=True):
@@ -105,10 +105,10 @@ class CheckView(Struct, frozen=True, kw_only=True):
     check: str
     type: str
     status: HealthStatus
-    last_checked: datetime | None
-    last_message: str | None
-    last_latency: timedelta | None
-    changed: datetime | None
+    last_checked: datetime | None = None
+    last_message: str | None = None
+    last_latency: timedelta | None = None
+    changed: datetime | None = None
     consecutive_passes: int
     consecutive_failures: int
 
@@ -130,8 +130,8 @@ class InstanceView(Struct, frozen=True, kw_only=True):
     desired: DesiredState
     state: InstanceState
     health: HealthStatus
-    handle: str | None
-    state_error: str | None
+    handle: str | None = None
+    state_error: str | None = None
     command: list[str]
     updated: datetime
     node: str | None = None
@@ -143,7 +143,7 @@ class InstancesReply(Struct, frozen=True, kw_only=True):
 
 
 class DeploymentsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``instance``: one instance's deployments (name or id), or null for all;
+    """``instance``: one instance's deployments (name or id), or absent for all;
     the newest ``limit`` of them (1 to 10000)."""
 
     instance: str | None = None

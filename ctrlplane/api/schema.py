@@ -18,6 +18,7 @@ from msgspec import inspect
 from ctrlplane.api.endpoints import ENDPOINTS, SERVICE_NAME
 from ctrlplane.api.errors import CODE_HEADER, MESSAGE_HEADER, ErrorBody
 from ctrlplane.bus.subjects import API_VERSION, Subjects
+from ctrlplane.schemas import without_null
 
 __all__ = ["DRAFT", "api_schema"]
 
@@ -37,7 +38,7 @@ def api_schema(subjects: Subjects | None = None) -> dict[str, Any]:
     for e in ENDPOINTS:
         types += [e.request, e.reply]
     refs, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
-    components = {name: _seconds(schema) for name, schema in components.items()}
+    components = {name: without_null(_seconds(schema)) for name, schema in components.items()}
     for struct, names in _timestamp_fields(types).items():
         properties = components.get(struct, {}).get("properties", {})
         for name in names:

@@ -26,7 +26,8 @@ _encoder = msgspec.json.Encoder()
 
 
 def to_wire(value: object) -> Any:
-    """``value`` as JSON-ready builtins, every ``timedelta`` as float seconds."""
+    """``value`` as JSON-ready builtins, every ``timedelta`` as float seconds and
+    every field with no value (None) left out: absent, never null, as in events."""
     return _seconds(msgspec.to_builtins(value, builtin_types=(timedelta,)))
 
 
@@ -39,7 +40,7 @@ def _seconds(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, dict):
-        return {k: _seconds(v) for k, v in value.items()}
+        return {k: _seconds(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
         return [_seconds(v) for v in value]
     return value
