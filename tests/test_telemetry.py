@@ -573,7 +573,8 @@ metrics_url = "http://127.0.0.1:{port}/metrics"
                 if out.returncode != 0:
                     return False
                 shown = json.loads(out.stdout)
-                return shown["snapshot"] is not None and len(shown["metrics"]) == 9
+                # No snapshot yet: absent (a field with no value is never null).
+                return "snapshot" in shown and len(shown["metrics"]) == 9
 
             await wait_for(collected, within=30, interval=0.3)
             shown = json.loads((await cli("web", "--json", "--since", "1h")).stdout)
