@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import aiosqlite
@@ -16,11 +18,13 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from ctrlplane import ControlPlane
 from ctrlplane.actors import RunContext
 from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.messages import DeadLetter, Event
 from ctrlplane.bus.server import ServerInfo
+from ctrlplane.providers.process import ProcessProvider
 from ctrlplane.store.db import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 from ctrlplane.store.sqlite import SqliteDatabase
@@ -172,3 +176,17 @@ def sqlite_connection(store: Store) -> aiosqlite.Connection:
     """The aiosqlite connection of a SQLite store (for its statement trace)."""
     assert isinstance(store.db, SqliteDatabase), "a SQLite-only test got another backend"
     return store.db.connection
+
+
+def reap_instances(planes: Sequence[ControlPlane]) -> None:
+    """Kill what the control planes' process providers started, and reap it:
+    no zombie, and no Popen collected unwaited (whose ResourceWarning would
+    fail whichever later test the garbage collector happens to run in)."""
+    for cp in planes:
+        assert cp.inventory is not None
+        provider = cp.inventory.providers["process"]
+        assert isinstance(provider, ProcessProvider)
+        for child in provider._children.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.popen.pid, signal.SIGKILL)
+            child.popen.wait(timeout=10)

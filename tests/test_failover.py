@@ -45,7 +45,7 @@ from ctrlplane.store import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceState
 from ctrlplane.workers.reconciler import Reconciler
 from ctrlplane.workers.remediator import Remediator
-from tests.helpers import FixedNodes, make_instance, subscribe_events, wait_for
+from tests.helpers import FixedNodes, make_instance, reap_instances, subscribe_events, wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
 
@@ -582,19 +582,6 @@ async def _kill(*handles: str | None) -> None:
     await wait_for(lambda: not any(h is not None and alive(h) for h in handles), within=10)
 
 
-def _reap(planes: list[ControlPlane]) -> None:
-    """Kill what the control planes' providers started, and reap it: no zombie,
-    no Popen collected unwaited."""
-    for cp in planes:
-        assert cp.inventory is not None
-        provider = cp.inventory.providers["process"]
-        assert isinstance(provider, ProcessProvider)
-        for child in provider._children.values():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.popen.pid, signal.SIGKILL)
-            child.popen.wait(timeout=10)
-
-
 async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_a_tick(
     config: Config,
     nats_server: ServerInfo,
@@ -661,7 +648,7 @@ async def test_a_dead_nodes_instances_run_on_a_live_node_within_the_timeout_and_
             assert len(of_type(seen, "instance.rescheduled")) == 2
     finally:
         await _kill(*handles)
-        _reap(keep)
+        reap_instances(keep)
         await nc.close()
 
 
@@ -699,7 +686,7 @@ async def test_a_node_restarted_within_the_timeout_keeps_its_instances(
         assert len(of_type(seen, "instance.started")) == 1
     finally:
         await _kill(None if web is None else web.handle)
-        _reap(keep)
+        reap_instances(keep)
         await nc.close()
 
 

@@ -35,8 +35,7 @@ from ctrlplane.bus import Event
 from ctrlplane.bus.subjects import Subjects
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.store.health import CheckSpec
-from tests.helpers import wait_for
-from tests.test_failover import _reap
+from tests.helpers import reap_instances, wait_for
 
 CLIENT = Path(__file__).parent / "interop" / "client.cjs"
 MODULES_ENV = "CTRLPLANE_INTEROP_NODE_MODULES"
@@ -113,7 +112,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[tuple[ControlPlane, Ponger]]:
         yield cp, ponger
     finally:
         await cp.stop()
-        _reap([cp])
+        reap_instances([cp])
 
 
 def _schema(kind: str, path: Path) -> Path:
