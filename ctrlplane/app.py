@@ -36,6 +36,8 @@ from ctrlplane.security import ROLES, embedded_authorization, nats_url
 from ctrlplane.store.db import DB_FILE, Store
 from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
+from ctrlplane.web.addr import parse_http_addr
+from ctrlplane.web.server import HttpServer
 from ctrlplane.workers import (
     AuditRecorder,
     CertRenewer,
@@ -114,6 +116,7 @@ class ControlPlane:
         self._nodes: NodeRegistry | None = None
         self._lifecycle: NodeLifecycle | None = None
         self._router: Router | None = None
+        self._http: HttpServer | None = None
         # Exists before start, so that cp.telemetry.register_collector(...)
         # can add collectors; the built-in and plugin ones are added at start.
         self.telemetry = TelemetryCollector(
@@ -280,14 +283,45 @@ class ControlPlane:
                     updated=synced.updated,
                     removed=synced.removed,
                 )
+        addr = parse_http_addr(cfg.http_addr)
+        if addr is not None:
+            self._http = HttpServer(
+                addr,
+                cfg.data_dir,
+                {"nats": self._nats_ready, "store": self._store_ready, "scheduler": self._ready},
+            )
+            try:
+                await self._http.start()
+            except OSError as exc:
+                self._http = None
+                raise CtrlplaneError(f"http_addr {cfg.http_addr}: {exc}") from exc
         log.info(
             "control plane started",
+            http=self._http.url if self._http is not None else "off",
             process=self.scheduler.process,
             workers=[w.name for w in self.scheduler.workers()],
             data_dir=str(cfg.data_dir),
             node=cfg.node,
             store=self.store.identity,
         )
+
+    @property
+    def http_url(self) -> str | None:
+        """Where ``/healthz`` and ``/readyz`` are served; None before start or with ``off``."""
+        return self._http.url if self._http is not None else None
+
+    async def _nats_ready(self) -> str | None:
+        # Not is_closed: a client that is reconnecting is not connected.
+        return None if self.bus.connected and self.bus.nc.is_connected else "not connected to NATS"
+
+    async def _store_ready(self) -> str | None:
+        # A write that changes nothing: it needs the write lock (SQLite) or a
+        # writable primary (PostgreSQL), which a read would not show.
+        await self.store.db.execute("UPDATE meta SET value = value WHERE key = ?", ("store_id",))
+        return None
+
+    async def _ready(self) -> str | None:
+        return None if self.scheduler.running else "the scheduler is not running"
 
     def _builtin_workers(
         self, providers: dict[str, Provider], inventory: Inventory
@@ -338,6 +372,9 @@ class ControlPlane:
     async def _shutdown(self, grace: timedelta) -> None:
         self._started = False
         try:
+            if self._http is not None:
+                await self._http.stop()
+                self._http = None
             if self._api is not None:
                 await self._api.stop()
             self._api = None

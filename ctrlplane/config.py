@@ -31,6 +31,7 @@ from ctrlplane.durations import format_duration, parse_duration
 from ctrlplane.errors import ConfigError
 from ctrlplane.plugins import reference_problem
 from ctrlplane.store.urls import is_postgres_url, redact_store_url, store_url_problem
+from ctrlplane.web.addr import parse_http_addr
 
 __all__ = [
     "Config",
@@ -232,6 +233,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             prefix. Set on the streams explicitly, because nats-server
             otherwise caps each at 1,000; a process whose workers need more
             refuses to start, naming this field.
+        http_addr: Where ``ctrlplane run`` serves ``/healthz`` and
+            ``/readyz``: ``host:port`` (port 0: one the kernel picks, written
+            to ``<data_dir>/http.json`` and logged at start), or ``off``.
     """
 
     nats_url: str | None = None
@@ -280,8 +284,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     node_timeout: timedelta = timedelta(seconds=30)
     stream_replicas: int = 1
     max_consumers: int = 10_000
+    http_addr: str = "127.0.0.1:0"
 
     def __post_init__(self) -> None:
+        try:
+            parse_http_addr(self.http_addr)
+        except ValueError as exc:
+            raise ConfigError("http_addr", str(exc)) from None
         if self.nats_url is not None:
             _check_nats_url(self.nats_url)
         if not is_valid_prefix(self.subject_prefix):
