@@ -449,3 +449,34 @@ def test_out_of_range_request_options_are_refused_before_sending(
     result = run_cli([*args, "--nats-url", "nats://127.0.0.1:1"], env_for())
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_json_logs_at_debug_are_json_without_python_reprs(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["tests.sample_workers:LogsValues"]\n', encoding="utf-8")
+    data = tmp_path / "data"
+    out = tmp_path / "run.log"
+    args = ["run", "--config", str(config), "--data-dir", str(data), "--log-format", "json"]
+    env = env_for(CTRLPLANE_LOG_LEVEL="debug")
+    # The level from the environment, as a unit file or compose would set it.
+    with started(args, env, out) as proc:
+        await wait_for(lambda: "values logged" in out.read_text(errors="replace"), within=30)
+        code = await asyncio.to_thread(stop, proc)
+    assert code == 0, out.read_text()
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+    assert "datetime.datetime(" not in out.read_text() and "PosixPath(" not in out.read_text()
+    assert {r["level"] for r in records} >= {"debug", "info"}
+    values = next(r for r in records if r["event"] == "values logged")
+    assert values["when"] == "2027-03-04T05:06:07+00:00"
+    assert values["took"] == 120.0
+    assert values["path"] == "/var/lib/ctrlplane"
+    assert values["colour"] == 1
+
+
+def test_log_level_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    result = run_cli(["run", "--data-dir", str(data), "--log-level", "loud"], env_for())
+    assert result.returncode == 2
+    assert "--log-level" in result.stderr
+    assert not data.exists()
