@@ -24,7 +24,7 @@ from ctrlplane.bus.server import ServerInfo, read_server_info
 from ctrlplane.cli.events import FETCH_WAIT, print_events
 from ctrlplane.config import default_node
 from tests.helpers import wait_for
-from tests.processes import env_for, run_cli, started, stop
+from tests.processes import ctrlplane_bin, env_for, run_cli, started, stop
 from tests.sample_workers import read_log
 
 
@@ -480,3 +480,38 @@ def test_log_level_is_checked_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--log-level" in result.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_shells_script(shell: str) -> None:
+    result = run_cli(["completion", shell], env_for())
+    assert result.returncode == 0, result.stderr
+    assert "ctrlplane" in result.stdout and "_CTRLPLANE_COMPLETE" in result.stdout
+
+
+def test_bash_completion_is_valid_and_completes_a_command(tmp_path: Path) -> None:
+    script = tmp_path / "ctrlplane.bash"
+    script.write_text(run_cli(["completion", "bash"], env_for()).stdout, encoding="utf-8")
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    # What bash does on `ctrlplane wor<TAB>`: the function asks ctrlplane itself.
+    env = env_for()
+    env["PATH"] = os.pathsep.join([str(Path(ctrlplane_bin()).parent), env["PATH"]])
+    completed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source "{script}"; COMP_WORDS=(ctrlplane wor); COMP_CWORD=1; '
+            '_ctrlplane_completion ctrlplane; echo "${COMPREPLY[@]}"',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.stdout.split() == ["workers"], completed.stderr
+
+
+def test_unknown_shell_is_a_usage_error() -> None:
+    result = run_cli(["completion", "tcsh"], env_for())
+    assert result.returncode == 2 and "tcsh" in result.stderr
