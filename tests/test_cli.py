@@ -406,7 +406,8 @@ async def test_print_events_shows_escape_sequences_instead_of_sending_them(
         await follow
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out
-    assert len(out.splitlines()) == 2
+    # The table has its header row first.
+    assert len(out.splitlines()) == (2 if as_json else 3)
     if not as_json:
         assert "\\x1b[2J\\x9b31m" in out
 
@@ -515,3 +516,43 @@ def test_bash_completion_is_valid_and_completes_a_command(tmp_path: Path) -> Non
 def test_unknown_shell_is_a_usage_error() -> None:
     result = run_cli(["completion", "tcsh"], env_for())
     assert result.returncode == 2 and "tcsh" in result.stderr
+
+
+async def test_events_table_type_prefix_and_instance(
+    tmp_path: Path, nats_server: ServerInfo, bus: Bus
+) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    for id, type, source, subject in [
+        ("e1", "test.probe.failed", "health_runner", "web-1"),
+        ("e2", "test.probe.ok", "a-much-longer-source-name", "web-2"),
+        ("e3", "test.started", "reconciler", "web-1"),
+        ("e4", "test.probes", "test", "web-1"),  # no match for --type test.probe
+    ]:
+        await bus.publish_event(Event(type=type, source=source, id=id, subject=subject))
+    env = env_for(CTRLPLANE_SUBJECT_PREFIX=bus.subjects.prefix)
+    base = ["events", "--nats-url", nats_server.client_url]
+
+    async def lines(*args: str) -> list[str]:
+        result = await asyncio.to_thread(run_cli, [*base, *args], env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    health = await lines("--type", "test.probe")
+    assert health[0].split() == ["TIME", "TYPE", "SUBJECT", "SOURCE", "DATA"]
+    assert [line.split()[1] for line in health[1:]] == ["test.probe.failed", "test.probe.ok"]
+    # Aligned: every row's source starts where the header's does.
+    column = health[0].index("SOURCE")
+    assert health[1][column:].startswith("health_runner ")
+    assert health[2][column:].startswith("a-much-longer-source-name ")
+
+    about = await lines("--instance", "web-1")
+    assert [line.split()[1] for line in about[1:]] == [
+        "test.probe.failed",
+        "test.started",
+        "test.probes",
+    ]
+    web2 = await lines("--type", "test.probe.*", "--instance", "web-2")
+    assert [line.split()[1] for line in web2] == ["TYPE", "test.probe.ok"]
+    # A type matches itself exactly too; a wildcard pattern is used as it is.
+    assert len(await lines("--type", "test.started")) == 2
+    assert len(await lines("--type", "*.started")) == 2
