@@ -112,3 +112,18 @@ class LogsValues:
             path=Path("/var/lib/ctrlplane"),
             colour=_Colour.RED,
         )
+
+
+class FailsFirst:
+    """Fails its first run in a process, succeeds after."""
+
+    name = "fails-first"
+    interval = timedelta(seconds=1)
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, ctx: RunContext) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("first run fails")

@@ -556,3 +556,52 @@ async def test_events_table_type_prefix_and_instance(
     # A type matches itself exactly too; a wildcard pattern is used as it is.
     assert len(await lines("--type", "test.started")) == 2
     assert len(await lines("--type", "*.started")) == 2
+
+
+async def test_workers_table_says_when_the_last_error_was_after_a_success(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["tests.sample_workers:FailsFirst"]\n', encoding="utf-8")
+    data = tmp_path / "data"
+    env = env_for()
+    args = ["run", "--config", str(config), "--data-dir", str(data)]
+
+    def fails_first() -> dict[str, object] | None:
+        listed = run_cli(["workers", "--json", "--data-dir", str(data)], env)
+        if listed.returncode != 0:
+            return None
+        found = [w for w in json.loads(listed.stdout) if w["name"] == "fails-first"]
+        return found[0] if found else None
+
+    with started(args, env, tmp_path / "run.log") as proc:
+        await wait_for(lambda: read_server_info(data) is not None, within=30)
+
+        async def recovered() -> bool:
+            w = await asyncio.to_thread(fails_first)
+            return w is not None and int(str(w["run_count"])) >= 2
+
+        await wait_for(recovered, within=30, interval=0.5)
+        w = await asyncio.to_thread(fails_first)
+        assert w is not None
+        assert w["error_count"] == 1 and "last_error" not in w and "last_error_at" in w
+        table = await asyncio.to_thread(run_cli, ["workers", "--data-dir", str(data)], env)
+        assert await asyncio.to_thread(stop, proc) == 0
+    lines = table.stdout.splitlines()
+    header = lines[0]
+    (row,) = [line for line in lines if " fails-first " in line]
+    errors = row[header.index("ERRORS") : header.index("DEAD LETTERS")].strip()
+    assert errors.startswith("1 (last ") and errors.endswith("s ago)"), row
+    next_run = row[header.index("NEXT RUN") : header.index("LAST ERROR")].strip()
+    assert next_run == "due" or next_run.startswith("in "), row
+    assert row[header.index("LAST ERROR") :].strip() == ""
+
+
+def test_next_run_due_now_is_due_never_0s_ago() -> None:
+    from datetime import UTC, datetime
+
+    from ctrlplane.cli.workers import _next_run
+
+    now = datetime.now(UTC)
+    assert _next_run(now) == "due"
+    assert _next_run(now - timedelta(seconds=3)) == "due"
+    assert _next_run(now + timedelta(seconds=30)) in {"in 30s", "in 29s"}
+    assert _next_run(None) == "-"
