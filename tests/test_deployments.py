@@ -271,5 +271,8 @@ async def test_ctrlplane_deployments_lists_them(
         table = await asyncio.to_thread(run_cli, [*args, "--instance", "web"], env)
         assert table.returncode == 0, table.stderr
         assert "rolled_back" in table.stdout and listed[0]["id"] in table.stdout
+        # The error in full, however long, as the last column.
+        error = listed[0]["error"]
+        assert len(error) > 60 and table.stdout.splitlines()[1].endswith(error)
     finally:
         await api.stop()

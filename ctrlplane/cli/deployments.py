@@ -63,7 +63,8 @@ def deployments(
                 d.previous_hash or "-",
                 ago(d.started),
                 _took(d.started, d.finished),
-                (d.error or "")[:60],
+                # The last column: the error in full, however long.
+                d.error or "",
             ]
             for d in reply.deployments
         ],
