@@ -133,9 +133,21 @@ def test_unloadable_worker_reference_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "ctrlplane.toml"
     config.write_text('workers = ["tests.sample_workers:Missing"]\n', encoding="utf-8")
     result = run_cli(["run", "--config", str(config), "--data-dir", str(tmp_path / "d")], env_for())
-    assert result.returncode == 1
+    # Bad input, as invalid config is.
+    assert result.returncode == 2
     assert "has no attribute 'Missing'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_worker_module_exits_2_like_invalid_config(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["no_such_module_here:Worker"]\n', encoding="utf-8")
+    data = tmp_path / "d"
+    result = run_cli(["run", "--config", str(config), "--data-dir", str(data)], env_for())
+    assert result.returncode == 2
+    assert "cannot import 'no_such_module_here'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_server_info(data) is None
 
 
 def test_broken_server_binary_is_a_clear_error(tmp_path: Path) -> None:
