@@ -140,6 +140,9 @@ class Actor:
         self.running = 0
         self.last_run: float | None = None
         self.last_error: str | None = None
+        # Kept after a success clears last_error: an operator seeing an error
+        # count wants to know how long ago the last one was.
+        self.last_error_at: float | None = None
         self.run_count = 0
         self.error_count = 0
         self.skipped_count = 0
@@ -467,6 +470,7 @@ class Actor:
         """Count a failed run and tell others with ``worker.failed``."""
         self.error_count += 1
         self.last_error = error
+        self.last_error_at = self._clock()
         if outcome is Outcome.TIMEOUT:
             ctx.log.error("run timed out", timeout=self.spec.timeout.total_seconds())
         if ctx.event is not None and ctx.event.type == WORKER_FAILED:
@@ -557,6 +561,9 @@ class Actor:
             running=self.running > 0,
             last_run=None if self.last_run is None else datetime.fromtimestamp(self.last_run, UTC),
             last_error=self.last_error,
+            last_error_at=None
+            if self.last_error_at is None
+            else datetime.fromtimestamp(self.last_error_at, UTC),
             run_count=self.run_count,
             next_run=next_run,
             subscriptions=self.spec.subscriptions,

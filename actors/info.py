@@ -42,6 +42,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
         running: Whether a run is in progress in this process.
         last_run: When the last run in this process started.
         last_error: The error of the last failed run, cleared by a success.
+        last_error_at: When the last run failed in this process, kept after a
+            success (unlike ``last_error``).
         run_count: Runs handled by this process since it started.
         next_run: When the next tick is due (periodic workers only).
         subscriptions: The event types it reacts to.
@@ -65,6 +67,7 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     running: bool = False
     last_run: datetime | None = None
     last_error: str | None = None
+    last_error_at: datetime | None = None
     run_count: int = 0
     next_run: datetime | None = None
     subscriptions: tuple[str, ...] = ()

@@ -697,7 +697,51 @@ def _convert(name: str, raw: _Raw, home: Path) -> object:
         # relative to this field, so graft it on to name the exact element.
         reason, _, where = str(exc).partition(" - at `$")
         reason = reason[:1].lower() + reason[1:]
-        raise ConfigError(name + where.rstrip("`"), reason, raw.source) from None
+        where = where.rstrip("`")
+        reason += _unknown_field_hint(_FIELDS[name].type, where, reason)
+        raise ConfigError(name + where, reason, raw.source) from None
+
+
+_UNKNOWN_FIELD_RE = re.compile(r"object contains unknown field `([^`]*)`")
+_PATH_STEP_RE = re.compile(r"\[[^\]]*\]|\.([A-Za-z_][A-Za-z0-9_-]*)")
+
+
+def _unknown_field_hint(info: mi.Type, where: str, reason: str) -> str:
+    """``; did you mean 'timeout'?`` for an unknown field in a nested table, as at
+    the top level: the table's type is found by following ``where`` (``[0].checks[0]``)."""
+    unknown = _UNKNOWN_FIELD_RE.fullmatch(reason)
+    if unknown is None:
+        return ""
+    for step in _PATH_STEP_RE.finditer(where):
+        info = _concrete(info)
+        if step.group(1) is not None:
+            if not isinstance(info, mi.StructType):
+                return ""
+            found = [f.type for f in info.fields if f.encode_name == step.group(1)]
+            if not found:
+                return ""
+            info = found[0]
+        elif isinstance(info, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+            info = info.item_type
+        elif isinstance(info, mi.DictType):
+            info = info.value_type
+        else:
+            return ""
+    info = _concrete(info)
+    if not isinstance(info, mi.StructType):
+        return ""
+    known = [f.encode_name for f in info.fields]
+    close = difflib.get_close_matches(unknown.group(1), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else "; known fields are " + ", ".join(known)
+
+
+def _concrete(info: mi.Type) -> mi.Type:
+    """The one non-None type of an optional, else ``info`` itself."""
+    if isinstance(info, mi.UnionType):
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(others) == 1:
+            return others[0]
+    return info
 
 
 def _normalise_durations(value: object, info: mi.Type, where: str, source: str) -> object:

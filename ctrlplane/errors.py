@@ -27,7 +27,9 @@ class ConfigError(CtrlplaneError):
         self.reason = reason
         self.source = source
         where = f" (from {source})" if source else ""
-        super().__init__(f"config: {field}: {reason}{where}")
+        # The file itself (field ``config``) is named once: "config: not UTF-8 text".
+        named = "config" if field == "config" else f"config: {field}"
+        super().__init__(f"{named}: {reason}{where}")
 
     def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str | None]]:
         # Exceptions pickle their ``args`` by default, which here is the

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
-from typing import Literal
+from datetime import date, datetime, time, timedelta
+from pathlib import PurePath
+from typing import Any, Literal
 
 import structlog
 
 LogFormat = Literal["console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+"""The names ``--log-level`` accepts, to the stdlib's numbers."""
+
+
+def json_value(value: object) -> Any:
+    """What ``value`` is in a JSON log line, for the types ``json`` cannot write itself.
+
+    A log collector parses these: a datetime is ISO 8601, a duration seconds,
+    a path a string, an enum its value. Anything else becomes ``str(value)``,
+    never a Python repr such as ``datetime.datetime(2027, ...)``.
+    """
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
 
 
 def configure_logging(fmt: LogFormat = "console", level: int = logging.INFO) -> None:
-    """Send structlog (and stdlib logging) to stderr in ``fmt``."""
+    """Send structlog (and stdlib logging) to stderr in ``fmt``, from ``level`` up."""
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -21,8 +55,16 @@ def configure_logging(fmt: LogFormat = "console", level: int = logging.INFO) -> 
     ]
     renderer: structlog.typing.Processor
     if fmt == "json":
-        processors.append(structlog.processors.dict_tracebacks)
-        renderer = structlog.processors.JSONRenderer()
+        # Without locals: their reprs are no data for a collector, and may
+        # hold a token.
+        processors.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        # An Enum that is also a str or int (StrEnum) is written by json as
+        # its value already; everything else json cannot write goes to json_value.
+        renderer = structlog.processors.JSONRenderer(default=json_value)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
@@ -31,6 +73,16 @@ def configure_logging(fmt: LogFormat = "console", level: int = logging.INFO) -> 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    # Libraries' stdlib logs (asyncio, nats): warnings and above, rendered
+    # like ours, so that in JSON every line on stderr is one JSON object.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                *processors,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
+    logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler], force=True)

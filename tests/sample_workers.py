@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 
 from ctrlplane.actors import RunContext
@@ -91,3 +92,38 @@ def read_log(folder: Path) -> list[dict[str, object]]:
                 records.append(json.loads(line))
     records.sort(key=lambda r: float(str(r["at"])))
     return records
+
+
+class _Colour(Enum):
+    RED = 1
+
+
+class LogsValues:
+    """Logs, at debug, values that JSON has no type for: a datetime, a duration, a path, an enum."""
+
+    name = "logs-values"
+    interval = timedelta(seconds=1)
+
+    async def run(self, ctx: RunContext) -> None:
+        ctx.log.debug(
+            "values logged",
+            when=datetime(2027, 3, 4, 5, 6, 7, tzinfo=UTC),
+            took=timedelta(minutes=2),
+            path=Path("/var/lib/ctrlplane"),
+            colour=_Colour.RED,
+        )
+
+
+class FailsFirst:
+    """Fails its first run in a process, succeeds after."""
+
+    name = "fails-first"
+    interval = timedelta(seconds=1)
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, ctx: RunContext) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("first run fails")

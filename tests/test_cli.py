@@ -24,7 +24,7 @@ from ctrlplane.bus.server import ServerInfo, read_server_info
 from ctrlplane.cli.events import FETCH_WAIT, print_events
 from ctrlplane.config import default_node
 from tests.helpers import wait_for
-from tests.processes import env_for, run_cli, started, stop
+from tests.processes import ctrlplane_bin, env_for, run_cli, started, stop
 from tests.sample_workers import read_log
 
 
@@ -133,9 +133,21 @@ def test_unloadable_worker_reference_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "ctrlplane.toml"
     config.write_text('workers = ["tests.sample_workers:Missing"]\n', encoding="utf-8")
     result = run_cli(["run", "--config", str(config), "--data-dir", str(tmp_path / "d")], env_for())
-    assert result.returncode == 1
+    # Bad input, as invalid config is.
+    assert result.returncode == 2
     assert "has no attribute 'Missing'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_worker_module_exits_2_like_invalid_config(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["no_such_module_here:Worker"]\n', encoding="utf-8")
+    data = tmp_path / "d"
+    result = run_cli(["run", "--config", str(config), "--data-dir", str(data)], env_for())
+    assert result.returncode == 2
+    assert "cannot import 'no_such_module_here'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_server_info(data) is None
 
 
 def test_broken_server_binary_is_a_clear_error(tmp_path: Path) -> None:
@@ -406,7 +418,8 @@ async def test_print_events_shows_escape_sequences_instead_of_sending_them(
         await follow
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out
-    assert len(out.splitlines()) == 2
+    # The table has its header row first.
+    assert len(out.splitlines()) == (2 if as_json else 3)
     if not as_json:
         assert "\\x1b[2J\\x9b31m" in out
 
@@ -449,3 +462,158 @@ def test_out_of_range_request_options_are_refused_before_sending(
     result = run_cli([*args, "--nats-url", "nats://127.0.0.1:1"], env_for())
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_json_logs_at_debug_are_json_without_python_reprs(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["tests.sample_workers:LogsValues"]\n', encoding="utf-8")
+    data = tmp_path / "data"
+    out = tmp_path / "run.log"
+    args = ["run", "--config", str(config), "--data-dir", str(data), "--log-format", "json"]
+    env = env_for(CTRLPLANE_LOG_LEVEL="debug")
+    # The level from the environment, as a unit file or compose would set it.
+    with started(args, env, out) as proc:
+        await wait_for(lambda: "values logged" in out.read_text(errors="replace"), within=30)
+        code = await asyncio.to_thread(stop, proc)
+    assert code == 0, out.read_text()
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+    assert "datetime.datetime(" not in out.read_text() and "PosixPath(" not in out.read_text()
+    assert {r["level"] for r in records} >= {"debug", "info"}
+    values = next(r for r in records if r["event"] == "values logged")
+    assert values["when"] == "2027-03-04T05:06:07+00:00"
+    assert values["took"] == 120.0
+    assert values["path"] == "/var/lib/ctrlplane"
+    assert values["colour"] == 1
+
+
+def test_log_level_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    result = run_cli(["run", "--data-dir", str(data), "--log-level", "loud"], env_for())
+    assert result.returncode == 2
+    assert "--log-level" in result.stderr
+    assert not data.exists()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_shells_script(shell: str) -> None:
+    result = run_cli(["completion", shell], env_for())
+    assert result.returncode == 0, result.stderr
+    assert "ctrlplane" in result.stdout and "_CTRLPLANE_COMPLETE" in result.stdout
+
+
+def test_bash_completion_is_valid_and_completes_a_command(tmp_path: Path) -> None:
+    script = tmp_path / "ctrlplane.bash"
+    script.write_text(run_cli(["completion", "bash"], env_for()).stdout, encoding="utf-8")
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    # What bash does on `ctrlplane wor<TAB>`: the function asks ctrlplane itself.
+    env = env_for()
+    env["PATH"] = os.pathsep.join([str(Path(ctrlplane_bin()).parent), env["PATH"]])
+    completed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source "{script}"; COMP_WORDS=(ctrlplane wor); COMP_CWORD=1; '
+            '_ctrlplane_completion ctrlplane; echo "${COMPREPLY[@]}"',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.stdout.split() == ["workers"], completed.stderr
+
+
+def test_unknown_shell_is_a_usage_error() -> None:
+    result = run_cli(["completion", "tcsh"], env_for())
+    assert result.returncode == 2 and "tcsh" in result.stderr
+
+
+async def test_events_table_type_prefix_and_instance(
+    tmp_path: Path, nats_server: ServerInfo, bus: Bus
+) -> None:
+    await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
+    for id, type, source, subject in [
+        ("e1", "test.probe.failed", "health_runner", "web-1"),
+        ("e2", "test.probe.ok", "a-much-longer-source-name", "web-2"),
+        ("e3", "test.started", "reconciler", "web-1"),
+        ("e4", "test.probes", "test", "web-1"),  # no match for --type test.probe
+    ]:
+        await bus.publish_event(Event(type=type, source=source, id=id, subject=subject))
+    env = env_for(CTRLPLANE_SUBJECT_PREFIX=bus.subjects.prefix)
+    base = ["events", "--nats-url", nats_server.client_url]
+
+    async def lines(*args: str) -> list[str]:
+        result = await asyncio.to_thread(run_cli, [*base, *args], env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    health = await lines("--type", "test.probe")
+    assert health[0].split() == ["TIME", "TYPE", "SUBJECT", "SOURCE", "DATA"]
+    assert [line.split()[1] for line in health[1:]] == ["test.probe.failed", "test.probe.ok"]
+    # Aligned: every row's source starts where the header's does.
+    column = health[0].index("SOURCE")
+    assert health[1][column:].startswith("health_runner ")
+    assert health[2][column:].startswith("a-much-longer-source-name ")
+
+    about = await lines("--instance", "web-1")
+    assert [line.split()[1] for line in about[1:]] == [
+        "test.probe.failed",
+        "test.started",
+        "test.probes",
+    ]
+    web2 = await lines("--type", "test.probe.*", "--instance", "web-2")
+    assert [line.split()[1] for line in web2] == ["TYPE", "test.probe.ok"]
+    # A type matches itself exactly too; a wildcard pattern is used as it is.
+    assert len(await lines("--type", "test.started")) == 2
+    assert len(await lines("--type", "*.started")) == 2
+
+
+async def test_workers_table_says_when_the_last_error_was_after_a_success(tmp_path: Path) -> None:
+    config = tmp_path / "ctrlplane.toml"
+    config.write_text('workers = ["tests.sample_workers:FailsFirst"]\n', encoding="utf-8")
+    data = tmp_path / "data"
+    env = env_for()
+    args = ["run", "--config", str(config), "--data-dir", str(data)]
+
+    def fails_first() -> dict[str, object] | None:
+        listed = run_cli(["workers", "--json", "--data-dir", str(data)], env)
+        if listed.returncode != 0:
+            return None
+        found = [w for w in json.loads(listed.stdout) if w["name"] == "fails-first"]
+        return found[0] if found else None
+
+    with started(args, env, tmp_path / "run.log") as proc:
+        await wait_for(lambda: read_server_info(data) is not None, within=30)
+
+        async def recovered() -> bool:
+            w = await asyncio.to_thread(fails_first)
+            return w is not None and int(str(w["run_count"])) >= 2
+
+        await wait_for(recovered, within=30, interval=0.5)
+        w = await asyncio.to_thread(fails_first)
+        assert w is not None
+        assert w["error_count"] == 1 and "last_error" not in w and "last_error_at" in w
+        table = await asyncio.to_thread(run_cli, ["workers", "--data-dir", str(data)], env)
+        assert await asyncio.to_thread(stop, proc) == 0
+    lines = table.stdout.splitlines()
+    header = lines[0]
+    (row,) = [line for line in lines if " fails-first " in line]
+    errors = row[header.index("ERRORS") : header.index("DEAD LETTERS")].strip()
+    assert errors.startswith("1 (last ") and errors.endswith("s ago)"), row
+    next_run = row[header.index("NEXT RUN") : header.index("LAST ERROR")].strip()
+    assert next_run == "due" or next_run.startswith("in "), row
+    assert row[header.index("LAST ERROR") :].strip() == ""
+
+
+def test_next_run_due_now_is_due_never_0s_ago() -> None:
+    from datetime import UTC, datetime
+
+    from ctrlplane.cli.workers import _next_run
+
+    now = datetime.now(UTC)
+    assert _next_run(now) == "due"
+    assert _next_run(now - timedelta(seconds=3)) == "due"
+    assert _next_run(now + timedelta(seconds=30)) in {"in 30s", "in 29s"}
+    assert _next_run(None) == "-"

@@ -87,6 +87,9 @@ async def test_apply_instances_health_and_events(tmp_path: Path) -> None:
             assert listed[0]["node"] == default_node()
             header, row = (await _cli(["instances"], data)).stdout.splitlines()[:2]
             assert header.split()[5] == "NODE" and row.split()[5] == default_node()
+            # The PID column: the process id in the instance's handle.
+            assert header.split()[6] == "PID"
+            assert row.split()[6] == listed[0]["handle"].split(":")[0]
             table = (await _cli(["health"], data)).stdout
             assert "web" in table and "healthy" in table and "200 OK" in table
 
@@ -109,12 +112,31 @@ async def test_apply_instances_health_and_events(tmp_path: Path) -> None:
             assert types.count("instance.created") == 2
             assert "instance.destroyed" in types and "health.passed" in types
             only = (await _cli(["events", "--type", "instance.destroyed"], data)).stdout
-            assert len(only.splitlines()) == 1 and "web" in only
+            assert len(only.splitlines()) == 2 and "web" in only.splitlines()[1]
 
             empty = tmp_path / "empty.toml"
             empty.write_text("instances = []\n")
             out = await _cli(["apply", "-f", str(empty)], data)
             assert out.stdout.splitlines() == ["api removed"]
+
+            # A start that fails: its error in full in the table, and no PID.
+            broken = tmp_path / "broken.toml"
+            missing = tmp_path / "no-such-program-with-a-long-name-to-show-the-whole-error"
+            broken.write_text(f'[[instances]]\nname = "broken"\ncommand = ["{missing}"]\n')
+            env = env_for()
+            await asyncio.to_thread(
+                run_cli, ["apply", "-f", str(broken), "--data-dir", str(data)], env
+            )
+
+            async def failed() -> bool:
+                out = await _cli(["instances", "--json"], data)
+                return any(i["state"] == "failed" for i in json.loads(out.stdout))
+
+            await wait_for(failed, within=30, interval=0.3)
+            (shown,) = json.loads((await _cli(["instances", "--json"], data)).stdout)
+            header, row = (await _cli(["instances"], data)).stdout.splitlines()[:2]
+            assert str(missing) in shown["state_error"]
+            assert row.endswith(shown["state_error"]) and row.split()[6] == "-"
             assert await asyncio.to_thread(stop, proc) == 0
     finally:
         _kill_instances(data)

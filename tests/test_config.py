@@ -536,6 +536,44 @@ def test_unknown_field_in_file_is_rejected_by_name(tmp_path: Path, env: dict[str
     assert "did you mean 'health_interval'?" in caught.value.reason
 
 
+def test_unknown_field_in_a_nested_table_gets_did_you_mean(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    path = write(
+        tmp_path,
+        '[[instances]]\nname = "a"\ncommand = ["x"]\n'
+        '[[instances.checks]]\nname = "h"\ntype = "http"\ntarget = "http://x/"\n'
+        'timout = "1s"\n',
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+
+    assert caught.value.field == "instances[0].checks[0]"
+    assert caught.value.reason == (
+        "object contains unknown field `timout`; did you mean 'timeout'?"
+    )
+
+
+def test_unknown_nested_field_with_no_close_name_lists_the_known(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    path = write(tmp_path, '[[instances]]\nname = "a"\ncommand = ["x"]\nzzzzzz = 1\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+
+    assert caught.value.field == "instances[0]"
+    assert "; known fields are name, command, provider" in caught.value.reason
+
+
+def test_the_file_itself_is_named_once(tmp_path: Path, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.toml", env=env)
+
+    assert str(caught.value) == f"config: file not found (from {tmp_path / 'missing.toml'})"
+
+
 def test_unknown_table_in_file_is_rejected_by_name(tmp_path: Path, env: dict[str, str]) -> None:
     path = write(tmp_path, '[[gadgets]]\nname = "x"\n')
 

@@ -271,5 +271,15 @@ async def test_ctrlplane_deployments_lists_them(
         table = await asyncio.to_thread(run_cli, [*args, "--instance", "web"], env)
         assert table.returncode == 0, table.stderr
         assert "rolled_back" in table.stdout and listed[0]["id"] in table.stdout
+        # The error in full, however long, as the last column.
+        error = listed[0]["error"]
+        assert len(error) > 60 and table.stdout.splitlines()[1].endswith(error)
+        # An instance that does not exist is an error, as for telemetry; one
+        # that exists is listed (by name or id).
+        nosuch = await asyncio.to_thread(run_cli, [*args, "--instance", "nosuch"], env)
+        assert nosuch.returncode == 1 and "no instance 'nosuch'" in nosuch.stderr
+        web_id = listed[0]["instance_id"]
+        by_id = await asyncio.to_thread(run_cli, [*args, "--instance", web_id, "--json"], env)
+        assert by_id.returncode == 0 and len(json.loads(by_id.stdout)) == 2
     finally:
         await api.stop()

@@ -7,6 +7,7 @@ import logging
 import click
 
 from ctrlplane.cli.certs import certs
+from ctrlplane.cli.completion import completion
 from ctrlplane.cli.credentials import credentials, nats_config
 from ctrlplane.cli.deployments import deployments
 from ctrlplane.cli.events import events, schema
@@ -44,5 +45,6 @@ for command in (
     schema,
     credentials,
     nats_config,
+    completion,
 ):
     main.add_command(command)

@@ -14,7 +14,7 @@ import click
 
 from ctrlplane.cli.terminal import visible, visible_json
 from ctrlplane.durations import format_duration
-from ctrlplane.errors import ConfigError, CtrlplaneError
+from ctrlplane.errors import ConfigError, CtrlplaneError, WorkerLoadError
 
 if TYPE_CHECKING:
     from ctrlplane.bus.connection import Bus
@@ -106,7 +106,8 @@ def run_async(coro: Coroutine[Any, Any, T], *, exit_if_abandoned: bool = False) 
     code = 0
     try:
         result = loop.run(coro)
-    except ConfigError as exc:
+    except (ConfigError, WorkerLoadError) as exc:
+        # A worker the config names that cannot be loaded is bad input too.
         message, code = str(exc), EXIT_CONFIG
     except (CtrlplaneError, BusError, StoreError, ActorError) as exc:
         message, code = str(exc), EXIT_FAILURE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,12 +13,16 @@ from ctrlplane.cli.common import (
     ask,
     connection_options,
     echo_json,
+    fail,
     json_option,
     load,
     print_table,
 )
 from ctrlplane.durations import format_duration
 from ctrlplane.limits import MAX_LIMIT
+
+if TYPE_CHECKING:
+    from ctrlplane.config import Config
 
 
 def _took(started: datetime, finished: datetime | None) -> str:
@@ -49,6 +54,8 @@ def deployments(
 
     body = DeploymentsRequest(instance=instance, limit=limit)
     reply = ask(config, "deployments", body, DeploymentsReply)
+    if instance is not None and not reply.deployments:
+        _must_exist(config, instance)
     if as_json:
         echo_json(encode_body(reply.deployments).decode())
         return
@@ -63,8 +70,19 @@ def deployments(
                 d.previous_hash or "-",
                 ago(d.started),
                 _took(d.started, d.finished),
-                (d.error or "")[:60],
+                # The last column: the error in full, however long.
+                d.error or "",
             ]
             for d in reply.deployments
         ],
     )
+
+
+def _must_exist(config: Config, instance: str) -> None:
+    """Exit 1 with ``no instance 'x'`` unless ``instance`` names (or is the id of) one,
+    as ``telemetry`` does: an empty list must not hide a typo."""
+    from ctrlplane.api import InstancesReply
+
+    known = ask(config, "instances", {}, InstancesReply).instances
+    if not any(instance in (i.name, i.id) for i in known):
+        fail(f"no instance {instance!r}")

@@ -14,13 +14,14 @@ from ctrlplane.bus.subjects import is_valid_event_pattern
 from ctrlplane.cli.common import (
     EXIT_CONFIG,
     connection_options,
-    echo,
     echo_json,
     fail,
     json_option,
     load,
+    print_table,
     with_bus,
 )
+from ctrlplane.cli.terminal import visible
 from ctrlplane.durations import parse_duration
 from ctrlplane.errors import CtrlplaneError
 
@@ -38,7 +39,17 @@ FETCH_WAIT = 1.0
 @connection_options
 @click.option("--follow", "-F", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option(
-    "--type", "pattern", default=">", show_default=True, help="Event type; wildcards * and >."
+    "--type",
+    "pattern",
+    default=">",
+    show_default=True,
+    help="Event type, with wildcards * and >; a type without a wildcard matches itself and "
+    "every type under it (health matches health.failed).",
+)
+@click.option(
+    "--instance",
+    default=None,
+    help="Only events about this instance (its name or id).",
 )
 @click.option(
     "--since",
@@ -53,6 +64,7 @@ def events(
     data_dir: Path | None,
     follow: bool,
     pattern: str,
+    instance: str | None,
     since: str | None,
     as_json: bool,
 ) -> None:
@@ -72,6 +84,7 @@ def events(
 
     async def read(bus: Bus) -> None:
         s = bus.subjects
+        filters = [s.event(p) for p in type_filters(pattern)]
         try:
             # Created without a name (the server picks one) and then bound:
             # the observer role may create only such consumers, never a named
@@ -79,7 +92,8 @@ def events(
             consumer = await bus.js.add_consumer(
                 s.events_stream,
                 ConsumerConfig(
-                    filter_subject=s.event(pattern),
+                    filter_subject=filters[0] if len(filters) == 1 else None,
+                    filter_subjects=filters if len(filters) > 1 else None,
                     deliver_policy=DeliverPolicy.BY_START_TIME if start else DeliverPolicy.NEW,
                     opt_start_time=start,
                     ack_policy=AckPolicy.NONE,
@@ -93,19 +107,43 @@ def events(
                 f"no event stream {s.events_stream} on this NATS: has `ctrlplane run` run here?"
             ) from None
         try:
-            await print_events(sub, follow=follow, as_json=as_json)
+            await print_events(sub, follow=follow, as_json=as_json, instance=instance)
         finally:
             await sub.unsubscribe()
 
     with_bus(config, read)
 
 
+def type_filters(pattern: str) -> list[str]:
+    """The event types ``--type pattern`` reads: a pattern with a wildcard as it is,
+    a plain type as itself and everything under it (``health``: ``health``, ``health.>``)."""
+    tokens = pattern.split(".")
+    if "*" in tokens or ">" in tokens:
+        return [pattern]
+    return [pattern, f"{pattern}.>"]
+
+
+HEADER = ["TIME", "TYPE", "SUBJECT", "SOURCE", "DATA"]
+FOLLOW_WIDTHS = (32, 24, 20, 24)
+"""Column widths while following, when the widest cell is not known in advance."""
+
+
 class _Fetcher(Protocol):
     async def fetch(self, batch: int, timeout: float | None) -> list[Msg]: ...  # noqa: ASYNC109
 
 
-async def print_events(sub: _Fetcher, *, follow: bool, as_json: bool) -> None:
-    """Print what ``sub`` fetches until it has no more or, with ``follow``, until cancelled."""
+async def print_events(
+    sub: _Fetcher, *, follow: bool, as_json: bool, instance: str | None = None
+) -> None:
+    """Print what ``sub`` fetches until it has no more or, with ``follow``, until cancelled.
+
+    As a table: without ``follow`` aligned to the widest cell once all are read;
+    with it, in fixed widths as events come. Only events about ``instance``
+    (its name or id), when given.
+    """
+    rows: list[list[str]] = []
+    if follow and not as_json:
+        _echo_fixed(HEADER)
     while True:
         try:
             msgs = await sub.fetch(256, timeout=FETCH_WAIT)
@@ -115,32 +153,49 @@ async def print_events(sub: _Fetcher, *, follow: bool, as_json: bool) -> None:
         except TimeoutError:
             if follow:
                 continue
-            return
+            break
         for msg in msgs:
-            _print(msg.subject, msg.data, as_json)
+            row = _row(msg.subject, msg.data, instance)
+            if row is None:
+                continue
+            if as_json:
+                # The payload as published: already JSON.
+                echo_json(msg.data.decode(errors="replace"))
+            elif follow:
+                _echo_fixed(row)
+            else:
+                rows.append(row)
+            sys.stdout.flush()
         if not follow and msgs[-1].metadata.num_pending == 0:
-            return
+            break
+    if not as_json:
+        print_table(HEADER, rows)
 
 
-def _print(subject: str, payload: bytes, as_json: bool) -> None:
-    if as_json:
-        # The payload as published: already JSON.
-        echo_json(payload.decode(errors="replace"))
-    else:
-        from ctrlplane.bus.codec import decode_event
-        from ctrlplane.bus.errors import DecodeError
+def _row(subject: str, payload: bytes, instance: str | None) -> list[str] | None:
+    """The table row of one event, or None when it is not about ``instance``."""
+    from ctrlplane.bus.codec import decode_event
+    from ctrlplane.bus.errors import DecodeError
 
-        try:
-            ev = decode_event(payload, subject)
-        except DecodeError as exc:
-            echo(f"{subject}: undecodable: {exc.reason}")
-        else:
-            data = json.dumps(ev.data, separators=(",", ":"), default=str)
-            # The CloudEvents subject (an instance's name, a hostname) reads
-            # better than an instance id; older events have only the id.
-            about = ev.subject or ev.instance_id or "-"
-            echo(f"{ev.time.isoformat()}  {ev.type:<20} {about:<16} {ev.source}  {data}")
-    sys.stdout.flush()
+    try:
+        ev = decode_event(payload, subject)
+    except DecodeError as exc:
+        if instance is not None:
+            return None
+        return ["-", subject.split(".events.", 1)[-1], "-", "-", f"undecodable: {exc.reason}"]
+    if instance is not None and instance not in (ev.subject, ev.instance_id):
+        return None
+    data = json.dumps(ev.data, separators=(",", ":"), default=str)
+    # The CloudEvents subject (an instance's name, a hostname) reads
+    # better than an instance id; older events have only the id.
+    about = ev.subject or ev.instance_id or "-"
+    return [ev.time.isoformat(), ev.type, about, ev.source, data]
+
+
+def _echo_fixed(row: list[str]) -> None:
+    cells = [visible(c) for c in row]
+    padded = [c.ljust(w) for c, w in zip(cells, FOLLOW_WIDTHS, strict=False)]
+    click.echo("  ".join([*padded, *cells[len(FOLLOW_WIDTHS) :]]).rstrip())
 
 
 @click.group()

@@ -108,7 +108,7 @@ def instances(
         echo_json(encode_body(reply.instances).decode())
         return
     print_table(
-        ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "NODE", "UPDATED", "ERROR"],
+        ["NAME", "STATE", "DESIRED", "HEALTH", "PROVIDER", "NODE", "PID", "UPDATED", "ERROR"],
         [
             [
                 i.name,
@@ -117,8 +117,10 @@ def instances(
                 i.health.value,
                 i.provider,
                 i.node or "-",
+                pid_of(i.provider, i.handle),
                 ago(i.updated),
-                (i.state_error or "")[:60],
+                # The last column: the error in full, however long.
+                i.state_error or "",
             ]
             for i in reply.instances
         ],
@@ -157,3 +159,11 @@ def health(
             for c in reply.checks
         ],
     )
+
+
+def pid_of(provider: str, handle: str | None) -> str:
+    """The process id in a ``process`` instance's handle (``<pid>:<start>``), else ``-``."""
+    if provider != "process" or handle is None:
+        return "-"
+    pid = handle.partition(":")[0]
+    return pid if pid.isdigit() else "-"

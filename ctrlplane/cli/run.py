@@ -37,23 +37,32 @@ if TYPE_CHECKING:
     show_default=True,
     help="How logs are written to stderr.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="CTRLPLANE_LOG_LEVEL",
+    help="The least severe log line written (env: CTRLPLANE_LOG_LEVEL).",
+)
 def run(
     config_path: Path | None,
     nats_url: str | None,
     data_dir: Path | None,
     store_url: str | None,
     log_format: str,
+    log_level: str,
 ) -> None:
     """Run the control plane's workers until SIGINT or SIGTERM.
 
     With no NATS URL, starts the bundled nats-server on 127.0.0.1 with its
     store under the data directory, and stops it on exit.
     """
-    from ctrlplane.logs import configure_logging
+    from ctrlplane.logs import LEVELS, configure_logging
 
     config = load(config_path, nats_url=nats_url, data_dir=data_dir, store_url=store_url)
     fmt: LogFormat = "json" if log_format == "json" else "console"
-    configure_logging(fmt)
+    configure_logging(fmt, LEVELS[log_level.lower()])
     # Exits within stop_grace + 1 s of a signal even when a worker ignores
     # its cancellation: once stopped, nothing is left to wait for.
     run_async(_serve(config), exit_if_abandoned=True)

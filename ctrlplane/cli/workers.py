@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from ctrlplane.durations import format_duration
 
 if TYPE_CHECKING:
     from ctrlplane.actors.control import WorkersReply
+    from ctrlplane.actors.info import WorkerInfo
     from ctrlplane.bus.connection import Bus
 
 
@@ -80,14 +81,29 @@ def workers(
                 format_duration(w.interval) if w.interval else "-",
                 "yes" if w.running else "no",
                 str(w.run_count),
-                str(w.error_count),
+                _errors(w),
                 # Refused (poison) messages are no failed runs, but an
                 # operator must see a worker that keeps refusing them.
                 str(w.dead_letter_count),
                 ago(w.last_run),
-                ago(w.next_run),
+                _next_run(w.next_run),
                 (w.last_error or "")[:60],
             ]
             for w in infos
         ],
     )
+
+
+def _next_run(when: datetime | None) -> str:
+    """``in 4s``, or ``due`` for a tick due now or overdue (never ``0s ago``)."""
+    if when is not None and (when - datetime.now(UTC)).total_seconds() < 0.5:
+        return "due"
+    return ago(when)
+
+
+def _errors(w: WorkerInfo) -> str:
+    """The count of failed runs and, once there is one, when the last was:
+    LAST ERROR is empty again after a success, the count is not."""
+    if w.error_count and w.last_error_at is not None:
+        return f"{w.error_count} (last {ago(w.last_error_at)})"
+    return str(w.error_count)
