@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     "store_password_file or ~/.pgpass rather than here: argv is visible to every user.",
 )
 @click.option(
+    "--http-addr",
+    help="Where to serve /healthz and /readyz: host:port (port 0: any free one, "
+    "written to <data_dir>/http.json), or 'off' (env: CTRLPLANE_HTTP_ADDR; "
+    "default 127.0.0.1:0).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["console", "json"]),
     default="console",
@@ -50,6 +56,7 @@ def run(
     nats_url: str | None,
     data_dir: Path | None,
     store_url: str | None,
+    http_addr: str | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -60,7 +67,13 @@ def run(
     """
     from ctrlplane.logs import LEVELS, configure_logging
 
-    config = load(config_path, nats_url=nats_url, data_dir=data_dir, store_url=store_url)
+    config = load(
+        config_path,
+        nats_url=nats_url,
+        data_dir=data_dir,
+        store_url=store_url,
+        http_addr=http_addr,
+    )
     fmt: LogFormat = "json" if log_format == "json" else "console"
     configure_logging(fmt, LEVELS[log_level.lower()])
     # Exits within stop_grace + 1 s of a signal even when a worker ignores
