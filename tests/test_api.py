@@ -155,7 +155,7 @@ async def test_the_service_is_discovered_with_ping_info_and_stats(
     assert set(listed) == {e.name for e in ENDPOINTS}
     for name, e in listed.items():
         assert e["subject"] == f"{s.prefix}.api.v1.{name}"
-        assert e["metadata"]["access"] == ("admin" if name == "apply" else "observer")
+        assert e["metadata"]["access"] == ("admin" if name in MUTATING_ENDPOINTS else "observer")
     assert listed["instances"]["queue_group"] == "ctrlplane-api"
     assert listed["workers"]["queue_group"] == f"ctrlplane-api-workers-{service.id}"
     await _call(bus, "instances", b"")
