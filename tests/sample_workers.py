@@ -91,3 +91,19 @@ def read_log(folder: Path) -> list[dict[str, object]]:
                 records.append(json.loads(line))
     records.sort(key=lambda r: float(str(r["at"])))
     return records
+
+
+class FailsOnEvent:
+    """Raises on every ``test.fail`` event, naming the event's ``n``; gives up after two tries.
+
+    Its first try is recorded as an ``error`` run, its second dead-letters the event.
+    """
+
+    name = "fails-on-event"
+    interval = timedelta(0)
+    subscriptions = ("test.fail",)
+    max_attempts = 2
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        raise RuntimeError(f"boom on n={ctx.event.data.get('n')}")
