@@ -112,3 +112,17 @@ async def test_runs_and_dead_letters_of_a_failing_worker(tmp_path: Path) -> None
         purged = await _cli(["dlq", "purge", "--worker", "fails-on-event", "--yes", *at], env)
         assert purged.stdout.strip() == "purged 1 dead letter"
         assert json.loads((await _cli(["dlq", "list", "--json", *at], env)).stdout) == []
+
+
+def test_bad_options_are_refused_before_sending() -> None:
+    for args, says in (
+        (["runs", "--since", "40000d"], "--since: must be at most 36500d"),
+        (["runs", "--since", "soon"], "--since:"),
+        (["runs", "--outcome", "fine"], "'fine' is not one of"),
+        (["runs", "--limit", "0"], "--limit"),
+        (["dlq", "list", "--limit", "20000"], "--limit"),
+        (["dlq", "show", "0"], "ID"),
+    ):
+        result = run_cli([*args, "--nats-url", "nats://127.0.0.1:1"], env_for())
+        assert result.returncode == 2, (args, result.stderr)
+        assert says in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
