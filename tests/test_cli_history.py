@@ -15,7 +15,8 @@ from ctrlplane.bus import Event
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.server import read_server_info
 from ctrlplane.bus.subjects import Subjects
-from ctrlplane.cli.runs import ERROR_WIDTH
+from ctrlplane.cli.runs import ERROR_WIDTH, OUTCOMES
+from ctrlplane.store.runs import Outcome
 from tests.helpers import wait_for
 from tests.processes import env_for, run_cli, started
 
@@ -126,3 +127,7 @@ def test_bad_options_are_refused_before_sending() -> None:
         result = run_cli([*args, "--nats-url", "nats://127.0.0.1:1"], env_for())
         assert result.returncode == 2, (args, result.stderr)
         assert says in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_the_outcome_choices_are_the_stores_outcomes() -> None:
+    assert tuple(o.value for o in Outcome) == OUTCOMES
