@@ -183,9 +183,11 @@ class RunStore:
         *,
         worker: str | None = None,
         outcome: Outcome | None = None,
+        since: datetime | None = None,
         limit: int = 100,
     ) -> list[WorkerRun]:
-        """The newest runs first, optionally of one worker or outcome.
+        """The newest runs first, optionally of one worker or outcome, or
+        started at or after ``since``.
 
         Flushes pending writes first, so a caller sees its own runs.
         """
@@ -198,6 +200,9 @@ class RunStore:
         if outcome is not None:
             where.append("outcome = ?")
             params.append(str(outcome))
+        if since is not None:
+            where.append("started >= ?")
+            params.append(since.timestamp())
         sql = f"SELECT {_COLUMNS} FROM worker_runs"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -127,3 +127,19 @@ class FailsFirst:
         self.runs += 1
         if self.runs == 1:
             raise RuntimeError("first run fails")
+
+
+class FailsOnEvent:
+    """Raises on every ``test.fail`` event, naming the event's ``n``; gives up after two tries.
+
+    Its first try is recorded as an ``error`` run, its second dead-letters the event.
+    """
+
+    name = "fails-on-event"
+    interval = timedelta(0)
+    subscriptions = ("test.fail",)
+    max_attempts = 2
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        raise RuntimeError(f"boom on n={ctx.event.data.get('n')}")

@@ -7,7 +7,7 @@ import asyncio
 import importlib.metadata
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,13 @@ from ctrlplane.api import (
     request,
 )
 from ctrlplane.api.errors import CODE_HEADER, MESSAGE_HEADER
-from ctrlplane.bus import Bus
+from ctrlplane.bus import Bus, DeadLetter
 from ctrlplane.inventory import Inventory
 from ctrlplane.limits import MAX_LIMIT
 from ctrlplane.providers.process import ProcessProvider
 from ctrlplane.security import MUTATING_ENDPOINTS, READ_ENDPOINTS
 from ctrlplane.store import Store
+from ctrlplane.store.runs import Outcome, Trigger, WorkerRun
 from tests.processes import env_for, run_cli
 
 SCHEMA_ID = "urn:test:ctrlplane-api"
@@ -155,7 +156,7 @@ async def test_the_service_is_discovered_with_ping_info_and_stats(
     assert set(listed) == {e.name for e in ENDPOINTS}
     for name, e in listed.items():
         assert e["subject"] == f"{s.prefix}.api.v1.{name}"
-        assert e["metadata"]["access"] == ("admin" if name == "apply" else "observer")
+        assert e["metadata"]["access"] == ("admin" if name in MUTATING_ENDPOINTS else "observer")
     assert listed["instances"]["queue_group"] == "ctrlplane-api"
     assert listed["workers"]["queue_group"] == f"ctrlplane-api-workers-{service.id}"
     await _call(bus, "instances", b"")
@@ -431,3 +432,117 @@ def test_ctrlplane_schema_api_prints_a_strict_draft_2020_12_schema() -> None:
     assert defs["TelemetryRequest"]["additionalProperties"] is False
     bad = run_cli(["schema", "api", "--prefix", "a b"], env_for())
     assert bad.returncode == 2 and "--prefix" in bad.stderr
+
+
+# --------------------------------------------------------------------------
+# Run history and dead letters.
+
+
+def _reply_errors(schema: dict[str, Any], name: str, answer: dict[str, Any]) -> list[Any]:
+    return list(_validator(schema, f"/properties/{name}/properties/reply").iter_errors(answer))
+
+
+async def test_runs_newest_first_filtered_and_valid(
+    service: ApiService, bus: Bus, store: Store
+) -> None:
+    now = datetime.now(UTC)
+
+    def run(id: str, worker: str, ago: float, outcome: Outcome, error: str | None = None) -> None:
+        started = now - timedelta(seconds=ago)
+        store.runs.record(
+            WorkerRun(
+                id=id,
+                worker=worker,
+                process="host:1",
+                trigger=Trigger.EVENT,
+                trigger_ref=f"ev-{id}",
+                attempt=1,
+                started=started,
+                finished=started + timedelta(milliseconds=1500),
+                outcome=outcome,
+                error=error,
+            )
+        )
+
+    run("old", "alpha", 7200, Outcome.OK)
+    run("r1", "alpha", 10, Outcome.OK)
+    run("r2", "alpha", 5, Outcome.ERROR, "RuntimeError: boom")
+    run("r3", "beta", 2, Outcome.OK)
+    schema = api_schema(bus.subjects)
+
+    async def ids(body: dict[str, Any]) -> list[str]:
+        answer = _ok(await _call(bus, "runs", json.dumps(body).encode()))
+        assert _reply_errors(schema, "runs", answer) == []
+        return [r["id"] for r in answer["runs"]]
+
+    assert await ids({}) == ["r3", "r2", "r1"]  # the last hour by default
+    assert await ids({"since": 3 * 3600}) == ["r3", "r2", "r1", "old"]
+    assert await ids({"worker": "alpha"}) == ["r2", "r1"]
+    assert await ids({"outcome": "error"}) == ["r2"]
+    assert await ids({"worker": "beta", "outcome": "error"}) == []
+    assert await ids({"limit": 1}) == ["r3"]
+    answer = _ok(await _call(bus, "runs", b'{"outcome": "error"}'))
+    (failed,) = answer["runs"]
+    assert failed["error"] == "RuntimeError: boom"
+    assert failed["duration"] == 1.5 and failed["ref"] == "ev-r2"
+    assert (failed["trigger"], failed["process"], failed["attempt"]) == ("event", "host:1", 1)
+    (ok,) = _ok(await _call(bus, "runs", b'{"worker": "beta"}'))["runs"]
+    assert "error" not in ok  # absent, never null
+    for bad in (b'{"outcome": "nope"}', b'{"limit": 0}', b'{"since": -1}', b'{"since": "1h"}'):
+        assert _error(await _call(bus, "runs", bad))[0] == 400, bad
+
+
+async def test_dead_letters_listed_shown_and_purged(service: ApiService, bus: Bus) -> None:
+    s = bus.subjects
+    for seq, worker in enumerate(["alpha", "beta", "alpha"], start=10):
+        letter = DeadLetter(
+            worker=worker,
+            subject=s.event("test.fail"),
+            reason=f"gave up after 2 attempts: boom {seq}\nTraceback follows",
+            payload=json.dumps({"n": seq}),
+            attempts=2,
+            stream=s.events_stream,
+            stream_seq=seq,
+            size=9,
+        )
+        await bus.publish_dead_letter(letter)
+    schema = api_schema(bus.subjects)
+
+    async def listed(body: dict[str, Any]) -> list[dict[str, Any]]:
+        answer = _ok(await _call(bus, "dlq_list", json.dumps(body).encode()))
+        assert _reply_errors(schema, "dlq_list", answer) == []
+        letters: list[dict[str, Any]] = answer["letters"]
+        return letters
+
+    every = await listed({})
+    assert [(d["worker"], d["reason"][-22:]) for d in every] == [
+        ("alpha", "boom 12\nTraceback follows"[-22:]),
+        ("beta", "boom 11\nTraceback follows"[-22:]),
+        ("alpha", "boom 10\nTraceback follows"[-22:]),
+    ]
+    ids = [d["id"] for d in every]
+    assert ids == sorted(ids, reverse=True) and "payload" not in every[0]
+    assert every[0]["reason"].endswith("\nTraceback follows")  # whole, not clipped
+    assert every[0]["attempts"] == 2 and every[0]["subject"] == s.event("test.fail")
+    assert [d["id"] for d in await listed({"worker": "alpha"})] == [ids[0], ids[2]]
+    assert [d["id"] for d in await listed({"limit": 1})] == [ids[0]]
+    assert await listed({"worker": "gamma"}) == []
+
+    shown = _ok(await _call(bus, "dlq_show", json.dumps({"id": ids[1]}).encode()))
+    assert _reply_errors(schema, "dlq_show", shown) == []
+    assert shown["id"] == ids[1]
+    assert json.loads(shown["letter"]["payload"]) == {"n": 11}
+    assert shown["letter"]["stream_seq"] == 11 and shown["letter"]["worker"] == "beta"
+    code, message = _error(await _call(bus, "dlq_show", b'{"id": 9999}'))
+    assert code == 404 and "9999" in message
+    for name, bad in (("dlq_list", b'{"worker": "a.*"}'), ("dlq_list", b'{"limit": 0}')):
+        assert _error(await _call(bus, name, bad))[0] == 400, bad
+    assert _error(await _call(bus, "dlq_purge", b'{"worker": ">"}'))[0] == 400
+
+    purged = _ok(await _call(bus, "dlq_purge", b'{"worker": "alpha"}'))
+    assert _reply_errors(schema, "dlq_purge", purged) == []
+    assert purged == {"purged": 2}
+    assert [d["worker"] for d in await listed({})] == ["beta"]
+    assert _ok(await _call(bus, "dlq_purge", b"{}")) == {"purged": 1}
+    assert await listed({}) == []
+    assert _error(await _call(bus, "dlq_show", json.dumps({"id": ids[1]}).encode()))[0] == 404

@@ -27,11 +27,15 @@ from ctrlplane.api import (
     SERVICE_NAME,
     ApplyReply,
     ApplyRequest,
+    DlqListReply,
+    DlqPurgeReply,
+    DlqShowReply,
+    DlqShowRequest,
     InstancesReply,
     RemoteError,
     request,
 )
-from ctrlplane.bus import Event
+from ctrlplane.bus import DeadLetter, Event
 from ctrlplane.bus.codec import encode
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.server import EmbeddedServer, find_binary
@@ -330,6 +334,40 @@ async def test_observer_reads_events_and_read_only_endpoints(plane: Plane) -> No
     finally:
         await client.nc.close()
     assert client.errors == []
+
+
+async def test_observer_reads_dead_letters_through_the_service_but_cannot_purge(
+    plane: Plane,
+) -> None:
+    s = plane.subjects
+    letter = DeadLetter(worker="usage-recorder", subject=s.event("usage.x"), reason="gave up")
+    await plane.cp.bus.publish_dead_letter(letter)
+    client = await connect_as(plane.url(Role.OBSERVER))
+    observer = Bus(s)
+    await observer.connect(plane.url(Role.OBSERVER))
+    try:
+        # The DLQ stream itself is closed to the observer: the service reads it.
+        listed = await request(observer, "dlq_list", {}, DlqListReply, within=5)
+        ((seq, worker),) = [(d.id, d.worker) for d in listed.letters]
+        assert worker == "usage-recorder"
+        shown = await request(observer, "dlq_show", DlqShowRequest(id=seq), DlqShowReply, within=5)
+        assert shown.letter.reason == "gave up"
+        purge = s.api("dlq_purge")
+        with pytest.raises(nats.errors.TimeoutError):
+            await client.nc.request(purge, b"{}", timeout=REFUSED)
+        await client.wait_refused(purge)
+        assert len((await request(observer, "dlq_list", {}, DlqListReply, within=5)).letters) == 1
+    finally:
+        await observer.close()
+        await client.nc.close()
+    admin = Bus(s)
+    await admin.connect(plane.url(Role.ADMIN))
+    try:
+        purged = await request(admin, "dlq_purge", {}, DlqPurgeReply, within=5)
+        assert purged.purged == 1
+        assert (await request(admin, "dlq_list", {}, DlqListReply, within=5)).letters == []
+    finally:
+        await admin.close()
 
 
 async def test_publisher_publishes_allowed_events_a_worker_sees(plane: Plane) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from ctrlplane.api.deadletters import get_letter, list_letters, purge_letters
 from ctrlplane.api.errors import ForbiddenError, NotFoundError, UnavailableError
 from ctrlplane.api.messages import (
     ApplyReply,
@@ -14,8 +15,15 @@ from ctrlplane.api.messages import (
     CertsRequest,
     CertView,
     CheckView,
+    DeadLetterView,
     DeploymentsReply,
     DeploymentsRequest,
+    DlqListReply,
+    DlqListRequest,
+    DlqPurgeReply,
+    DlqPurgeRequest,
+    DlqShowReply,
+    DlqShowRequest,
     HealthReply,
     HealthRequest,
     InstancesReply,
@@ -23,6 +31,9 @@ from ctrlplane.api.messages import (
     InstanceView,
     NodesReply,
     NodesRequest,
+    RunsReply,
+    RunsRequest,
+    RunView,
     TelemetryReply,
     TelemetryRequest,
 )
@@ -35,9 +46,30 @@ from ctrlplane.inventory import Inventory
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import CheckState, HealthStatus, worst
 from ctrlplane.store.instances import Instance
+from ctrlplane.store.runs import WorkerRun
 from ctrlplane.types import Router
 
-__all__ = ["DomainApi", "check_view"]
+__all__ = ["DomainApi", "check_view", "run_view"]
+
+
+def run_view(run: WorkerRun) -> RunView:
+    """``run`` as the ``runs`` endpoint answers it."""
+    took: timedelta | None = None
+    if run.finished is not None:
+        took = run.finished - run.started
+    return RunView(
+        id=run.id,
+        worker=run.worker,
+        process=run.process,
+        trigger=run.trigger,
+        ref=run.trigger_ref,
+        attempt=run.attempt,
+        started=run.started,
+        finished=run.finished,
+        duration=took,
+        outcome=run.outcome,
+        error=run.error,
+    )
 
 
 def check_view(instance: Instance, state: CheckState) -> CheckView:
@@ -58,7 +90,8 @@ def check_view(instance: Instance, state: CheckState) -> CheckView:
 
 class DomainApi:
     """Answers ``apply``, ``instances``, ``health``, ``telemetry``, ``deployments``,
-    ``certs`` and ``nodes`` (served by :class:`~ctrlplane.api.service.ApiService`).
+    ``certs``, ``nodes``, ``runs`` and ``dlq_list``, ``dlq_show`` and ``dlq_purge``
+    (served by :class:`~ctrlplane.api.service.ApiService`).
 
     Args:
         allow_apply: Whether ``apply`` is served (``Config.api_apply``); when
@@ -93,6 +126,10 @@ class DomainApi:
             "deployments": self.deployments,
             "certs": self.certs,
             "nodes": self.nodes,
+            "runs": self.runs,
+            "dlq_list": self.dlq_list,
+            "dlq_show": self.dlq_show,
+            "dlq_purge": self.dlq_purge,
         }
 
     async def apply(self, request: ApplyRequest) -> ApplyReply:
@@ -201,3 +238,35 @@ class DomainApi:
             msgspec.structs.replace(n, instances=counts.get(n.name, 0)) for n in self._nodes.nodes()
         ]
         return NodesReply(node=self._nodes.name, store_id=self._store.identity, nodes=nodes)
+
+    async def runs(self, request: RunsRequest) -> RunsReply:
+        found = await self._store.runs.list(
+            worker=request.worker,
+            outcome=request.outcome,
+            since=datetime.now(UTC) - request.since,
+            limit=request.limit,
+        )
+        return RunsReply(runs=[run_view(r) for r in found])
+
+    async def dlq_list(self, request: DlqListRequest) -> DlqListReply:
+        found = await list_letters(self._bus, request.worker, request.limit)
+        return DlqListReply(
+            letters=[
+                DeadLetterView(
+                    id=seq,
+                    worker=letter.worker,
+                    subject=letter.subject,
+                    reason=letter.reason,
+                    attempts=letter.attempts,
+                    time=letter.time,
+                    size=letter.size,
+                )
+                for seq, letter in found
+            ]
+        )
+
+    async def dlq_show(self, request: DlqShowRequest) -> DlqShowReply:
+        return DlqShowReply(id=request.id, letter=await get_letter(self._bus, request.id))
+
+    async def dlq_purge(self, request: DlqPurgeRequest) -> DlqPurgeReply:
+        return DlqPurgeReply(purged=await purge_letters(self._bus, request.worker))

@@ -88,6 +88,31 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="Each process's workers: every process answers (gather until quiet).",
         scatter=True,
     ),
+    EndpointSpec(
+        name="runs",
+        request=m.RunsRequest,
+        reply=m.RunsReply,
+        description="The run history of every worker, or one's, newest first.",
+    ),
+    EndpointSpec(
+        name="dlq_list",
+        request=m.DlqListRequest,
+        reply=m.DlqListReply,
+        description="The dead letters of every worker, or one's, newest first, without payloads.",
+    ),
+    EndpointSpec(
+        name="dlq_show",
+        request=m.DlqShowRequest,
+        reply=m.DlqShowReply,
+        description="One dead letter, its payload included.",
+    ),
+    EndpointSpec(
+        name="dlq_purge",
+        request=m.DlqPurgeRequest,
+        reply=m.DlqPurgeReply,
+        description="Remove the dead letters of every worker, or one's.",
+        mutating=True,
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from msgspec import Struct, field
 
 from ctrlplane.actors.control import WorkersReply, WorkersRequest
+from ctrlplane.bus.messages import DeadLetter
+from ctrlplane.bus.subjects import is_valid_token
 from ctrlplane.cluster.nodes import NodeInfo
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl
@@ -21,6 +23,7 @@ from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.deployments import Deployment
 from ctrlplane.store.health import HealthStatus
 from ctrlplane.store.instances import DesiredState, InstanceState
+from ctrlplane.store.runs import Outcome, Trigger
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
 __all__ = [
@@ -30,8 +33,15 @@ __all__ = [
     "CertsReply",
     "CertsRequest",
     "CheckView",
+    "DeadLetterView",
     "DeploymentsReply",
     "DeploymentsRequest",
+    "DlqListReply",
+    "DlqListRequest",
+    "DlqPurgeReply",
+    "DlqPurgeRequest",
+    "DlqShowReply",
+    "DlqShowRequest",
     "HealthReply",
     "HealthRequest",
     "InstanceView",
@@ -39,6 +49,9 @@ __all__ = [
     "InstancesRequest",
     "NodesReply",
     "NodesRequest",
+    "RunView",
+    "RunsReply",
+    "RunsRequest",
     "TelemetryReply",
     "TelemetryRequest",
     "WorkersReply",
@@ -197,3 +210,134 @@ class NodesReply(Struct, frozen=True, kw_only=True):
     node: str
     store_id: str
     nodes: list[NodeInfo] = field(default_factory=list)
+
+
+def _check_worker(worker: str | None) -> None:
+    # It becomes a subject token: a dot or a wildcard would widen the filter.
+    if worker is not None and not is_valid_token(worker):
+        raise ValueError(f"{worker!r} is not a worker name")
+
+
+def _check_limit(limit: int) -> None:
+    # A ValueError in __post_init__ is a decode failure (a 400), not a store error.
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+
+
+class RunsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The run history: runs started in the last ``since`` seconds (0 to 36500
+    days), of one ``worker`` or all, ending in ``outcome`` or any; the newest
+    ``limit`` of them (1 to 10000)."""
+
+    worker: str | None = None
+    since: timedelta = timedelta(hours=1)
+    outcome: Outcome | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if not timedelta(0) <= self.since <= MAX_SINCE:
+            raise ValueError(f"since must be between 0s and {MAX_SINCE.days}d")
+        _check_limit(self.limit)
+
+
+class RunView(Struct, frozen=True, kw_only=True):
+    """One run of a worker, as ``ctrlplane runs`` shows it.
+
+    Attributes:
+        id: The run's id.
+        worker: The worker that ran.
+        process: The process that ran it (``host:pid``).
+        trigger: What started it: a tick, an event or the one-shot start.
+        ref: What triggered it: the event's id or the tick's slot, when known.
+        attempt: The delivery it was (1 the first time).
+        started: When it started.
+        finished: When it ended; absent while it runs.
+        duration: How long it took; absent while it runs.
+        outcome: How it ended.
+        error: What it raised, when it failed.
+    """
+
+    id: str
+    worker: str
+    process: str
+    trigger: Trigger
+    ref: str | None = None
+    attempt: int
+    started: datetime
+    finished: datetime | None = None
+    duration: timedelta | None = None
+    outcome: Outcome
+    error: str | None = None
+
+
+class RunsReply(Struct, frozen=True, kw_only=True):
+    """The runs asked for, newest first."""
+
+    runs: list[RunView] = field(default_factory=list)
+
+
+class DlqListRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The dead letters of one ``worker`` or all; the newest ``limit`` of them (1 to 10000)."""
+
+    worker: str | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+        _check_limit(self.limit)
+
+
+class DeadLetterView(Struct, frozen=True, kw_only=True):
+    """A dead letter without its payload, as ``ctrlplane dlq list`` shows it.
+
+    Attributes:
+        id: Its sequence in the dead-letter stream: what ``dlq_show`` takes.
+        worker: The worker that gave up on the message.
+        subject: The subject the message arrived on.
+        reason: Why it was dead-lettered, whole.
+        attempts: How many deliveries were made.
+        time: When it was dead-lettered.
+        size: The size of the original payload in bytes, when known.
+    """
+
+    id: int
+    worker: str
+    subject: str
+    reason: str
+    attempts: int
+    time: datetime
+    size: int | None = None
+
+
+class DlqListReply(Struct, frozen=True, kw_only=True):
+    """The dead letters asked for, newest first."""
+
+    letters: list[DeadLetterView] = field(default_factory=list)
+
+
+class DlqShowRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One dead letter by ``id``, its sequence in the dead-letter stream."""
+
+    id: int
+
+
+class DlqShowReply(Struct, frozen=True, kw_only=True):
+    """A whole dead letter, payload included, and its ``id``."""
+
+    id: int
+    letter: DeadLetter
+
+
+class DlqPurgeRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Remove the dead letters of one ``worker``, or all of them when absent."""
+
+    worker: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+
+
+class DlqPurgeReply(Struct, frozen=True, kw_only=True):
+    """How many dead letters were removed."""
+
+    purged: int

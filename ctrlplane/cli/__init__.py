@@ -10,10 +10,12 @@ from ctrlplane.cli.certs import certs
 from ctrlplane.cli.completion import completion
 from ctrlplane.cli.credentials import credentials, nats_config
 from ctrlplane.cli.deployments import deployments
+from ctrlplane.cli.dlq import dlq
 from ctrlplane.cli.events import events, schema
 from ctrlplane.cli.instances import apply, health, instances
 from ctrlplane.cli.nodes import nodes
 from ctrlplane.cli.run import run
+from ctrlplane.cli.runs import runs
 from ctrlplane.cli.telemetry import telemetry
 from ctrlplane.cli.workers import workers
 
@@ -40,6 +42,8 @@ for command in (
     nodes,
     telemetry,
     deployments,
+    runs,
+    dlq,
     certs,
     events,
     schema,
