@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from ctrlplane.web import server as web_server
 from ctrlplane.web.addr import HttpAddr, parse_http_addr
 from ctrlplane.web.server import HTTP_FILE, read_http_url
 from tests.helpers import wait_for
+from tests.processes import env_for, run_cli, started, stop
 
 
 @pytest.mark.parametrize(
@@ -159,3 +161,27 @@ async def test_a_port_in_use_stops_the_start_naming_http_addr(
         await cp.start()
     assert taken in str(info.value)
     await wait_for(lambda: not cp.bus.connected, within=10)
+
+
+async def test_ctrlplane_run_serves_the_probes_and_a_bad_addr_exits_2(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    bad = await asyncio.to_thread(
+        run_cli, ["run", "--http-addr", "nowhere", "--data-dir", str(data)], env_for()
+    )
+    assert bad.returncode == 2 and "http_addr" in bad.stderr
+    with started(
+        ["run", "--data-dir", str(data), "--http-addr", "127.0.0.1:0"],
+        env_for(),
+        tmp_path / "run.log",
+    ) as proc:
+        await wait_for(lambda: read_http_url(data) is not None, within=30)
+        url = read_http_url(data)
+        assert url is not None
+
+        async def ready() -> bool:
+            return (await get(f"{url}/readyz"))[0] == 200
+
+        await wait_for(ready, within=30, interval=0.2)
+        assert url in (tmp_path / "run.log").read_text()
+        assert await asyncio.to_thread(stop, proc) == 0
+    assert read_http_url(data) is None
