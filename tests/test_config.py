@@ -724,6 +724,7 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "node_timeout": "30s",
         "stream_replicas": 1,
         "max_consumers": 10_000,
+        "http_addr": "127.0.0.1:0",
     }
 
 

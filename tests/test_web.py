@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from ctrlplane import Config, ControlPlane
 from ctrlplane.bus.server import EmbeddedServer
+from ctrlplane.config import load_config
 from ctrlplane.errors import ConfigError
 from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.web import server as web_server
@@ -185,3 +186,11 @@ async def test_ctrlplane_run_serves_the_probes_and_a_bad_addr_exits_2(tmp_path: 
         assert url in (tmp_path / "run.log").read_text()
         assert await asyncio.to_thread(stop, proc) == 0
     assert read_http_url(data) is None
+
+
+def test_http_addr_from_the_environment(tmp_path: Path) -> None:
+    env = {"CTRLPLANE_HTTP_ADDR": "off", "HOME": str(tmp_path)}
+    assert load_config(env=env).http_addr == "off"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={**env, "CTRLPLANE_HTTP_ADDR": "8080"})
+    assert info.value.field == "http_addr"
