@@ -23,6 +23,8 @@ from ctrlplane.api import (
     ENDPOINTS,
     SERVICE_NAME,
     ApiService,
+    DeploymentsReply,
+    DeploymentsRequest,
     DomainApi,
     HealthReply,
     RemoteError,
@@ -231,6 +233,12 @@ async def test_the_client_decodes_seconds_and_raises_the_error_message(
     assert reply.instance == "web"
     with pytest.raises(RemoteError, match="no instance 'db'") as raised:
         await request(bus, "telemetry", TelemetryRequest(instance="db"), TelemetryReply, within=10)
+    assert raised.value.code == 404
+    # Deployments too: an empty list would hide the typo.
+    with pytest.raises(RemoteError, match="no instance 'db'") as raised:
+        await request(
+            bus, "deployments", DeploymentsRequest(instance="db"), DeploymentsReply, within=10
+        )
     assert raised.value.code == 404
     (answer,) = await list_workers(bus)
     assert answer.workers[0].interval == timedelta(seconds=1.5)

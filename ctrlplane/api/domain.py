@@ -216,6 +216,14 @@ class DomainApi:
 
     async def deployments(self, request: DeploymentsRequest) -> DeploymentsReply:
         found = await self._store.deployments.list(instance=request.instance, limit=request.limit)
+        # An empty list must not hide a typo; a removed instance's deployments
+        # are still listed by the name it had.
+        if (
+            not found
+            and request.instance is not None
+            and await self._store.instances.find(request.instance) is None
+        ):
+            raise NotFoundError(f"no instance {request.instance!r}")
         return DeploymentsReply(deployments=found)
 
     async def telemetry(self, request: TelemetryRequest) -> TelemetryReply:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -13,16 +12,12 @@ from ctrlplane.cli.common import (
     ask,
     connection_options,
     echo_json,
-    fail,
     json_option,
     load,
     print_table,
 )
 from ctrlplane.durations import format_duration
 from ctrlplane.limits import MAX_LIMIT
-
-if TYPE_CHECKING:
-    from ctrlplane.config import Config
 
 
 def _took(started: datetime, finished: datetime | None) -> str:
@@ -54,8 +49,6 @@ def deployments(
 
     body = DeploymentsRequest(instance=instance, limit=limit)
     reply = ask(config, "deployments", body, DeploymentsReply)
-    if instance is not None and not reply.deployments:
-        _must_exist(config, instance)
     if as_json:
         echo_json(encode_body(reply.deployments).decode())
         return
@@ -76,13 +69,3 @@ def deployments(
             for d in reply.deployments
         ],
     )
-
-
-def _must_exist(config: Config, instance: str) -> None:
-    """Exit 1 with ``no instance 'x'`` unless ``instance`` names (or is the id of) one,
-    as ``telemetry`` does: an empty list must not hide a typo."""
-    from ctrlplane.api import InstancesReply
-
-    known = ask(config, "instances", {}, InstancesReply).instances
-    if not any(instance in (i.name, i.id) for i in known):
-        fail(f"no instance {instance!r}")
