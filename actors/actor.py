@@ -41,6 +41,7 @@ from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.codec import MAX_REASON, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
+from ctrlplane.bus.controls import RUN_HEADER, RunRequest, decode_run_request
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
@@ -150,6 +151,11 @@ class Actor:
         self.blocked_count = 0
         self.blocked_seconds = 0.0
         self.restarts = 0
+        # Paused (cluster-wide, from the worker controls bucket): ticks are
+        # skipped, events are not pulled, and those already here wait parked.
+        self.paused = False
+        self._event_feeds: list[PullFeed] = []
+        self._parked: list[Msg] = []
 
     # ------------------------------------------------------------------ start
 
@@ -213,7 +219,39 @@ class Actor:
         feed = PullFeed(self._bus, stream, config.durable_name, deliver, window=window)
         await feed.start()
         self._feeds.append(feed)
+        if source is _Source.EVENT:
+            self._event_feeds.append(feed)
+            if self.paused:
+                feed.pause()
         self._intake.append(self._spawn(f"pull-{source.value}-{self.spec.name}", feed.run))
+
+    # ---------------------------------------------------------------- control
+
+    def pause(self) -> None:
+        """Run nothing until :meth:`resume`: ticks are acked as skipped, events
+        stay in the stream (those already fetched are held, unrun). A run in
+        progress finishes."""
+        if self.paused:
+            return
+        self.paused = True
+        for feed in self._event_feeds:
+            feed.pause()
+        self._log.info("worker paused")
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: the events held meanwhile are handled first."""
+        if not self.paused:
+            return
+        self.paused = False
+        parked, self._parked = self._parked, []
+        if not self._stopping:
+            for msg in parked:
+                self._queue.put_nowait((_Source.EVENT, msg))
+        else:
+            self._parked = parked  # stop_intake hands them back
+        for feed in self._event_feeds:
+            feed.resume()
+        self._log.info("worker resumed", held=len(parked))
 
     # --------------------------------------------------------------- handling
 
@@ -223,6 +261,11 @@ class Actor:
             if item is None:
                 return
             source, msg = item
+            if source is _Source.EVENT and self.paused and not self._stopping:
+                # Held (its lease kept alive) rather than handed back: a nak
+                # would count a delivery against the event's max_attempts.
+                self._parked.append(msg)
+                continue
             try:
                 await self._handle(source, msg)
             except asyncio.CancelledError:
@@ -269,6 +312,9 @@ class Actor:
             self._log.warning("lease lapsed before the run; left to its redelivery")
             self._settler.drop(msg)
             return
+        if source is _Source.TICK and msg.headers and msg.headers.get(RUN_HEADER):
+            await self._requested(msg, attempt)
+            return
         if source is _Source.TICK:
             try:
                 tick = decode_tick(msg.data, msg.subject)
@@ -282,6 +328,9 @@ class Actor:
                 problem = f"tick lacks its de-duplication id (Nats-Msg-Id: {tick.msg_id})"
             if problem is not None:
                 await self._refuse(msg, Trigger.TICK, attempt, problem)
+                return
+            if self.paused:
+                await self._skip(msg, tick, attempt, "paused")
                 return
             stale = self._is_stale(tick) and pending_after(msg) > 0
             done = await self._slot_completed(tick, attempt)
@@ -328,6 +377,40 @@ class Actor:
                 return
             await self._run(Trigger.EVENT, msg, attempt, event=event)
 
+    async def _requested(self, msg: Msg, attempt: int) -> None:
+        """A run-now request, come through the tick consumer: one extra run
+        that never overlaps another and completes no slot."""
+        try:
+            request = decode_run_request(msg.data, msg.subject)
+        except DecodeError as exc:
+            await self._refuse(msg, Trigger.MANUAL, attempt, exc.reason)
+            return
+        problem = self._request_problem(msg, request)
+        if problem is not None:
+            await self._refuse(msg, Trigger.MANUAL, attempt, problem)
+            return
+        if self.paused:
+            # Paused after it was asked for: recorded, not run.
+            self.skipped_count += 1
+            now, skipped = self._clock(), Outcome.SKIPPED
+            row = Row(Trigger.MANUAL, request.ref, attempt, now, skipped, "paused")
+            decision = decide(
+                Trigger.MANUAL, skipped, attempt=attempt, max_attempts=self.spec.max_attempts
+            )
+            await self._conclude(msg, decision, row)
+            return
+        await self._run(Trigger.MANUAL, msg, attempt, ref=request.ref)
+
+    def _request_problem(self, msg: Msg, request: RunRequest) -> str | None:
+        if request.worker != self.spec.name or request.node != self.spec.node:
+            return (
+                f"run request for {request.worker!r} (node {request.node!r}) came on the "
+                f"subject of {self.spec.name!r} (node {self.spec.node!r})"
+            )
+        if msg_id(msg) != request.ref:
+            return f"run request lacks its de-duplication id (Nats-Msg-Id: {request.ref})"
+        return None
+
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
         self.last_error = f"refused: {reason}"
@@ -372,11 +455,16 @@ class Actor:
         *,
         tick: Tick | None = None,
         event: Event | None = None,
+        ref: str | None = None,
     ) -> None:
         spec = self.spec
         started = self._clock()
         run_id = new_run_id(started)
-        ref = tick.msg_id if tick else event.id if event else None
+        if ref is None:
+            ref = tick.msg_id if tick else event.id if event else None
+        # A message of the tick consumer (a tick, a run-now request) blocks
+        # the worker's next one: its lease is bounded by the run's timeout.
+        bounded = tick is not None or (msg is not None and trigger is Trigger.MANUAL)
         ctx = RunContext(
             worker=spec.name,
             run_id=run_id,
@@ -388,7 +476,7 @@ class Actor:
             tick=tick,
             event=event,
         )
-        if tick is not None:
+        if bounded:
             # Kept alive from outside the loop for the run's timeout at most.
             # (An event's lease is not bounded: a copy run twice is allowed,
             # and its deadline cancels a stuck run as soon as the loop turns.)
@@ -426,7 +514,7 @@ class Actor:
             retry_delay=retry_delay,
         )
         if msg is not None:
-            if tick is not None:
+            if bounded:
                 self._leases.bound(msg.reply, None)
             self._settler.release_window(msg)
         if tick is not None and decision.how is Settle.ACK and self._ledger is not None:
@@ -529,7 +617,7 @@ class Actor:
             self._settler.settle_soon(msg, then.how, then.delay)
 
         self._records.record(row, written)
-        if row.trigger is Trigger.TICK:
+        if row.trigger is Trigger.TICK or row.trigger is Trigger.MANUAL:
             # One tick out at a time: its record should not wait out the
             # batch interval before the next can be delivered.
             self._runs.flush_soon()
@@ -575,6 +663,7 @@ class Actor:
             process=self._process,
             scope=self.spec.scope,
             node=self.spec.node,
+            paused=self.paused,
         )
 
     # ------------------------------------------------------------------- stop
@@ -600,6 +689,9 @@ class Actor:
             item = self._queue.get_nowait()
             if item is not None:
                 await self._settler.settle(item[1], HAND_BACK.how)
+        parked, self._parked = self._parked, []
+        for msg in parked:
+            await self._settler.settle(msg, HAND_BACK.how)
         for _ in self._runners:
             self._queue.put_nowait(None)
 

@@ -59,6 +59,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
         process: The process that reports it.
         scope: ``cluster`` or ``node``.
         node: The node whose runs it takes, for a node-scoped worker.
+        paused: Whether it is paused (cluster-wide, ``ctrlplane worker pause``):
+            its ticks are skipped and its events wait in the stream.
     """
 
     name: str
@@ -79,6 +81,7 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     process: str = ""
     scope: Scope = Scope.CLUSTER
     node: str | None = None
+    paused: bool = False
 
 
 class WorkerFailed(Struct, frozen=True, kw_only=True, omit_defaults=True):

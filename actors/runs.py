@@ -35,6 +35,8 @@ class Trigger(StrEnum):
     TICK = "tick"
     EVENT = "event"
     ONCE = "once"
+    MANUAL = "manual"
+    """An operator asked for a run now (``ctrlplane worker run``)."""
 
 
 def new_run_id(now: float) -> str:

@@ -30,6 +30,7 @@ from ctrlplane.actors.ticker import Ticker
 from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.connection import Bus
+from ctrlplane.bus.controls import WorkerControl, WorkerControls
 from ctrlplane.bus.kv import SlotLedger
 from ctrlplane.bus.subjects import is_valid_token
 
@@ -111,6 +112,7 @@ class Scheduler:
         self._deadlines: dict[float, Deadlines] = {}
         self._ledger: SlotLedger | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self._controls: WorkerControls | None = None
         self._state = _State.NEW
 
     def use(self, bus: Bus, runs: RunRecorder | None = None, *, node: str | None = None) -> None:
@@ -204,6 +206,10 @@ class Scheduler:
             suspect_for=2 * longest_ack_wait,
         )
         await ledger.open()
+        # Read before any actor starts: a worker paused before this process
+        # (re)started never pulls an event or runs a tick.
+        controls = self._controls = WorkerControls(bus, self._controlled)
+        await controls.open()
         watchdog = LoopWatchdog(asyncio.get_running_loop(), self._note_block)
         self._watchdog = watchdog
         self._beat = asyncio.create_task(watchdog.run(), name="loop-watchdog")
@@ -236,6 +242,8 @@ class Scheduler:
             )
             actor.skipped_count = counts.get((spec.name, Outcome.SKIPPED), 0)
             actor.dead_letter_count = counts.get((spec.name, Outcome.DEAD_LETTERED), 0)
+            if controls.paused(spec.name):
+                actor.pause()
             self._actors[spec.name] = actor
         # All or nothing: one actor that cannot start cancels the others'
         # starts, and whatever did start is stopped by the caller. A few at a
@@ -251,6 +259,27 @@ class Scheduler:
                 group.create_task(start(actor), name=f"start-{actor.spec.name}")
         self._ticker = Ticker(bus, self.specs(), process=self.process, clock=self._clock)
         self._ticker.start()
+
+    def _controlled(self, worker: str, control: WorkerControl | None) -> None:
+        """A worker's controls changed (here or in another process)."""
+        actor = self._actors.get(worker)
+        if actor is None:
+            return
+        if control is not None and control.paused:
+            actor.pause()
+        else:
+            actor.resume()
+
+    @property
+    def controls(self) -> WorkerControls:
+        """The cluster's worker controls (pause, resume), once started.
+
+        Raises:
+            SchedulerStateError: before :meth:`start`.
+        """
+        if self._controls is None:
+            raise SchedulerStateError("start() the scheduler before using its worker controls")
+        return self._controls
 
     def _note_block(self, worker: str, seconds: float) -> None:
         actor = self._actors.get(worker)
@@ -298,6 +327,8 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._ledger is not None:
             self._ledger.close()
+        if self._controls is not None:
+            await self._controls.close()
         if self._leases is not None:
             # The thread ends by itself within a turn (it is a daemon): stop()
             # only tells it to, so stopping stays within grace + 1 s.
@@ -321,6 +352,7 @@ class Scheduler:
                         process=self.process,
                         scope=spec.scope,
                         node=self.node if spec.scope is Scope.NODE else None,
+                        paused=self._controls is not None and self._controls.paused(spec.name),
                     )
                 )
         return infos

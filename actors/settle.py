@@ -55,14 +55,15 @@ def decide(
     - ``Retry`` is honoured for ticks and events alike, after its delay
       (or the backoff for this attempt), so an outage is no tight loop
       (an event still counts the attempt against ``max_attempts``);
-    - a periodic run that failed is not retried: it runs again next slot;
+    - a periodic run that failed is not retried: it runs again next slot
+      (a run asked for now, likewise: it was one extra run);
     - an event that keeps failing is dead-lettered after ``max_attempts``.
     """
     if outcome is Outcome.DEAD_LETTERED:
         return Decision(how=Settle.DEAD_LETTER, reason=error or "rejected")
     if outcome is Outcome.CANCELLED:
         return Decision(how=Settle.NAK)
-    if trigger is Trigger.TICK:
+    if trigger is Trigger.TICK or trigger is Trigger.MANUAL:
         if outcome is Outcome.RETRY:
             return Decision(how=Settle.NAK, delay=_delay(attempt, retry_delay))
         return Decision(how=Settle.ACK)

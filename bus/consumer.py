@@ -66,6 +66,7 @@ class PullFeed:
         self._heard = asyncio.get_running_loop().time()
         self._sub: Subscription | None = None
         self._inbox = ""
+        self._paused = False
 
     @property
     def held(self) -> int:
@@ -77,6 +78,24 @@ class PullFeed:
         self._inbox = nc.new_inbox()
         self._sub = await nc.subscribe(self._inbox, cb=self._receive)
         self._bus.on_reconnect(self._reset)
+        self._need.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the feed has stopped asking for messages."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Ask for no more messages: those not yet delivered wait in the stream.
+
+        Pull requests already on the server may still deliver until they
+        expire (``expires`` at most): the caller keeps what arrives.
+        """
+        self._paused = True
+
+    def resume(self) -> None:
+        """Ask for messages again after :meth:`pause`."""
+        self._paused = False
         self._need.set()
 
     def settled(self) -> None:
@@ -126,6 +145,8 @@ class PullFeed:
                 async with asyncio.timeout(self._expires):
                     await self._need.wait()
             self._need.clear()
+            if self._paused:
+                continue
             if self._outstanding and loop.time() - self._heard > 2 * self._expires + 1:
                 # No delivery and no end-of-request status for too long: the
                 # requests were lost (a server restart, say). Ask again.

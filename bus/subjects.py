@@ -87,6 +87,11 @@ class Subjects(Struct, frozen=True):
         """The key-value bucket of the cluster's node heartbeats."""
         return f"{self._stream_base}_NODES"
 
+    @property
+    def controls_bucket(self) -> str:
+        """The key-value bucket of worker controls (which workers are paused)."""
+        return f"{self._stream_base}_CONTROLS"
+
     def tick(self, worker: str, node: str | None = None) -> str:
         """The subject of ticks for ``worker``; for a node-scoped worker, those
         of its runs on ``node`` (``<prefix>.tick.<worker>.<node>``)."""

@@ -251,7 +251,12 @@ class ControlPlane:
         async def workers(_: WorkersRequest) -> WorkersReply:
             return workers_reply(scheduler)
 
-        self._api = ApiService(self.bus, {**domain.handlers(), "workers": workers})
+        from ctrlplane.api.controls import ControlApi
+
+        controls = ControlApi(self.bus, scheduler, self._nodes)
+        self._api = ApiService(
+            self.bus, {**domain.handlers(), "workers": workers, **controls.handlers()}
+        )
         await self._api.start()
         if cfg.instances is not None:
             # After the scheduler: the workers' consumers exist, so the

@@ -74,6 +74,9 @@ MUTATING_ENDPOINTS: tuple[str, ...] = ("apply", "dlq_purge")
 """Endpoints that change the fleet (``apply`` runs commands) or remove what is
 kept (``dlq_purge``): admin and service only."""
 
+MUTATING_ENDPOINTS += ("worker_pause", "worker_resume", "worker_run")
+# Steering workers (pause, resume, run now) is an operator's act too.
+
 # Replies to requests come back on the requester's inbox; JetStream answers there too.
 _INBOX = "_INBOX.>"
 # NATS micro service discovery: $SRV.PING, $SRV.INFO, $SRV.STATS and their

@@ -50,6 +50,7 @@ class Trigger(StrEnum):
     TICK = "tick"
     EVENT = "event"
     ONCE = "once"
+    MANUAL = "manual"
 
 
 class WorkerRun(Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from referencing import Registry, Resource
 
 from ctrlplane.actors.info import WorkerInfo, WorkerKind
+from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.api import (
     ENDPOINTS,
     SERVICE_NAME,
@@ -34,6 +35,7 @@ from ctrlplane.api import (
     list_workers,
     request,
 )
+from ctrlplane.api.controls import ControlApi
 from ctrlplane.api.errors import CODE_HEADER, MESSAGE_HEADER
 from ctrlplane.bus import Bus, DeadLetter
 from ctrlplane.inventory import Inventory
@@ -63,6 +65,8 @@ async def service(store: Store, bus: Bus, tmp_path: Path) -> AsyncIterator[ApiSe
     await bus.ensure_streams(duplicate_window=timedelta(minutes=2))
     inventory = Inventory(store, {"process": ProcessProvider(tmp_path / "data")}, bus.publish_event)
     handlers = {**DomainApi(bus, store, inventory).handlers(), "workers": _workers_handler("p1")}
+    # Served like every endpoint (tests/test_worker_control.py calls them on a real scheduler).
+    handlers |= ControlApi(bus, Scheduler(bus)).handlers()
     service = ApiService(bus, handlers)
     await service.start()
     try:

@@ -522,7 +522,7 @@ def test_bash_completion_is_valid_and_completes_a_command(tmp_path: Path) -> Non
         timeout=30,
         check=False,
     )
-    assert completed.stdout.split() == ["workers"], completed.stderr
+    assert completed.stdout.split() == ["worker", "workers"], completed.stderr
 
 
 def test_unknown_shell_is_a_usage_error() -> None:

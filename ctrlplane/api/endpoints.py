@@ -113,6 +113,28 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="Remove the dead letters of every worker, or one's.",
         mutating=True,
     ),
+    EndpointSpec(
+        name="worker_pause",
+        request=m.WorkerControlRequest,
+        reply=m.WorkerControlReply,
+        description="Pause a worker in the whole cluster, across restarts: "
+        "its ticks are skipped, its events wait.",
+        mutating=True,
+    ),
+    EndpointSpec(
+        name="worker_resume",
+        request=m.WorkerControlRequest,
+        reply=m.WorkerControlReply,
+        description="Resume a paused worker in the whole cluster.",
+        mutating=True,
+    ),
+    EndpointSpec(
+        name="worker_run",
+        request=m.WorkerRunRequest,
+        reply=m.WorkerRunReply,
+        description="One extra run of a periodic worker now, after its current run if any.",
+        mutating=True,
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 

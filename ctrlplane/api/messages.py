@@ -8,8 +8,9 @@ and seconds on the wire (:mod:`ctrlplane.api.wire`).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from ctrlplane.actors.control import WorkersReply, WorkersRequest
 from ctrlplane.bus.messages import DeadLetter
@@ -54,6 +55,10 @@ __all__ = [
     "RunsRequest",
     "TelemetryReply",
     "TelemetryRequest",
+    "WorkerControlReply",
+    "WorkerControlRequest",
+    "WorkerRunReply",
+    "WorkerRunRequest",
     "WorkersReply",
     "WorkersRequest",
 ]
@@ -341,3 +346,63 @@ class DlqPurgeReply(Struct, frozen=True, kw_only=True):
     """How many dead letters were removed."""
 
     purged: int
+
+
+Requester = Annotated[str, Meta(min_length=1, max_length=200)]
+"""Who asks for a change (``user@host`` from the CLI): kept with a pause, logged."""
+
+
+class WorkerControlRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Pause or resume ``worker`` in the whole cluster; ``by`` says who asks."""
+
+    worker: str
+    by: Requester | None = None
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+
+
+class WorkerControlReply(Struct, frozen=True, kw_only=True):
+    """A worker's state after ``worker_pause`` or ``worker_resume``.
+
+    Attributes:
+        worker: The worker.
+        paused: Whether it is paused now.
+        changed: False when it already was in that state (nothing was written).
+        by: Who set that state, when someone did.
+        at: When that state was set, when someone did.
+    """
+
+    worker: str
+    paused: bool
+    changed: bool
+    by: str | None = None
+    at: datetime | None = None
+
+
+class WorkerRunRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One extra run of periodic ``worker`` now; for a node-scoped worker, on
+    ``node`` (every live node when absent). ``by`` says who asks."""
+
+    worker: str
+    node: str | None = None
+    by: Requester | None = None
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+        if self.node is not None and not is_valid_token(self.node):
+            raise ValueError(f"{self.node!r} is not a node name")
+
+
+class WorkerRunReply(Struct, frozen=True, kw_only=True):
+    """The runs requested: each runs once the worker's current run (if any) ends.
+
+    Attributes:
+        worker: The worker.
+        refs: Each request's reference, the ``ref`` of its run in ``runs``.
+        nodes: The nodes asked, for a node-scoped worker (absent otherwise).
+    """
+
+    worker: str
+    refs: list[str] = field(default_factory=list)
+    nodes: list[str] | None = None

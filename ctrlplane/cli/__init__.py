@@ -17,6 +17,7 @@ from ctrlplane.cli.nodes import nodes
 from ctrlplane.cli.run import run
 from ctrlplane.cli.runs import runs
 from ctrlplane.cli.telemetry import telemetry
+from ctrlplane.cli.worker import worker
 from ctrlplane.cli.workers import workers
 
 __all__ = ["main"]
@@ -52,3 +53,4 @@ for command in (
     completion,
 ):
     main.add_command(command)
+main.add_command(worker)

@@ -64,6 +64,7 @@ def workers(
             "SCOPE",
             "INTERVAL",
             "RUNNING",
+            "PAUSED",
             "RUNS",
             "ERRORS",
             "DEAD LETTERS",
@@ -80,6 +81,7 @@ def workers(
                 w.scope.value if w.node is None else f"{w.scope.value}:{w.node}",
                 format_duration(w.interval) if w.interval else "-",
                 "yes" if w.running else "no",
+                "yes" if w.paused else "no",
                 str(w.run_count),
                 _errors(w),
                 # Refused (poison) messages are no failed runs, but an
