@@ -20,7 +20,8 @@ class RunContext:
     Attributes:
         worker: The worker's name.
         run_id: Unique id of this run (also in the ``worker_runs`` table).
-        trigger: ``tick``, ``event`` or ``once``.
+        trigger: ``tick``, ``event``, ``once`` or ``manual`` (``ctrlplane worker run``:
+            then ``tick`` is None).
         tick: The tick that triggered this run, for a periodic run.
         event: The event that triggered this run, for an event run.
         attempt: The delivery attempt, 1-based. Delivery is at least once:
