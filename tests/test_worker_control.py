@@ -88,6 +88,16 @@ class Counts:
         self.seen.append(ctx.event.id)
 
 
+class AtStart:
+    """Runs once at start."""
+
+    name = "at-start"
+    interval = timedelta(0)
+
+    async def run(self, ctx: RunContext) -> None:
+        return None
+
+
 def _config(config: Config, tmp_path: Path, node: str = "a") -> Config:
     """Only the test's workers, one shared store, a data dir per node."""
     return msgspec.structs.replace(
@@ -282,7 +292,11 @@ async def test_run_now_is_refused_for_a_paused_an_event_or_an_unknown_worker(
     config: Config, tmp_path: Path
 ) -> None:
     slow, counts = Slow(), Counts()
-    async with running(_config(config, tmp_path), slow, counts) as cp:
+    async with running(_config(config, tmp_path), slow, counts, AtStart()) as cp:
+        for call in (_run, _pause, _resume):
+            with pytest.raises(RemoteError) as once:
+                await call(cp.bus, "at-start")
+            assert once.value.code == 400 and "runs once at start" in once.value.message
         await _pause(cp.bus, "slow")
         with pytest.raises(RemoteError) as paused:
             await _run(cp.bus, "slow")

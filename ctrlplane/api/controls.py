@@ -131,8 +131,9 @@ class ControlApi:
         except ControlError as exc:
             raise UnavailableError(f"worker controls unavailable: {exc.reason}") from exc
         if control is not None and control.paused:
+            since = control.at.isoformat(timespec="seconds")
             raise RefusedError(
-                f"worker {name!r} is paused (by {control.by} at {control.at.isoformat()}): "
+                f"worker {name!r} is paused (by {control.by} at {since}): "
                 f"`ctrlplane worker resume {name}` first"
             )
         nodes: list[str | None]
