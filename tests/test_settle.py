@@ -95,3 +95,10 @@ def test_a_message_whose_record_was_dropped_is_handed_back_at_once() -> None:
 def test_a_refused_message_and_a_skipped_tick_go_through_decide() -> None:
     assert _decide(Trigger.EVENT, Outcome.DEAD_LETTERED).how is Settle.DEAD_LETTER
     assert _decide(Trigger.TICK, Outcome.SKIPPED, attempt=9) == Decision(how=Settle.ACK)
+
+
+@pytest.mark.parametrize("outcome", [Outcome.OK, Outcome.ERROR, Outcome.TIMEOUT, Outcome.SKIPPED])
+def test_a_run_asked_for_now_is_acked_whatever_its_outcome(outcome: Outcome) -> None:
+    # One extra run (ctrlplane worker run): a failure is not retried, and a
+    # retry would hold the worker's tick consumer.
+    assert _decide(Trigger.MANUAL, outcome, attempt=7) == Decision(how=Settle.ACK)

@@ -288,6 +288,42 @@ async def test_run_now_runs_once_more_after_the_current_run_never_overlapping(
         ]
 
 
+class OnEachNode:
+    """Node-scoped, hourly: counts its runs asked for now."""
+
+    name = "on-each-node"
+    interval = timedelta(hours=1)
+    scope = "node"
+
+    def __init__(self) -> None:
+        self.manual = 0
+
+    async def run(self, ctx: RunContext) -> None:
+        if ctx.trigger.value == "manual":
+            self.manual += 1
+
+
+async def test_run_now_of_a_node_scoped_worker_runs_on_every_live_node_or_the_one_named(
+    config: Config, tmp_path: Path
+) -> None:
+    on_a, on_b = OnEachNode(), OnEachNode()
+    async with (
+        running(_config(config, tmp_path, "a"), on_a) as a,
+        running(_config(config, tmp_path, "b"), on_b),
+    ):
+        await wait_for(lambda: a.nodes.live() == ["a", "b"])
+        reply = await _run(a.bus, "on-each-node")
+        assert reply.nodes == ["a", "b"]
+        for node, ref in zip(reply.nodes, reply.refs, strict=True):
+            assert ref.startswith(f"on-each-node/{node}/run/")
+        await wait_for(lambda: (on_a.manual, on_b.manual) == (1, 1))
+        body = WorkerRunRequest(worker="on-each-node", node="b", by="test")
+        one = await request(a.bus, "worker_run", body, WorkerRunReply, within=10)
+        assert one.nodes == ["b"]
+        await wait_for(lambda: on_b.manual == 2)
+        assert on_a.manual == 1
+
+
 async def test_run_now_is_refused_for_a_paused_an_event_or_an_unknown_worker(
     config: Config, tmp_path: Path
 ) -> None:
@@ -302,6 +338,10 @@ async def test_run_now_is_refused_for_a_paused_an_event_or_an_unknown_worker(
             await _run(cp.bus, "slow")
         assert paused.value.code == 400 and "is paused (by test" in paused.value.message
         assert "ctrlplane worker resume slow" in paused.value.message
+        body = WorkerRunRequest(worker="slow", node="a", by="test")
+        with pytest.raises(RemoteError) as cluster:
+            await request(cp.bus, "worker_run", body, WorkerRunReply, within=10)
+        assert cluster.value.code == 400 and "cluster-scoped" in cluster.value.message
         with pytest.raises(RemoteError) as event:
             await _run(cp.bus, "counts")
         assert event.value.code == 400 and "event-driven" in event.value.message

@@ -126,6 +126,13 @@ class ControlApi:
             )
         if info.kind is WorkerKind.ONCE:
             raise RefusedError(f"worker {name!r} runs once at start: it cannot be run again")
+        nodes: list[str | None]
+        if info.scope is Scope.NODE:
+            nodes = [request.node] if request.node else list(self._live_nodes())
+        elif request.node is not None:
+            raise RefusedError(f"worker {name!r} is cluster-scoped: it takes no node")
+        else:
+            nodes = [None]
         try:
             control = await self._scheduler.controls.read(name)
         except ControlError as exc:
@@ -136,13 +143,6 @@ class ControlApi:
                 f"worker {name!r} is paused (by {control.by} at {since}): "
                 f"`ctrlplane worker resume {name}` first"
             )
-        nodes: list[str | None]
-        if info.scope is Scope.NODE:
-            nodes = [request.node] if request.node else list(self._live_nodes())
-        elif request.node is not None:
-            raise RefusedError(f"worker {name!r} is cluster-scoped: it takes no node")
-        else:
-            nodes = [None]
         by = request.by or ANONYMOUS
         refs = []
         for node in nodes:
