@@ -113,6 +113,13 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="Remove the dead letters of every worker, or one's.",
         mutating=True,
     ),
+    EndpointSpec(
+        name="dlq_replay",
+        request=m.DlqReplayRequest,
+        reply=m.DlqReplayReply,
+        description="Send a dead letter (or all of a worker's) back to that worker alone.",
+        mutating=True,
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 

@@ -40,6 +40,9 @@ __all__ = [
     "DlqListRequest",
     "DlqPurgeReply",
     "DlqPurgeRequest",
+    "DlqReplayReply",
+    "DlqReplayRequest",
+    "DlqReplaySkipped",
     "DlqShowReply",
     "DlqShowRequest",
     "HealthReply",
@@ -341,3 +344,52 @@ class DlqPurgeReply(Struct, frozen=True, kw_only=True):
     """How many dead letters were removed."""
 
     purged: int
+
+
+class DlqReplayRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Send dead letters back to the worker that gave up on them: the letter
+    ``id``, or with ``all`` every letter of ``worker`` (one of the two forms)."""
+
+    id: int | None = None
+    worker: str | None = None
+    every: bool = field(default=False, name="all")
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+        if self.id is not None:
+            if self.id < 1:
+                raise ValueError(f"no dead letter {self.id}: ids start at 1")
+            if self.worker is not None or self.every:
+                raise ValueError("give an id, or a worker with all, not both")
+        elif self.worker is None:
+            raise ValueError("give the id of a dead letter, or a worker with all")
+        elif not self.every:
+            # One worker's letters may be many: replaying them all is said
+            # explicitly, never implied by naming the worker.
+            raise ValueError(f"replaying every dead letter of {self.worker} needs all: true")
+
+
+class DlqReplaySkipped(Struct, frozen=True, kw_only=True):
+    """A dead letter that was not replayed, and why; it is kept."""
+
+    id: int
+    reason: str
+
+
+class DlqReplayReply(Struct, frozen=True, kw_only=True):
+    """What a replay did.
+
+    Attributes:
+        replayed: How many letters were sent back to their worker (each is
+            removed from the dead letters once its replay is stored).
+        ids: Their ids, oldest first.
+        skipped: Letters of the worker that cannot be replayed (a tick, a
+            payload kept only in part), kept as they were.
+        left: Letters of the worker past this request's batch, still kept:
+            ask again to replay them.
+    """
+
+    replayed: int
+    ids: list[int] = field(default_factory=list)
+    skipped: list[DlqReplaySkipped] = field(default_factory=list)
+    left: int = 0
