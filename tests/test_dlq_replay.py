@@ -239,7 +239,7 @@ async def test_replay_reaches_the_worker_alone_and_a_failure_is_kept_again(
             await wait_for(tick_kept, within=30, interval=0.2)
             (tick,) = await letters("slot-log")
             refused = await asyncio.to_thread(run_cli, ["dlq", "replay", str(tick.id), *at], env)
-            assert refused.returncode != 0 and TICK_REFUSAL in refused.stderr, refused.stderr
+            assert refused.returncode == 1 and TICK_REFUSAL in refused.stderr, refused.stderr
             skipped = await _cli(["dlq", "replay", "--worker", "slot-log", "--all", *at], env)
             assert skipped.stdout.splitlines() == [
                 "replayed 0 dead letters",
@@ -251,7 +251,7 @@ async def test_replay_reaches_the_worker_alone_and_a_failure_is_kept_again(
             await bus.publish_dead_letter(_letter(worker="ghost"))
             (ghost,) = await letters("ghost")
             nobody = await asyncio.to_thread(run_cli, ["dlq", "replay", str(ghost.id), *at], env)
-            assert nobody.returncode != 0 and "no process runs ghost's replays" in nobody.stderr
+            assert nobody.returncode == 1 and "no process runs ghost's replays" in nobody.stderr
             assert [d.id for d in await letters("ghost")] == [ghost.id]
 
             # -- an observer may list dead letters, not replay them
