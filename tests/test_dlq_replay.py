@@ -15,8 +15,9 @@ import nats
 import nats.errors
 import pytest
 
+from ctrlplane.actors import RunContext, Scheduler
 from ctrlplane.api import DlqListReply, DlqReplayReply, DlqReplayRequest, RunsReply, request
-from ctrlplane.api.deadletters import get_letter
+from ctrlplane.api.deadletters import get_letter, list_letters, replay_letter
 from ctrlplane.api.errors import NotFoundError
 from ctrlplane.bus import Event
 from ctrlplane.bus.connection import MSG_ID, Bus
@@ -28,7 +29,7 @@ from ctrlplane.bus.replay import (
     replay_refusal,
     to_replay,
 )
-from ctrlplane.bus.server import read_server_info
+from ctrlplane.bus.server import ServerInfo, read_server_info
 from ctrlplane.bus.subjects import Subjects
 from tests.helpers import dead_letters, wait_for
 from tests.processes import env_for, run_cli, started
@@ -131,6 +132,65 @@ async def test_a_replay_failing_again_is_kept_beside_the_letter_of_the_same_seq(
         )
     kept = await dead_letters(bus, worker)
     assert [d.reason for d in kept] == [f"from {s.events_stream}", f"from {s.replay_stream}"]
+
+
+class FailsOnNodeA:
+    """A node-scoped event worker that fails on node-a while ``broken`` holds."""
+
+    name = "node-fails"
+    interval = timedelta(0)
+    subscriptions = ("thing.*",)
+    scope = "node"
+    max_attempts = 1
+
+    def __init__(self, node: str, seen: list[tuple[str, str]], broken: list[bool]) -> None:
+        self._node = node
+        self._seen = seen
+        self._broken = broken
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        if self._node == "node-a" and self._broken[0]:
+            raise RuntimeError("node-a is broken")
+        self._seen.append((self._node, ctx.event.id))
+
+
+async def test_a_node_scoped_letter_goes_back_to_its_node_alone(
+    nats_server: ServerInfo, subjects: Subjects
+) -> None:
+    seen: list[tuple[str, str]] = []
+    broken = [True]
+    buses = [Bus(subjects, name=node) for node in ("node-a", "node-b")]
+    schedulers = []
+    try:
+        for bus, node in zip(buses, ("node-a", "node-b"), strict=True):
+            await bus.connect(nats_server.client_url)
+            scheduler = Scheduler(bus, process=f"{node}-p", node=node)
+            scheduler.register(FailsOnNodeA(node, seen, broken))
+            schedulers.append(scheduler)
+        await asyncio.gather(*(s.start() for s in schedulers))
+        event = Event(type="thing.happened", source="test")
+        await buses[0].publish_event(event)
+        await wait_for(lambda: seen == [("node-b", event.id)], within=30)
+
+        async def kept() -> bool:
+            return len(await dead_letters(buses[0], "node-fails")) == 1
+
+        await wait_for(kept, within=30)
+        ((seq, letter),) = await list_letters(buses[0], "node-fails", 10)
+        assert letter.node == "node-a" and letter.replay_of is None
+        broken[0] = False
+        await replay_letter(buses[0], seq)
+        await wait_for(lambda: len(seen) == 2, within=30)
+        assert seen == [("node-b", event.id), ("node-a", event.id)]
+        with pytest.raises(NotFoundError):
+            await get_letter(buses[0], seq)
+        await asyncio.sleep(0.5)  # room for a wrong extra delivery to show
+        assert len(seen) == 2
+    finally:
+        await asyncio.gather(*(s.stop(grace=timedelta(seconds=1)) for s in schedulers))
+        for bus in buses:
+            await bus.close()
 
 
 # --------------------------------------------------------------------------
