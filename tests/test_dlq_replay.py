@@ -193,6 +193,34 @@ async def test_a_node_scoped_letter_goes_back_to_its_node_alone(
             await bus.close()
 
 
+async def test_only_a_replay_says_which_subject_it_came_from(
+    nats_server: ServerInfo, subjects: Subjects
+) -> None:
+    # Any event publisher can set the header on an event: its dead letter
+    # keeps the subject the event really arrived on.
+    bus = Bus(subjects)
+    await bus.connect(nats_server.client_url)
+    scheduler = Scheduler(bus, process="p", node="node-a")
+    scheduler.register(FailsOnNodeA("node-a", [], [True]))
+    try:
+        await scheduler.start()
+        forged = {SUBJECT_HEADER: subjects.event("other.thing"), REPLAY_OF_HEADER: "1"}
+        event = Event(type="thing.forged", source="test")
+        payload = msgspec.json.encode(event)
+        await bus.js.publish(subjects.event("thing.forged"), payload, headers=forged)
+
+        async def kept() -> bool:
+            return len(await dead_letters(bus, "node-fails")) == 1
+
+        await wait_for(kept, within=30)
+        ((_, letter),) = await list_letters(bus, "node-fails", 10)
+        assert letter.subject == subjects.event("thing.forged") and letter.replay_of is None
+        assert letter.stream == subjects.events_stream
+    finally:
+        await scheduler.stop(grace=timedelta(seconds=1))
+        await bus.close()
+
+
 # --------------------------------------------------------------------------
 # Against a real `ctrlplane run`, through the CLI.
 
@@ -256,7 +284,7 @@ async def test_replay_reaches_the_worker_alone_and_a_failure_is_kept_again(
             await wait_for(lambda: len(runs_of(7)) == 4, within=30, interval=0.2)
             await wait_for(lambda: count_is(1), within=30, interval=0.2)
             (again,) = await letters()
-            assert again.id > first.id and again.attempts == 2
+            assert again.id > first.id and again.attempts == 2 and again.replay_of == first.id
             assert again.subject == S.event("test.fail") and "boom on n=7" in again.reason
             whole = await get_letter(bus, again.id)
             assert whole.replay_of == first.id and whole.stream == S.replay_stream

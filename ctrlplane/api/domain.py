@@ -279,6 +279,7 @@ class DomainApi:
                     attempts=letter.attempts,
                     time=letter.time,
                     size=letter.size,
+                    replay_of=letter.replay_of,
                 )
                 for seq, letter in found
             ]

@@ -301,6 +301,8 @@ class DeadLetterView(Struct, frozen=True, kw_only=True):
         attempts: How many deliveries were made.
         time: When it was dead-lettered.
         size: The size of the original payload in bytes, when known.
+        replay_of: When the message was a replay (``dlq_replay``) that failed
+            again, the id of the letter it replayed.
     """
 
     id: int
@@ -310,6 +312,7 @@ class DeadLetterView(Struct, frozen=True, kw_only=True):
     attempts: int
     time: datetime
     size: int | None = None
+    replay_of: int | None = None
 
 
 class DlqListReply(Struct, frozen=True, kw_only=True):
