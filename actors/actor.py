@@ -16,7 +16,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from ctrlplane.actors.consumers import UNSETTLED_MARGIN, ack_wait_for, event_consumer, tick_consumer
+from ctrlplane.actors.consumers import (
+    UNSETTLED_MARGIN,
+    ack_wait_for,
+    event_consumer,
+    replay_consumer,
+    tick_consumer,
+)
 from ctrlplane.actors.context import RunContext
 from ctrlplane.actors.deadlines import DeadlineExceeded, Deadlines
 from ctrlplane.actors.delivery import attempt_of, msg_id, pending_after
@@ -38,13 +44,14 @@ from ctrlplane.actors.settling import Settler
 from ctrlplane.actors.spec import WorkerSpec
 from ctrlplane.actors.types import RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
-from ctrlplane.bus.codec import MAX_REASON, decode_event_msg, decode_tick
+from ctrlplane.bus.codec import MAX_REASON, decode_event, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.controls import RUN_HEADER, RunRequest, decode_run_request
 from ctrlplane.bus.errors import BusError, DecodeError
 from ctrlplane.bus.kv import LedgerError, SlotCompletion, SlotLedger
 from ctrlplane.bus.messages import Event, Tick
+from ctrlplane.bus.replay import SUBJECT_HEADER, replayed_subject
 from ctrlplane.text import clip
 
 # How long a cancelled run may take to unwind before it is abandoned, so that
@@ -71,6 +78,7 @@ _RESOLUTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 class _Source(Enum):
     TICK = "tick"
     EVENT = "event"
+    REPLAY = "replay"  # a dead letter sent back to this worker alone
 
 
 class Actor:
@@ -128,6 +136,7 @@ class Actor:
             leases,
             self._log,
             tick_consumer=bus.subjects.tick_consumer(spec.name, spec.node),
+            node=spec.node,
         )
         self._stopping = False
         # Run timeouts: one watcher (shared by the scheduler's actors of like
@@ -155,7 +164,7 @@ class Actor:
         # skipped, events are not pulled, and those already here wait parked.
         self.paused = False
         self._event_feeds: list[PullFeed] = []
-        self._parked: list[Msg] = []
+        self._parked: list[tuple[_Source, Msg]] = []
 
     # ------------------------------------------------------------------ start
 
@@ -168,6 +177,8 @@ class Actor:
             self._max_event_size = self._bus.max_event_size
             config = event_consumer(spec, s)
             await self._feed(s.events_stream, config, _Source.EVENT, self._capacity)
+            replays = replay_consumer(spec, s)
+            await self._feed(s.replay_stream, replays, _Source.REPLAY, self._capacity)
         if self._own_deadlines:
             self._watcher = self._spawn(f"deadlines-{spec.name}", self._deadlines.watch)
         if self._feeds:
@@ -219,7 +230,8 @@ class Actor:
         feed = PullFeed(self._bus, stream, config.durable_name, deliver, window=window)
         await feed.start()
         self._feeds.append(feed)
-        if source is _Source.EVENT:
+        if source is not _Source.TICK:
+            # Replays wait with the events: a paused worker runs neither.
             self._event_feeds.append(feed)
             if self.paused:
                 feed.pause()
@@ -245,8 +257,8 @@ class Actor:
         self.paused = False
         parked, self._parked = self._parked, []
         if not self._stopping:
-            for msg in parked:
-                self._queue.put_nowait((_Source.EVENT, msg))
+            for item in parked:
+                self._queue.put_nowait(item)
         else:
             self._parked = parked  # stop_intake hands them back
         for feed in self._event_feeds:
@@ -261,10 +273,10 @@ class Actor:
             if item is None:
                 return
             source, msg = item
-            if source is _Source.EVENT and self.paused and not self._stopping:
+            if source is not _Source.TICK and self.paused and not self._stopping:
                 # Held (its lease kept alive) rather than handed back: a nak
                 # would count a delivery against the event's max_attempts.
-                self._parked.append(msg)
+                self._parked.append(item)
                 continue
             try:
                 await self._handle(source, msg)
@@ -356,12 +368,15 @@ class Actor:
             await self._run(Trigger.TICK, msg, attempt, tick=tick)
         else:
             try:
-                event = decode_event_msg(
-                    msg,
-                    events_head=self._events_head,
-                    data_types=self._event_types,
-                    max_size=self._max_event_size,
-                )
+                if source is _Source.REPLAY:
+                    event = self._decode_replay(msg)
+                else:
+                    event = decode_event_msg(
+                        msg,
+                        events_head=self._events_head,
+                        data_types=self._event_types,
+                        max_size=self._max_event_size,
+                    )
             except DecodeError as exc:
                 await self._refuse(msg, Trigger.EVENT, attempt, exc.reason)
                 return
@@ -410,6 +425,21 @@ class Actor:
         if msg_id(msg) != request.ref:
             return f"run request lacks its de-duplication id (Nats-Msg-Id: {request.ref})"
         return None
+
+    def _decode_replay(self, msg: Msg) -> Event:
+        """A replayed dead letter, decoded as it was on the subject it first
+        arrived on: the same checks, the same event."""
+        subject = replayed_subject(msg)
+        if subject is None:
+            raise DecodeError(msg.subject, f"a replay without its {SUBJECT_HEADER} header")
+        size, limit = len(msg.data), self._max_event_size
+        if limit is not None and size > limit:
+            raise DecodeError(
+                subject, f"event of {size} bytes exceeds the maximum event size ({limit})"
+            )
+        return decode_event(
+            msg.data, subject, events_head=self._events_head, data_types=self._event_types
+        )
 
     async def _refuse(self, msg: Msg, trigger: Trigger, attempt: int, reason: str) -> None:
         """Dead-letter a message that cannot be decoded, and record that."""
@@ -690,7 +720,7 @@ class Actor:
             if item is not None:
                 await self._settler.settle(item[1], HAND_BACK.how)
         parked, self._parked = self._parked, []
-        for msg in parked:
+        for _, msg in parked:
             await self._settler.settle(msg, HAND_BACK.how)
         for _ in self._runners:
             self._queue.put_nowait(None)

@@ -73,16 +73,37 @@ def event_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
     )
 
 
+def replay_consumer(spec: WorkerSpec, s: Subjects) -> ConsumerConfig:
+    """The worker's consumer of its replayed dead letters (``dlq replay``),
+    on the replay stream: only this worker's (and node's) replays, so a
+    replay reaches the worker that gave up on the message and no other."""
+    return ConsumerConfig(
+        durable_name=s.replay_consumer(spec.name, spec.node),
+        filter_subject=s.replay(spec.name, spec.node),
+        ack_policy=AckPolicy.EXPLICIT,
+        # A work queue: whatever waits in it is for this consumer, including
+        # replays kept before the worker's first start with replays.
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=max(4096, 4 * spec.prefetch),
+        ack_wait=ack_wait_for(spec).total_seconds(),
+        # A replay gets max_attempts tries, as the event did, and the same
+        # margin for runs that never settled.
+        max_deliver=spec.max_attempts + UNSETTLED_MARGIN,
+    )
+
+
 class ConsumerCount(Struct, frozen=True, kw_only=True):
     """How many durable consumers a set of workers needs on each stream."""
 
     ticks: int
     events: int
+    replays: int = 0
 
 
 def consumers_needed(specs: Iterable[WorkerSpec]) -> ConsumerCount:
     """The consumers ``specs`` need: one tick consumer per periodic worker and
-    one event consumer per worker that subscribes to events.
+    one event consumer (and one replay consumer) per worker that subscribes
+    to events.
 
     Replicas running the same workers share these consumers, so this is the
     count for one subject prefix, whatever the number of processes. A
@@ -97,7 +118,7 @@ def consumers_needed(specs: Iterable[WorkerSpec]) -> ConsumerCount:
             ticks += 1
         if spec.subscriptions:
             events += 1
-    return ConsumerCount(ticks=ticks, events=events)
+    return ConsumerCount(ticks=ticks, events=events, replays=events)
 
 
 def check_consumers(count: ConsumerCount, *, limit: int, subjects: Subjects) -> None:
@@ -113,6 +134,7 @@ def check_consumers(count: ConsumerCount, *, limit: int, subjects: Subjects) -> 
     for stream, needed in (
         (subjects.ticks_stream, count.ticks),
         (subjects.events_stream, count.events),
+        (subjects.replay_stream, count.replays),
     ):
         if needed > limit:
             raise TooManyConsumersError(stream, needed, limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
@@ -15,6 +16,7 @@ from ctrlplane.bus.codec import dead_letter
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.consumer import PullFeed
 from ctrlplane.bus.errors import BusError
+from ctrlplane.bus.replay import replay_of, replayed_subject
 
 
 class Settler:
@@ -32,6 +34,7 @@ class Settler:
         log: The actor's logger.
         tick_consumer: The durable name of the worker's tick consumer
             (default: the cluster-scoped one of ``worker``).
+        node: The node of a node-scoped worker, written in its dead letters.
     """
 
     def __init__(
@@ -42,13 +45,16 @@ class Settler:
         log: structlog.typing.FilteringBoundLogger,
         *,
         tick_consumer: str | None = None,
+        node: str | None = None,
     ) -> None:
         self._worker = worker
+        self._node = node
         self._tick_consumer = tick_consumer or bus.subjects.tick_consumer(worker)
         self._bus = bus
         self._leases = leases
         self._log = log
         self._tick_prefix = bus.subjects.tick("")
+        self._replay_prefix = bus.subjects.replay("")
         # Held messages by ack subject, with the feed whose window they still
         # take (None once their run ended and they only wait for the record).
         self.held: dict[str, tuple[Msg, PullFeed | None]] = {}
@@ -62,10 +68,17 @@ class Settler:
         self._leases.hold(msg.reply, ack_wait)
 
     async def keep_dead_letter(self, msg: Msg, reason: str, attempt: int) -> bool:
-        """Publish a copy of ``msg`` with ``reason`` on the dead-letter subject."""
+        """Publish a copy of ``msg`` with ``reason`` on the dead-letter subject.
+
+        A replay is kept under the subject it first arrived on, so that it
+        can be replayed again, and names the letter it replayed.
+        """
+        # Only the replay stream's messages are trusted to say where they
+        # came from: any event publisher could set the header.
+        replay = msg.subject.startswith(self._replay_prefix)
         letter = dead_letter(
             worker=self._worker,
-            subject=msg.subject,
+            subject=(replayed_subject(msg) if replay else None) or msg.subject,
             reason=reason,
             payload=msg.data,
             attempts=attempt,
@@ -73,6 +86,9 @@ class Settler:
             stream_seq=stream_seq(msg),
             max_bytes=self._bus.dead_letter_room,
         )
+        replayed = replay_of(msg) if replay else None
+        if self._node is not None or replayed is not None:
+            letter = msgspec.structs.replace(letter, node=self._node, replay_of=replayed)
         try:
             await self._bus.publish_dead_letter(letter)
         except (BusError, nats.errors.Error) as exc:

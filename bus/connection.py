@@ -288,7 +288,7 @@ class Bus:
         duplicate_window: timedelta,
         events_max_age: timedelta = timedelta(days=7),
     ) -> None:
-        """Create the tick, event and dead-letter streams, or widen them.
+        """Create the tick, event, dead-letter and replay streams, or widen them.
 
         Several processes may call this at once with different settings: the
         tick stream's duplicate window only ever grows, so one process with a
@@ -354,6 +354,20 @@ class Bus:
             max_consumers=limits.max_consumers,
         )
         await self.patiently(lambda: self._add_or_widen(dlq), f"stream {dlq.name}")
+        replay = StreamConfig(
+            name=s.replay_stream,
+            subjects=[s.all_replay],
+            # Each replay is for one consumer and gone once that consumer
+            # acks it; a replay waits as long as the letter it came from would.
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=limits.dlq_max_age.total_seconds(),
+            max_bytes=limits.dlq_max_bytes,
+            duplicate_window=timedelta(minutes=2).total_seconds(),
+            num_replicas=limits.stream_replicas,
+            max_consumers=limits.max_consumers,
+        )
+        await self.patiently(lambda: self._add_or_widen(replay), f"stream {replay.name}")
 
     async def _add_or_widen(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one in line with ``config``.
@@ -507,8 +521,22 @@ class Bus:
         """Keep ``letter`` on ``<prefix>.dlq.<worker>``, with the reason as a header too."""
         headers = {REASON_HEADER: letter.reason[:1024].replace("\n", " ")}
         if letter.stream_seq is not None:
-            headers[MSG_ID] = f"dlq/{letter.worker}/{letter.subject}/{letter.stream_seq}"
+            # The stream is in the id: a replayed message keeps its original
+            # subject, and its sequence in the replay stream may equal that
+            # of another message of the subject in the events stream.
+            where = letter.subject if letter.stream is None else f"{letter.stream}/{letter.subject}"
+            headers[MSG_ID] = f"dlq/{letter.worker}/{where}/{letter.stream_seq}"
         await self._publish(self.subjects.dlq(letter.worker), encode(letter), headers)
+
+    async def publish_replay(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """Keep a replayed message on ``subject`` (``<prefix>.replay.<worker>``);
+        returns its sequence in the replay stream once JetStream has stored it.
+
+        Raises:
+            PublishError: it did not reach the stream within ``publish_timeout``.
+        """
+        ack = await self._publish(subject, payload, headers)
+        return int(ack.seq)
 
     async def ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
         """Create the durable consumer ``config``, or update it to match.

@@ -116,6 +116,10 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
             ``stream_seq`` then say where the whole message was.
         size: The size of the original payload in bytes.
         time: When it was dead-lettered.
+        node: For a node-scoped worker, the node whose run gave up on it
+            (a replay goes back to that node's runs).
+        replay_of: When the message was a replay of an earlier dead letter,
+            that letter's id (it was removed once the replay was kept).
     """
 
     worker: str
@@ -129,3 +133,5 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     truncated: bool = False
     size: int | None = None
     time: datetime = field(default_factory=_now)
+    node: str | None = None
+    replay_of: int | None = None

@@ -78,6 +78,11 @@ class Subjects(Struct, frozen=True):
         return f"{self._stream_base}_DLQ"
 
     @property
+    def replay_stream(self) -> str:
+        """The work-queue stream that holds dead letters sent back to their worker."""
+        return f"{self._stream_base}_REPLAY"
+
+    @property
     def slots_bucket(self) -> str:
         """The key-value bucket that records completed slots of periodic workers."""
         return f"{self._stream_base}_SLOTS"
@@ -125,6 +130,22 @@ class Subjects(Struct, frozen=True):
     def all_dlq(self) -> str:
         return f"{self.prefix}.dlq.*"
 
+    def replay(self, worker: str, node: str | None = None) -> str:
+        """The subject of messages replayed to ``worker`` alone (for a
+        node-scoped worker, to its runs on ``node``): ``<prefix>.replay.<worker>``.
+
+        Not the original event subject: publishing there would deliver the
+        event again to every subscriber, not to the worker that gave up on it.
+        """
+        if node is None:
+            return f"{self.prefix}.replay.{worker}"
+        return f"{self.prefix}.replay.{worker}.{node}"
+
+    @property
+    def all_replay(self) -> str:
+        """Every replay subject, cluster-scoped and node-scoped."""
+        return f"{self.prefix}.replay.>"
+
     def api(self, endpoint: str, version: str = API_VERSION) -> str:
         """The subject of a control API endpoint, ``<prefix>.api.<version>.<endpoint>``."""
         return f"{self.prefix}.api.{version}.{endpoint}"
@@ -150,3 +171,8 @@ class Subjects(Struct, frozen=True):
         # "@" is in neither alphabet (worker and node names are tokens), so no
         # worker-node pair is spelt like another, and consumer names allow it.
         return f"events-{worker}" if node is None else f"events-{worker}@{node}"
+
+    def replay_consumer(self, worker: str, node: str | None = None) -> str:
+        """The durable consumer of ``worker``'s replayed messages (one per node
+        for a node-scoped worker), on :attr:`replay_stream`."""
+        return f"replay-{worker}" if node is None else f"replay-{worker}@{node}"

@@ -70,9 +70,9 @@ READ_ENDPOINTS: tuple[str, ...] = (
 """``<prefix>.api.v1.<name>`` endpoints that change nothing: observers may call them
 (the catalog of :mod:`ctrlplane.api.endpoints`, checked by the tests)."""
 
-MUTATING_ENDPOINTS: tuple[str, ...] = ("apply", "dlq_purge")
-"""Endpoints that change the fleet (``apply`` runs commands) or remove what is
-kept (``dlq_purge``): admin and service only."""
+MUTATING_ENDPOINTS: tuple[str, ...] = ("apply", "dlq_purge", "dlq_replay")
+"""Endpoints that change the fleet (``apply`` runs commands), remove what is
+kept (``dlq_purge``) or run it again (``dlq_replay``): admin and service only."""
 
 MUTATING_ENDPOINTS += ("worker_pause", "worker_resume", "worker_run")
 # Steering workers (pause, resume, run now) is an operator's act too.

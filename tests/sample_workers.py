@@ -143,3 +143,38 @@ class FailsOnEvent:
     async def run(self, ctx: RunContext) -> None:
         assert ctx.event is not None
         raise RuntimeError(f"boom on n={ctx.event.data.get('n')}")
+
+
+def fixed_marker() -> Path:
+    """The file whose presence makes :class:`FailsUntilFixed` succeed."""
+    return Path(os.environ["CTRLPLANE_TEST_LOG_DIR"]) / "fixed"
+
+
+class FailsUntilFixed:
+    """Logs every ``test.fail`` event it runs; raises while :func:`fixed_marker`
+    is absent (gives up after two tries), succeeds once it is there."""
+
+    name = "fails-until-fixed"
+    interval = timedelta(0)
+    subscriptions = ("test.fail",)
+    max_attempts = 2
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        n = ctx.event.data.get("n")
+        fixed = fixed_marker().exists()
+        _log({"worker": self.name, "n": n, "attempt": ctx.attempt, "ok": fixed})
+        if not fixed:
+            raise RuntimeError(f"boom on n={n}")
+
+
+class SeesFail:
+    """Another subscriber of ``test.fail``: logs every event it runs."""
+
+    name = "sees-fail"
+    interval = timedelta(0)
+    subscriptions = ("test.fail",)
+
+    async def run(self, ctx: RunContext) -> None:
+        assert ctx.event is not None
+        _log({"worker": self.name, "n": ctx.event.data.get("n"), "attempt": ctx.attempt})

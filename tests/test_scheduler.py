@@ -607,7 +607,7 @@ def test_consumers_needed_counts_one_per_worker_and_stream() -> None:
         spec_of(EventRecorder()),
         spec_of(BothWays()),
     ]
-    assert consumers_needed(specs) == ConsumerCount(ticks=2, events=2)
+    assert consumers_needed(specs) == ConsumerCount(ticks=2, events=2, replays=2)
 
 
 class BothWays:

@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from ctrlplane.api.deadletters import get_letter, list_letters, purge_letters
+from ctrlplane.api.deadletters import (
+    get_letter,
+    list_letters,
+    purge_letters,
+    replay_letter,
+    replay_worker,
+)
 from ctrlplane.api.errors import ForbiddenError, NotFoundError, UnavailableError
 from ctrlplane.api.messages import (
     ApplyReply,
@@ -22,6 +28,9 @@ from ctrlplane.api.messages import (
     DlqListRequest,
     DlqPurgeReply,
     DlqPurgeRequest,
+    DlqReplayReply,
+    DlqReplayRequest,
+    DlqReplaySkipped,
     DlqShowReply,
     DlqShowRequest,
     HealthReply,
@@ -90,7 +99,8 @@ def check_view(instance: Instance, state: CheckState) -> CheckView:
 
 class DomainApi:
     """Answers ``apply``, ``instances``, ``health``, ``telemetry``, ``deployments``,
-    ``certs``, ``nodes``, ``runs`` and ``dlq_list``, ``dlq_show`` and ``dlq_purge``
+    ``certs``, ``nodes``, ``runs`` and ``dlq_list``, ``dlq_show``, ``dlq_purge``
+    and ``dlq_replay``
     (served by :class:`~ctrlplane.api.service.ApiService`).
 
     Args:
@@ -130,6 +140,7 @@ class DomainApi:
             "dlq_list": self.dlq_list,
             "dlq_show": self.dlq_show,
             "dlq_purge": self.dlq_purge,
+            "dlq_replay": self.dlq_replay,
         }
 
     async def apply(self, request: ApplyRequest) -> ApplyReply:
@@ -268,6 +279,7 @@ class DomainApi:
                     attempts=letter.attempts,
                     time=letter.time,
                     size=letter.size,
+                    replay_of=letter.replay_of,
                 )
                 for seq, letter in found
             ]
@@ -278,3 +290,16 @@ class DomainApi:
 
     async def dlq_purge(self, request: DlqPurgeRequest) -> DlqPurgeReply:
         return DlqPurgeReply(purged=await purge_letters(self._bus, request.worker))
+
+    async def dlq_replay(self, request: DlqReplayRequest) -> DlqReplayReply:
+        if request.id is not None:
+            await replay_letter(self._bus, request.id)
+            return DlqReplayReply(replayed=1, ids=[request.id])
+        assert request.worker is not None  # the request checks its own form
+        done = await replay_worker(self._bus, request.worker)
+        return DlqReplayReply(
+            replayed=len(done.ids),
+            ids=done.ids,
+            skipped=[DlqReplaySkipped(id=seq, reason=why) for seq, why in done.skipped],
+            left=done.left,
+        )

@@ -135,6 +135,13 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="One extra run of a periodic worker now, after its current run if any.",
         mutating=True,
     ),
+    EndpointSpec(
+        name="dlq_replay",
+        request=m.DlqReplayRequest,
+        reply=m.DlqReplayReply,
+        description="Send a dead letter (or all of a worker's) back to that worker alone.",
+        mutating=True,
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 

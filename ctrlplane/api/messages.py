@@ -41,6 +41,9 @@ __all__ = [
     "DlqListRequest",
     "DlqPurgeReply",
     "DlqPurgeRequest",
+    "DlqReplayReply",
+    "DlqReplayRequest",
+    "DlqReplaySkipped",
     "DlqShowReply",
     "DlqShowRequest",
     "HealthReply",
@@ -303,6 +306,8 @@ class DeadLetterView(Struct, frozen=True, kw_only=True):
         attempts: How many deliveries were made.
         time: When it was dead-lettered.
         size: The size of the original payload in bytes, when known.
+        replay_of: When the message was a replay (``dlq_replay``) that failed
+            again, the id of the letter it replayed.
     """
 
     id: int
@@ -312,6 +317,7 @@ class DeadLetterView(Struct, frozen=True, kw_only=True):
     attempts: int
     time: datetime
     size: int | None = None
+    replay_of: int | None = None
 
 
 class DlqListReply(Struct, frozen=True, kw_only=True):
@@ -406,3 +412,52 @@ class WorkerRunReply(Struct, frozen=True, kw_only=True):
     worker: str
     refs: list[str] = field(default_factory=list)
     nodes: list[str] | None = None
+
+
+class DlqReplayRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Send dead letters back to the worker that gave up on them: the letter
+    ``id``, or with ``all`` every letter of ``worker`` (one of the two forms)."""
+
+    id: int | None = None
+    worker: str | None = None
+    every: bool = field(default=False, name="all")
+
+    def __post_init__(self) -> None:
+        _check_worker(self.worker)
+        if self.id is not None:
+            if self.id < 1:
+                raise ValueError(f"no dead letter {self.id}: ids start at 1")
+            if self.worker is not None or self.every:
+                raise ValueError("give an id, or a worker with all, not both")
+        elif self.worker is None:
+            raise ValueError("give the id of a dead letter, or a worker with all")
+        elif not self.every:
+            # One worker's letters may be many: replaying them all is said
+            # explicitly, never implied by naming the worker.
+            raise ValueError(f"replaying every dead letter of {self.worker} needs all: true")
+
+
+class DlqReplaySkipped(Struct, frozen=True, kw_only=True):
+    """A dead letter that was not replayed, and why; it is kept."""
+
+    id: int
+    reason: str
+
+
+class DlqReplayReply(Struct, frozen=True, kw_only=True):
+    """What a replay did.
+
+    Attributes:
+        replayed: How many letters were sent back to their worker (each is
+            removed from the dead letters once its replay is stored).
+        ids: Their ids, oldest first.
+        skipped: Letters of the worker that cannot be replayed (a tick, a
+            payload kept only in part), kept as they were.
+        left: Letters of the worker past this request's batch, still kept:
+            ask again to replay them.
+    """
+
+    replayed: int
+    ids: list[int] = field(default_factory=list)
+    skipped: list[DlqReplaySkipped] = field(default_factory=list)
+    left: int = 0

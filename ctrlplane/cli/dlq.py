@@ -24,7 +24,7 @@ REASON_WIDTH = 60
 
 @click.group()
 def dlq() -> None:
-    """Dead letters: messages a worker gave up on (replay is not offered yet)."""
+    """Dead letters: messages a worker gave up on; list, show, replay or purge them."""
 
 
 @dlq.command(name="list")
@@ -126,3 +126,55 @@ def dlq_purge(
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
     reply = ask(config, "dlq_purge", DlqPurgeRequest(worker=worker), DlqPurgeReply)
     echo(f"purged {reply.purged} dead letter{'' if reply.purged == 1 else 's'}")
+
+
+REPLAY_WAIT = 60.0
+"""Seconds ``dlq replay`` waits for its answer (a whole worker's batch may take a while)."""
+
+
+@dlq.command(name="replay")
+@click.argument("id", type=click.IntRange(min=1), required=False)
+@click.option("--worker", help="Replay this worker's dead letters (with --all).")
+@click.option(
+    "--all", "every", is_flag=True, help="With --worker: every dead letter it has, oldest first."
+)
+@connection_options
+@json_option
+def dlq_replay(
+    id: int | None,
+    worker: str | None,
+    every: bool,
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Deliver dead letters again to the worker that gave up on them, and to no
+    other subscriber (admin only): `dlq replay ID`, or `dlq replay --worker W --all`.
+
+    Each letter is removed once its replay is stored; one that fails again
+    becomes a new dead letter. Ticks are not replayed (the next slot runs).
+    """
+    from ctrlplane.api import DlqReplayReply, DlqReplayRequest
+    from ctrlplane.api.wire import encode_body
+
+    if id is not None and (worker is not None or every):
+        raise click.UsageError("give an ID, or --worker W --all, not both")
+    if id is None and worker is None:
+        raise click.UsageError("give the ID of a dead letter, or --worker W --all")
+    if id is None and not every:
+        raise click.UsageError(f"add --all to replay every dead letter of {worker}")
+    config = load(config_path, nats_url=nats_url, data_dir=data_dir)
+    body = DlqReplayRequest(id=id, worker=worker, every=every)
+    reply = ask(config, "dlq_replay", body, DlqReplayReply, within=REPLAY_WAIT)
+    if as_json:
+        echo_json(encode_body(reply).decode())
+        return
+    ids = ", ".join(str(i) for i in reply.ids)
+    echo(f"replayed {reply.replayed} dead letter{'' if reply.replayed == 1 else 's'}")
+    if ids:
+        echo(f"  ids: {ids}")
+    for skipped in reply.skipped:
+        echo(f"skipped {skipped.id}: {skipped.reason}")
+    if reply.left:
+        echo(f"{reply.left} more left: run it again to replay them")
