@@ -67,7 +67,8 @@ class StatusPage:
         self._feed = feed
         self.heartbeat = heartbeat
         """How often a quiet stream sends a comment; read before each wait."""
-        self._write_timeout = write_timeout.total_seconds()
+        self.write_timeout = write_timeout
+        """How long one write may block before the client is dropped; read before each write."""
         self._streams: dict[Reader, web.Request] = {}
         static = resources.files("ctrlplane.web") / "static"
         self._files = {name: (static / name).read_bytes() for name in STATIC_FILES}
@@ -164,7 +165,7 @@ class StatusPage:
         self, request: web.Request, response: web.StreamResponse, chunk: bytes
     ) -> None:
         try:
-            async with asyncio.timeout(self._write_timeout):
+            async with asyncio.timeout(self.write_timeout.total_seconds()):
                 await response.write(chunk)
         except TimeoutError:
             # A client that takes nothing for this long is stuck, not slow.
