@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -28,9 +29,12 @@ from ctrlplane.actors.info import WorkerInfo, WorkerKind
 from ctrlplane.api.service import ApiService
 from ctrlplane.app import _BUILTIN_WORKERS
 from ctrlplane.bus.messages import Event
+from ctrlplane.declarations import InstanceDecl
+from ctrlplane.domains import DomainDecl
+from ctrlplane.store.health import CheckSpec
 from ctrlplane.web.feed import Reader
 from ctrlplane.web.page import STATIC_FILES, StatusPage
-from tests.helpers import wait_for
+from tests.helpers import reap_instances, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_FLAGS = [
@@ -56,6 +60,35 @@ async def plane(config: Config) -> AsyncIterator[ControlPlane]:
         yield cp
     finally:
         await cp.stop()
+
+
+@pytest_asyncio.fixture
+async def fleet(config: Config) -> AsyncIterator[ControlPlane]:
+    """A started control plane with an instance, a health check and a domain,
+    so that every table of the page has rows to render."""
+    cfg = msgspec.structs.replace(
+        config,
+        http_addr="127.0.0.1:0",
+        reconcile_interval=timedelta(seconds=1),
+        health_interval=timedelta(seconds=1),
+        instances=[
+            InstanceDecl(
+                name="web",
+                command=[sys.executable, "-c", "import time; time.sleep(120)"],
+                checks=[
+                    CheckSpec(name="alive", type="command", command=[sys.executable, "-c", "pass"])
+                ],
+            )
+        ],
+        domains=[DomainDecl(hostname="app.example.test", instance="web")],
+    )
+    cp = ControlPlane(cfg, load_plugins=False)
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop()
+        reap_instances([cp])
 
 
 def _url(cp: ControlPlane) -> str:
@@ -179,6 +212,24 @@ async def test_api_status_names_a_part_that_failed_and_shows_the_rest(
     status = await _get_json(f"{_url(plane)}/api/status")
     assert status["problems"] == {"certs": "RuntimeError: certificates table unreadable"}
     assert sorted({w["name"] for w in status["workers"]}) == BUILTIN_NAMES
+
+
+async def test_pages_polling_at_once_share_one_gathering(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrlplane.api.client import list_workers
+
+    asked: list[int] = []
+
+    async def counting(*args: Any, **kwargs: Any) -> list[WorkersReply]:
+        asked.append(1)
+        return await list_workers(*args, **kwargs)
+
+    monkeypatch.setattr("ctrlplane.web.status.list_workers", counting)
+    url = f"{_url(plane)}/api/status"
+    answers = await asyncio.gather(*(_get_json(url) for _ in range(8)))
+    assert len(asked) == 1
+    assert len({a["generated"] for a in answers}) == 1
 
 
 async def _sse_lines(response: aiohttp.ClientResponse, out: asyncio.Queue[str]) -> None:
@@ -342,9 +393,10 @@ def _collect_errors(page: Any, label: str, into: list[str]) -> None:
 
 
 async def test_the_page_in_a_real_browser_shows_workers_and_live_events(
-    plane: ControlPlane, tmp_path: Path
+    fleet: ControlPlane, tmp_path: Path
 ) -> None:
     async_api = _browser_or_skip()
+    plane = fleet
     url = _url(plane)
     problems: list[str] = []
     async with async_api.async_playwright() as playwright:
@@ -371,6 +423,19 @@ async def test_the_page_in_a_real_browser_shows_workers_and_live_events(
                 timeout=30_000,
             )
             assert (await page.text_content('#nodes td[data-col="name"]')) == plane.config.node
+            # The instance running and healthy, its check passing, its certificate issued.
+            await page.wait_for_function(
+                """() => {
+                    const text = (sel) => [...document.querySelectorAll(sel)]
+                        .map(e => e.textContent).join(" ");
+                    return text("#instances tbody tr").includes("running")
+                        && text("#instances tbody tr").includes("healthy")
+                        && text("#checks tbody tr").includes("alive (command)")
+                        && text("#certs tbody tr").includes("app.example.test")
+                        && text("#certs tbody tr").includes("in 89d");
+                }""",
+                timeout=60_000,
+            )
             # The stream is open (its reader joined) before the event is sent.
             page_state = _page(plane)
             await wait_for(lambda: page_state.feed.readers == 1, within=30)
