@@ -7,6 +7,7 @@ SQLite store, serving HTTP on 127.0.0.1 on a port the kernel chooses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +163,18 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy(
                 assert response.status == 404
 
 
+def _elsewhere(plane: ControlPlane, worker: WorkerInfo) -> ApiService:
+    """Another process on the same bus, answering the scatter ``workers`` request too."""
+
+    async def workers(_: WorkersRequest) -> WorkersReply:
+        return WorkersReply(process=worker.process, workers=[worker])
+
+    return ApiService(plane.bus, {"workers": workers})
+
+
 async def test_api_status_shows_every_process_workers_nodes_and_no_problems(
     plane: ControlPlane,
 ) -> None:
-    # A second process on the same bus: its workers answer the scatter request too.
     other = WorkerInfo(
         name="mailer",
         interval=timedelta(minutes=5),
@@ -174,11 +183,7 @@ async def test_api_status_shows_every_process_workers_nodes_and_no_problems(
         last_error="smtp: <refused>",
         error_count=2,
     )
-
-    async def workers(_: WorkersRequest) -> WorkersReply:
-        return WorkersReply(process="elsewhere:42", workers=[other])
-
-    second = ApiService(plane.bus, {"workers": workers})
+    second = _elsewhere(plane, other)
     await second.start()
     try:
         status = await _get_json(f"{_url(plane)}/api/status")
@@ -399,7 +404,21 @@ async def test_the_page_in_a_real_browser_shows_workers_and_live_events(
     plane = fleet
     url = _url(plane)
     problems: list[str] = []
-    async with async_api.async_playwright() as playwright:
+    failing = WorkerInfo(
+        name="mailer",
+        interval=timedelta(minutes=5),
+        kind=WorkerKind.PERIODIC,
+        process="elsewhere:42",
+        last_error="<i>smtp</i> refused",
+        last_error_at=datetime.now(UTC),
+        error_count=3,
+        dead_letter_count=1,
+    )
+    second = _elsewhere(plane, failing)
+    await second.start()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(second.stop)
+        playwright = await stack.enter_async_context(async_api.async_playwright())
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=BROWSER_FLAGS, timeout=60_000
         )
@@ -407,16 +426,25 @@ async def test_the_page_in_a_real_browser_shows_workers_and_live_events(
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
             _collect_errors(page, "", problems)
             await page.goto(f"{url}/", wait_until="load", timeout=30_000)
+            names = [*BUILTIN_NAMES, "mailer"]
             await page.wait_for_function(
                 """names => names.every(name => [...document.querySelectorAll(
                     '#workers td[data-col="name"]')].some(td => td.textContent === name))""",
-                arg=BUILTIN_NAMES,
+                arg=names,
                 timeout=30_000,
             )
-            shown = await page.eval_on_selector_all(
-                '#workers td[data-col="name"]', "tds => tds.map(td => td.textContent)"
+            rows = await page.eval_on_selector_all(
+                "#workers tbody tr",
+                """trs => trs.map(tr => [
+                    tr.querySelector('[data-col="name"]').textContent,
+                    tr.querySelector('[data-col="process"]').textContent])""",
             )
-            assert sorted(shown) == BUILTIN_NAMES
+            mine = sorted(n for n, p in rows if p == plane.scheduler.process)
+            assert mine == BUILTIN_NAMES
+            assert ["mailer", "elsewhere:42"] in rows
+            mailer = page.locator("#workers tbody tr", has_text="mailer")
+            assert "<i>smtp</i> refused (" in (await mailer.text_content() or "")
+            assert await page.locator("#workers i").count() == 0
             assert (await page.text_content("#connection")) == "live"
             await page.wait_for_function(
                 "() => document.querySelector('#nodes td[data-col=\"name\"]') !== null",

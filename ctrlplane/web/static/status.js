@@ -44,7 +44,7 @@
   }
 
   function timeCell(iso, now, pastIsDue) {
-    const td = node("td");
+    const td = node("td", null, "when");
     if (!iso) {
       td.textContent = "–";
       td.classList.add("none");
@@ -120,11 +120,14 @@
       td.classList.add("none");
       return td;
     }
-    td.classList.add("error");
-    const parts = [];
-    if (message) parts.push(message);
-    if (at) parts.push("(" + when(at, now) + ")");
-    td.textContent = parts.join(" ");
+    if (message) {
+      td.classList.add("error");
+      td.textContent = at ? message + " (" + when(at, now) + ")" : message;
+    } else {
+      // A later run succeeded: say when the last failure was, not what it was.
+      td.textContent = "last failed " + when(at, now);
+      td.classList.add("muted");
+    }
     if (at) td.title = at;
     return td;
   }
@@ -141,6 +144,10 @@
       {
         label: "Errors",
         cell: (w) => (w.error_count ? pill(w.error_count, "bad") : "0"),
+      },
+      {
+        label: "Dead letters",
+        cell: (w) => (w.dead_letter_count ? pill(w.dead_letter_count, "warn") : "0"),
       },
       { label: "Last error", cell: (w) => errorCell(w.last_error, w.last_error_at, now) },
     ];
