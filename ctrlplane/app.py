@@ -37,7 +37,10 @@ from ctrlplane.store.db import DB_FILE, Store
 from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
 from ctrlplane.web.addr import parse_http_addr
+from ctrlplane.web.feed import EventFeed
+from ctrlplane.web.page import StatusPage
 from ctrlplane.web.server import HttpServer
+from ctrlplane.web.status import StatusSource
 from ctrlplane.workers import (
     AuditRecorder,
     CertRenewer,
@@ -126,6 +129,7 @@ class ControlPlane:
         )
         self._started = False
         self._lock = _DataDirLock(self.config.data_dir)
+        self._page: StatusPage | None = None
 
     @property
     def server(self) -> EmbeddedServer | None:
@@ -294,6 +298,7 @@ class ControlPlane:
                 addr,
                 cfg.data_dir,
                 {"nats": self._nats_ready, "store": self._store_ready, "scheduler": self._ready},
+                mounts=[self._status_page(domain).mount],
             )
             try:
                 await self._http.start()
@@ -309,6 +314,18 @@ class ControlPlane:
             node=cfg.node,
             store=self.store.identity,
         )
+
+    def _status_page(self, domain: DomainApi) -> StatusPage:
+        source = StatusSource(
+            self.bus, domain, process=self.scheduler.process, node=self.config.node
+        )
+        self._page = StatusPage(source, EventFeed(self.bus))
+        return self._page
+
+    @property
+    def status_page(self) -> StatusPage | None:
+        """The page at ``/`` of :attr:`http_url`; None before start or with ``off``."""
+        return self._page if self._http is not None else None
 
     @property
     def http_url(self) -> str | None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,19 @@ class HttpServer:
         addr: Where to listen.
         data_dir: Where :data:`HTTP_FILE` is written.
         probes: Readiness checks by name (``nats``, ``store``, ``scheduler``).
+        mounts: Each adds more routes (and startup and shutdown hooks) to the
+            application before it serves, e.g. the status page's.
     """
 
-    def __init__(self, addr: HttpAddr, data_dir: Path, probes: dict[str, Probe]) -> None:
+    def __init__(
+        self,
+        addr: HttpAddr,
+        data_dir: Path,
+        probes: dict[str, Probe],
+        *,
+        mounts: Sequence[Callable[[web.Application], None]] = (),
+    ) -> None:
+        self._mounts = mounts
         self._addr = addr
         self._file = data_dir / HTTP_FILE
         self._probes = probes
@@ -62,6 +72,8 @@ class HttpServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        for mount in self._mounts:
+            mount(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._addr.host, self._addr.port)
