@@ -4,6 +4,7 @@ prometheus-client's own parser."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -338,3 +339,16 @@ def test_only_skips_and_dead_letters_have_counters_of_their_own(outcome: str) ->
     assert sample("ctrlplane_runs_total", {"worker": "w", "outcome": outcome}) == 1
     assert sample("ctrlplane_skipped_ticks_total", {"worker": "w"}) == 0
     assert sample("ctrlplane_dead_letters_total", {"worker": "w"}) == 0
+
+
+def test_every_metric_is_in_the_readme_table(tmp_path: Path) -> None:
+    metrics = Metrics(Bus(), Store(tmp_path / "never.db"), list)
+    served = set()
+    for family in text_string_to_metric_families(asyncio.run(metrics.render()).decode()):
+        if family.name.startswith("ctrlplane_"):
+            suffix = "_total" if family.type == "counter" else ""
+            served.add(family.name + suffix)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(ctrlplane_\w+)` \|", section, re.MULTILINE))
+    assert served == documented

@@ -318,13 +318,13 @@ class _Readings(Collector):
             "1 while this process is connected to NATS, 0 otherwise.",
             value=1 if connected else 0,
         )
-        if bus.connected:
-            reconnects = CounterMetricFamily(
-                "ctrlplane_nats_reconnects",
-                "Times this process's NATS connection was re-established.",
-                value=bus.nc.stats["reconnects"],
-            )
-            yield reconnects
+        reconnects = CounterMetricFamily(
+            "ctrlplane_nats_reconnects",
+            "Times this process's NATS connection was re-established.",
+        )
+        if bus.connected:  # a closed connection's count is gone with it
+            reconnects.add_metric([], bus.nc.stats["reconnects"])
+        yield reconnects
 
 
 def _counts(
