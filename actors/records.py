@@ -52,8 +52,8 @@ class RunRecords:
     def started(self, started: float, tick: Tick | None) -> None:
         """A run began at ``started`` (epoch seconds), for ``tick`` if it has one."""
         if self._observer is not None:
-            lateness = None if tick is None else started - tick.scheduled.timestamp()
-            self._observer.run_started(self._worker, lateness)
+            scheduled = None if tick is None else tick.scheduled.timestamp()
+            self._observer.run_started(self._worker, started, scheduled)
 
     def ended(self) -> None:
         """The run announced by :meth:`started` is over (its row may follow later)."""

@@ -93,9 +93,9 @@ class RunObserver(Protocol):
     must not block and must not raise.
     """
 
-    def run_started(self, worker: str, lateness: float | None) -> None:
-        """A run of ``worker`` began; ``lateness`` is its start minus its
-        tick's scheduled time, in seconds (``None`` for an event's run)."""
+    def run_started(self, worker: str, started: float, scheduled: float | None) -> None:
+        """A run of ``worker`` began at ``started``, for a tick whose slot was
+        due at ``scheduled`` (``None`` for an event's run); epoch seconds."""
         ...
 
     def run_ended(self, worker: str) -> None:

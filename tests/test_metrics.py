@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -310,7 +311,8 @@ def test_runs_are_counted_per_registry() -> None:
     # Two control planes in one process: each counts its own runs.
     one = Metrics(Bus(), Store(Path("unused-1.db")), list)
     two = Metrics(Bus(), Store(Path("unused-2.db")), list)
-    one.run_started("w", 0.25)
+    now = time.time()
+    one.run_started("w", now + 0.25, now)
     one.recorded("w", "ok", 0.5)
     one.run_ended("w")
     one.recorded("w", "skipped", None)
@@ -321,14 +323,19 @@ def test_runs_are_counted_per_registry() -> None:
     assert other("ctrlplane_runs_total", {"worker": "w", "outcome": "ok"}) is None
     assert sample("ctrlplane_run_duration_seconds_count", {"worker": "w"}) == 1
     assert sample("ctrlplane_run_duration_seconds_sum", {"worker": "w"}) == 0.5
-    assert sample("ctrlplane_tick_lateness_seconds_sum", {"worker": "w"}) == 0.25
+    assert sample("ctrlplane_tick_lateness_seconds_sum", {"worker": "w"}) == pytest.approx(0.25)
     assert sample("ctrlplane_running_runs", {"worker": "w"}) == 0
     assert sample("ctrlplane_skipped_ticks_total", {"worker": "w"}) == 1
     assert sample("ctrlplane_dead_letters_total", {"worker": "w"}) == 1
     # A negative lateness is clock skew between processes: counted as on time.
-    one.run_started("w", -3.0)
+    one.run_started("w", now, now + 3)
     assert sample("ctrlplane_tick_lateness_seconds_bucket", {"worker": "w", "le": "0.005"}) == 1
     assert sample("ctrlplane_running_runs", {"worker": "w"}) == 1
+    # A slot that began before the process did is late from the process's start.
+    one.run_started("w", now + 10, now - 3600)
+    assert sample("ctrlplane_tick_lateness_seconds_bucket", {"worker": "w", "le": "5.0"}) == 2
+    assert sample("ctrlplane_tick_lateness_seconds_bucket", {"worker": "w", "le": "10.0"}) == 2
+    assert sample("ctrlplane_tick_lateness_seconds_bucket", {"worker": "w", "le": "30.0"}) == 3
 
 
 @pytest.mark.parametrize("outcome", ["error", "timeout", "retry", "cancelled"])

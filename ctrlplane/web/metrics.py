@@ -16,6 +16,7 @@ process (the test suite, say) may run several control planes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -129,7 +130,8 @@ class Metrics:
         )
         self.lateness = Histogram(
             "ctrlplane_tick_lateness_seconds",
-            "How long after its tick's scheduled time a periodic run started, by worker.",
+            "How long after its tick's scheduled time (or this process's start, if later) "
+            "a periodic run started, by worker.",
             ["worker"],
             buckets=_LATENESS_BUCKETS,
             registry=r,
@@ -155,6 +157,9 @@ class Metrics:
         r.register(self._readings)
         ProcessCollector(registry=r)
         self._series: dict[str, _Series] = {}
+        # A process runs the current slot of each worker as it comes up, long
+        # after that slot began: that is no lateness, so it counts from here.
+        self._since = time.time()
 
     # ------------------------------------------------------- the run observer
 
@@ -164,13 +169,13 @@ class Metrics:
             series = self._series[worker] = _Series(self, worker)
         return series
 
-    def run_started(self, worker: str, lateness: float | None) -> None:
-        """A run of ``worker`` began (``lateness``: seconds after its tick's time)."""
+    def run_started(self, worker: str, started: float, scheduled: float | None) -> None:
+        """A run of ``worker`` began at ``started``, for a tick due at ``scheduled``."""
         series = self._of(worker)
         series.running.inc()
-        if lateness is not None:
+        if scheduled is not None:
             # Negative only by the skew between the ticker's clock and ours.
-            series.lateness.observe(max(lateness, 0.0))
+            series.lateness.observe(max(started - max(scheduled, self._since), 0.0))
 
     def run_ended(self, worker: str) -> None:
         """A run of ``worker`` is over."""
