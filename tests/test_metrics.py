@@ -143,6 +143,8 @@ async def fill_store(store: Store) -> None:
     await store.health.set_checks(instance.id, [CheckSpec(name="up"), CheckSpec(name="slow")])
     up = next(s for s in await store.health.states(instance.id) if s.name == "up")
     store.health.record([], [msgspec.structs.replace(up, status=HealthStatus.HEALTHY)])
+    # Batched: on disk before the scrape that counts it.
+    await store.writer.flush()
     await store.domains.sync(
         [
             Domain(
@@ -305,6 +307,22 @@ async def test_sources_not_yet_open_leave_their_figures_out(tmp_path: Path) -> N
     assert scrape.value("ctrlplane_nats_reconnects_total") is None
     assert not any(name == "ctrlplane_instances" for name in scrape.names())
     assert not (tmp_path / "never.db").exists()
+
+
+async def test_the_store_is_counted_on_each_backend(store: Store) -> None:
+    await fill_store(store)
+    metrics = Metrics(Bus(), store, list)
+    scrape = Scrape(200, "", (await metrics.render()).decode())
+    assert scrape.value("ctrlplane_instances", state="running") == 1
+    assert scrape.value("ctrlplane_instances", state="failed") == 1
+    assert scrape.value("ctrlplane_checks", status="healthy") == 1
+    assert scrape.value("ctrlplane_checks", status="unknown") == 1
+    expiry = scrape.value("ctrlplane_certificate_expiry_timestamp_seconds", hostname=HOST)
+    assert expiry == EXPIRES.timestamp()
+    # A domain no longer declared (its certificates forgotten) leaves the figures.
+    await store.domains.sync([])
+    scrape = Scrape(200, "", (await metrics.render()).decode())
+    assert scrape.value("ctrlplane_certificate_expiry_timestamp_seconds", hostname=HOST) is None
 
 
 def test_runs_are_counted_per_registry() -> None:
