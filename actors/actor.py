@@ -42,7 +42,7 @@ from ctrlplane.actors.settle import (
 )
 from ctrlplane.actors.settling import Settler
 from ctrlplane.actors.spec import WorkerSpec
-from ctrlplane.actors.types import RunRecorder, Worker
+from ctrlplane.actors.types import RunObserver, RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.codec import MAX_REASON, decode_event, decode_event_msg, decode_tick
 from ctrlplane.bus.connection import Bus
@@ -108,12 +108,13 @@ class Actor:
         deadlines: Deadlines | None = None,
         clock: Callable[[], float] = time.time,
         event_types: Mapping[str, type[Any]] | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self.spec = spec
         self.worker = worker
         self._bus = bus
         self._runs = runs
-        self._records = RunRecords(runs, spec.name, process, clock)
+        self._records = RunRecords(runs, spec.name, process, clock, observer)
         self._process = process
         self._leases = leases
         self._ledger = ledger
@@ -513,6 +514,7 @@ class Actor:
             assert msg is not None
             self._leases.bound(msg.reply, self._timeout_s)
         self.running += 1
+        self._records.started(started, tick)
         self.last_run = started
         outcome, error = Outcome.OK, None
         retry_delay: timedelta | None = None
@@ -526,6 +528,7 @@ class Actor:
             outcome, error = Outcome.TIMEOUT, f"timed out after {spec.timeout}"
         except asyncio.CancelledError:
             self.running -= 1
+            self._records.ended()
             row = Row(
                 trigger, ref, attempt, started, Outcome.CANCELLED, "cancelled by stop", run_id
             )
@@ -535,6 +538,7 @@ class Actor:
             outcome, error = Outcome.ERROR, _describe(exc)
             ctx.log.error("run failed", error=error, exc_info=exc)
         self.running -= 1
+        self._records.ended()
         decision = decide(
             trigger,
             outcome,

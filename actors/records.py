@@ -1,4 +1,5 @@
-"""An actor's run records: one row per run, written through a RunRecorder."""
+"""An actor's run records: one row per run, written through a RunRecorder
+and told to a RunObserver (the metrics)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ctrlplane.actors.runs import Outcome, Trigger, new_run_id
-from ctrlplane.actors.types import OnCommit, RunRecorder
+from ctrlplane.actors.types import OnCommit, RunObserver, RunRecorder
 from ctrlplane.bus.kv import SlotCompletion
 from ctrlplane.bus.messages import Tick
 
@@ -31,6 +32,7 @@ class RunRecords:
         worker: The worker's name.
         process: This process's id.
         clock: Epoch seconds; a row is finished when it is recorded.
+        observer: Told of each run's start and end and of each row, or ``None``.
     """
 
     def __init__(
@@ -39,17 +41,35 @@ class RunRecords:
         worker: str,
         process: str,
         clock: Callable[[], float],
+        observer: RunObserver | None = None,
     ) -> None:
         self._runs = recorder
         self._worker = worker
         self._process = process
         self._clock = clock
+        self._observer = observer
+
+    def started(self, started: float, tick: Tick | None) -> None:
+        """A run began at ``started`` (epoch seconds), for ``tick`` if it has one."""
+        if self._observer is not None:
+            scheduled = None if tick is None else tick.scheduled.timestamp()
+            self._observer.run_started(self._worker, started, scheduled)
+
+    def ended(self) -> None:
+        """The run announced by :meth:`started` is over (its row may follow later)."""
+        if self._observer is not None:
+            self._observer.run_ended(self._worker)
 
     def record(self, row: Row, on_commit: OnCommit | None = None) -> None:
         """Queue ``row``, finished now; ``on_commit`` hears whether it was written."""
+        finished = self._clock()
+        if self._observer is not None:
+            # Only a run has a run id before it is recorded: a skip or a
+            # refusal took no time worth a duration.
+            duration = None if row.run_id is None else finished - row.started
+            self._observer.recorded(self._worker, row.outcome, duration)
         if self._runs is None:
             return
-        finished = self._clock()
         self._runs.record_row(
             row.run_id or new_run_id(finished),
             self._worker,

@@ -27,7 +27,7 @@ from ctrlplane.actors.leases import LeaseKeeper
 from ctrlplane.actors.runs import Outcome
 from ctrlplane.actors.spec import WorkerSpec, spec_of
 from ctrlplane.actors.ticker import Ticker
-from ctrlplane.actors.types import RunRecorder, Worker
+from ctrlplane.actors.types import RunObserver, RunRecorder, Worker
 from ctrlplane.actors.watchdog import LoopWatchdog
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.controls import WorkerControl, WorkerControls
@@ -75,6 +75,8 @@ class Scheduler:
             event of one of them whose data does not convert (strictly) to
             the Struct given is dead-lettered with the reason. The control
             plane passes :data:`ctrlplane.events.EVENT_TYPES`.
+        observer: Told of every run of this process (the control plane's
+            metrics); ``None`` tells no one.
 
     Example::
 
@@ -95,6 +97,7 @@ class Scheduler:
         events_max_age: timedelta = timedelta(days=7),
         clock: Callable[[], float] = time.time,
         event_types: Mapping[str, type[Any]] | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._bus = bus
         self._event_types = event_types
@@ -114,6 +117,7 @@ class Scheduler:
         self._watchers: list[asyncio.Task[None]] = []
         self._controls: WorkerControls | None = None
         self._state = _State.NEW
+        self._observer = observer
 
     def use(self, bus: Bus, runs: RunRecorder | None = None, *, node: str | None = None) -> None:
         """Give the scheduler its bus (and run store, and node) before :meth:`start`."""
@@ -239,6 +243,7 @@ class Scheduler:
                 deadlines=deadlines,
                 clock=self._clock,
                 event_types=self._event_types,
+                observer=self._observer,
             )
             actor.skipped_count = counts.get((spec.name, Outcome.SKIPPED), 0)
             actor.dead_letter_count = counts.get((spec.name, Outcome.DEAD_LETTERED), 0)

@@ -84,3 +84,26 @@ class RunRecorder(Protocol):
     async def counts(self, *outcomes: str) -> Mapping[tuple[str, str], int]:
         """Runs recorded so far of each worker that ended in each of ``outcomes``."""
         ...
+
+
+class RunObserver(Protocol):
+    """Told of this process's runs as they happen (the control plane's metrics).
+
+    Called on the event path, from the event loop: each call must be cheap,
+    must not block and must not raise.
+    """
+
+    def run_started(self, worker: str, started: float, scheduled: float | None) -> None:
+        """A run of ``worker`` began at ``started``, for a tick whose slot was
+        due at ``scheduled`` (``None`` for an event's run); epoch seconds."""
+        ...
+
+    def run_ended(self, worker: str) -> None:
+        """A run of ``worker`` that :meth:`run_started` announced is over."""
+        ...
+
+    def recorded(self, worker: str, outcome: str, duration: float | None) -> None:
+        """A row of ``worker`` was recorded with ``outcome`` (a
+        :class:`~ctrlplane.actors.runs.Outcome`): a run, with its
+        ``duration`` in seconds, or a skipped or refused message (``None``)."""
+        ...

@@ -12,7 +12,9 @@ What is measured
       goes through the whole actor path: pulled into the mailbox (PullFeed), decode into
       ``Event``, ``RunContext``, timeout, run, ack, and a row in
       ``worker_runs`` of a real SQLite ``Store`` (batched writer, default
-      flush interval) in the temporary directory.
+      flush interval) in the temporary directory, each run observed by the
+      control plane's metrics (``ctrlplane.web.metrics.Metrics``: counters
+      and histograms, as ``/metrics`` serves them).
     * raw: a durable pull consumer with explicit ack on a stream of the same
       kind (limits retention, file storage, same limits), ``fetch(batch)``,
       ``msgspec.json.decode(data, type=Event)``, ``await msg.ack()``.
@@ -85,6 +87,7 @@ from ctrlplane.bus import Bus, Event, Subjects, encode
 from ctrlplane.bus.connection import event_msg_id
 from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.store import Store
+from ctrlplane.web.metrics import Metrics
 
 GOAL_RATIO = 0.8
 EVENT_TYPE = "bench.created"
@@ -230,7 +233,9 @@ async def run_ours(
         await publish_backlog(publisher, subjects.event(EVENT_TYPE), backlog)
 
         worker = CountingWorker(n)
-        scheduler = Scheduler(bus, runs=store.runs, process="bench-ours")
+        # Observed by the metrics, as in a ControlPlane: their cost is on this path.
+        metrics = Metrics(bus, store, list)
+        scheduler = Scheduler(bus, runs=store.runs, process="bench-ours", observer=metrics)
         scheduler.register(worker)
         start = time.perf_counter()
         await scheduler.start()

@@ -38,6 +38,7 @@ from ctrlplane.telemetry.registry import load_collectors
 from ctrlplane.types import Checker, Provider, Router
 from ctrlplane.web.addr import parse_http_addr
 from ctrlplane.web.feed import EventFeed
+from ctrlplane.web.metrics import Metrics
 from ctrlplane.web.page import StatusPage
 from ctrlplane.web.server import HttpServer
 from ctrlplane.web.status import StatusSource
@@ -107,10 +108,13 @@ class ControlPlane:
             ),
         )
         self.store = store_for(self.config)
+        # Served at /metrics; told of every run by the scheduler.
+        self.metrics = Metrics(self.bus, self.store, lambda: self.scheduler.specs())
         self.scheduler = Scheduler(
             events_max_age=self.config.events_max_age,
             node=self.config.node,
             event_types=EVENT_TYPES,
+            observer=self.metrics,
         )
         self._server: EmbeddedServer | None = None
         self._api: ApiService | None = None
@@ -299,6 +303,7 @@ class ControlPlane:
                 cfg.data_dir,
                 {"nats": self._nats_ready, "store": self._store_ready, "scheduler": self._ready},
                 mounts=[self._status_page(domain).mount],
+                metrics=self.metrics,
             )
             try:
                 await self._http.start()

@@ -31,6 +31,7 @@ HEAVY = (
     "ctrlplane.api.schema",
     "ctrlplane.config",
     "ctrlplane.store.db",
+    "prometheus_client",
 )
 
 LIGHT_IMPORTS = (

@@ -17,13 +17,17 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from ctrlplane.files import write_private
 from ctrlplane.web.addr import HttpAddr
+
+if TYPE_CHECKING:
+    # prometheus-client is loaded by whoever makes the Metrics, not by the probes.
+    from ctrlplane.web.metrics import Metrics
 
 log = structlog.get_logger("ctrlplane.web")
 
@@ -46,6 +50,7 @@ class HttpServer:
         addr: Where to listen.
         data_dir: Where :data:`HTTP_FILE` is written.
         probes: Readiness checks by name (``nats``, ``store``, ``scheduler``).
+        metrics: Served at ``/metrics`` when given.
         mounts: Each adds more routes (and startup and shutdown hooks) to the
             application before it serves, e.g. the status page's.
     """
@@ -56,6 +61,7 @@ class HttpServer:
         data_dir: Path,
         probes: dict[str, Probe],
         *,
+        metrics: Metrics | None = None,
         mounts: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
         self._mounts = mounts
@@ -65,6 +71,10 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self._beat: asyncio.Task[None] | None = None
         self._stall = 0.0
+        self._metrics = metrics
+        # Like _stall, but since the last scrape: /healthz and /metrics each
+        # see every stall.
+        self._lag = 0.0
         self.url = ""
 
     async def start(self) -> str:
@@ -72,6 +82,8 @@ class HttpServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_text)
         for mount in self._mounts:
             mount(app)
         runner = web.AppRunner(app, access_log=None)
@@ -109,7 +121,9 @@ class HttpServer:
         while True:
             before = time.monotonic()
             await asyncio.sleep(_BEAT)
-            self._stall = max(self._stall, time.monotonic() - before - _BEAT)
+            late = time.monotonic() - before - _BEAT
+            self._stall = max(self._stall, late)
+            self._lag = max(self._lag, late)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         stall, self._stall = self._stall, 0.0
@@ -133,6 +147,12 @@ class HttpServer:
         if reasons:
             return _json(503, {"status": "not ready", "reasons": reasons})
         return _json(200, {"status": "ready"})
+
+    async def _metrics_text(self, _: web.Request) -> web.Response:
+        assert self._metrics is not None
+        lag, self._lag = self._lag, 0.0
+        body = await self._metrics.render(loop_lag=lag)
+        return web.Response(body=body, headers={"Content-Type": self._metrics.content_type})
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
