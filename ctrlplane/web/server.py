@@ -1,4 +1,5 @@
-"""The HTTP server of ``ctrlplane run``: ``/healthz`` and ``/readyz`` (aiohttp).
+"""The HTTP server of ``ctrlplane run`` (aiohttp): the probes ``/healthz`` and ``/readyz``,
+``/metrics`` when given, and whatever its mounts add (the status page).
 
 ``/healthz`` says the process is alive and its event loop turns: it answers
 from the loop, and 503 when the loop was found blocked longer than
