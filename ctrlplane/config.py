@@ -234,8 +234,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             otherwise caps each at 1,000; a process whose workers need more
             refuses to start, naming this field.
         http_addr: Where ``ctrlplane run`` serves its status page,
-            ``/metrics``, ``/healthz`` and ``/readyz``: ``host:port`` (port 0: one the kernel picks, written
-            to ``<data_dir>/http.json`` and logged at start), or ``off``.
+            ``/metrics``, ``/healthz`` and ``/readyz``: ``host:port`` (port 0:
+            one the kernel picks, written to ``<data_dir>/http.json`` and
+            logged at start), or ``off``.
     """
 
     nats_url: str | None = None

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--http-addr",
-    help="Where to serve the status page, /metrics, /healthz and /readyz: host:port (port 0: any free one, "
+    help="Where to serve the status page, /metrics, /healthz and /readyz: "
+    "host:port (port 0: any free one, "
     "written to <data_dir>/http.json), or 'off' (env: CTRLPLANE_HTTP_ADDR; "
     "default 127.0.0.1:0).",
 )
