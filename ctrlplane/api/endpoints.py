@@ -113,6 +113,12 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="Remove the dead letters of every worker, or one's.",
         mutating=True,
     ),
+    EndpointSpec(
+        name="describe",
+        request=m.DescribeRequest,
+        reply=m.DescribeReply,
+        description="One instance in full: spec, state, process, restarts, checks, recent events.",
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 
