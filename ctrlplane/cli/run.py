@@ -117,6 +117,8 @@ async def _serve(config: Config) -> None:
         if starting.cancelled():
             return
         starting.result()
+        for line in banner(cp):
+            click.echo(line)
         await stop.wait()
     finally:
         try:
@@ -167,3 +169,48 @@ class _Backstop:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         os._exit(0)
+
+
+def banner(cp: ControlPlane) -> list[str]:
+    """What ``run`` prints on stdout once the control plane is up: where to reach
+    it (as Temporal's dev server does), never a password."""
+    from ctrlplane.config import redact_nats_url
+
+    cfg = cp.config
+    server = cp.server
+    if server is not None:
+        nats = server.info.url
+        # The embedded server keeps one user:password file per role there
+        # (ctrlplane.bus.server), readable by this user alone.
+        secrets = cfg.data_dir / "nats" / "credentials"
+        how = (
+            f"embedded; a user:password file per role in {secrets}/; "
+            "`ctrlplane credentials observer` prints a URL with one"
+        )
+    else:
+        nats = redact_nats_url(cfg.nats_url or "")
+        how = (
+            f"credentials from {cfg.nats_credentials}"
+            if cfg.nats_credentials is not None
+            else "credentials as in nats_url"
+        )
+        how += "; `ctrlplane nats-config` prints the users this NATS needs"
+    # A PostgreSQL store's location is its URL, password shown as ***.
+    store = cp.store.location
+    if cp.store.db.dialect == "sqlite":
+        store = f"SQLite file {store}"
+    http = cp.http_url
+    rows = [
+        ("NATS", f"{nats} ({how})"),
+        ("Store", store),
+        ("Status page", "off (http_addr = off)" if http is None else f"{http}/"),
+        ("Metrics", "off (http_addr = off)" if http is None else f"{http}/metrics"),
+        ("Health", "off (http_addr = off)" if http is None else f"{http}/healthz, {http}/readyz"),
+        ("Data dir", str(cfg.data_dir)),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return [
+        f"ctrlplane is running: node {cfg.node}, process {cp.scheduler.process}",
+        *(f"  {(label + ':').ljust(width)} {value}" for label, value in rows),
+        "Stop it with Ctrl-C (SIGINT) or SIGTERM.",
+    ]
