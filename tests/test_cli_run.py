@@ -62,8 +62,7 @@ async def _banner(out: Path, err: Path) -> dict[str, str]:
 
 async def test_the_banner_of_an_embedded_run(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    args = ["--data-dir", str(data), "--log-format", "json"]
-    with _run(args, env_for(), tmp_path) as (out, err):
+    with _run(["--data-dir", str(data)], env_for(), tmp_path) as (out, err):
         fields = await _banner(out, err)
         info = read_server_info(data)
         http = read_http_url(data)
@@ -81,9 +80,8 @@ async def test_the_banner_of_an_embedded_run(tmp_path: Path) -> None:
         assert fields["Data dir"] == str(data)
         text = _text(out)
         assert not any(secret in text for secret in info.secrets.values())
-    # The JSON log line is still written, on stderr.
-    logs = [json.loads(line) for line in _text(err).splitlines() if line.startswith("{")]
-    assert any(entry.get("event") == "control plane started" for entry in logs)
+    # The log line is still written, on stderr.
+    assert "control plane started" in _text(err)
 
 
 async def test_the_banner_on_an_external_nats_with_http_off(
@@ -104,3 +102,31 @@ async def test_the_banner_on_an_external_nats_with_http_off(
         )
         for label in ("Status page", "Metrics", "Health"):
             assert fields[label] == "off (http_addr = off)"
+
+
+async def test_with_json_logs_the_banner_is_a_log_line_and_every_line_is_json(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    args = ["--data-dir", str(data), "--log-format", "json"]
+    with _run(args, env_for(), tmp_path) as (out, err):
+
+        def logged() -> list[dict[str, object]]:
+            return [json.loads(line) for line in _text(err).splitlines()]
+
+        def reached() -> bool:
+            return any(r["event"] == "where to reach it" for r in logged())
+
+        await wait_for(reached, within=60, interval=0.1)
+        info = read_server_info(data)
+        http = read_http_url(data)
+        assert info is not None and http is not None
+        record = next(r for r in logged() if r["event"] == "where to reach it")
+        assert str(record["nats"]).startswith(f"{info.url} (embedded; ")
+        assert record["store"] == f"SQLite file {data / 'ctrlplane.db'}"
+        assert (record["status_page"], record["metrics"]) == (f"{http}/", f"{http}/metrics")
+        assert record["data_dir"] == str(data)
+        assert any(r["event"] == "control plane started" for r in logged())
+    # What a collector merging both streams reads: JSON only.
+    assert _text(out) == ""
+    assert all(isinstance(json.loads(line), dict) for line in _text(err).splitlines())
