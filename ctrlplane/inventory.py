@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ from ctrlplane.cluster.types import NodeView
 from ctrlplane.declarations import InstanceDecl, decl_problems
 from ctrlplane.errors import CtrlplaneError
 from ctrlplane.lifecycle import check_transition
+from ctrlplane.plan import InstancePlan, plan_instances
 from ctrlplane.providers.process import executable_problem
 from ctrlplane.providers.registry import host_bound
 from ctrlplane.rollout import Rollout
@@ -189,25 +190,9 @@ class Inventory:
         the previous spec if the new one does not start). An instance with a
         deployment in progress is left alone and named in ``errors``.
         """
-        problems = decl_problems(decls)
-        if problems:
-            raise InventoryError("*", "; ".join(f"{f}: {r}" for f, r in problems))
-        for d in decls:
-            if d.provider not in self.providers:
-                raise InventoryError(d.name, f"unknown provider {d.provider!r}")
-            # Before anything is applied: a refused command is never run.
-            refused = (
-                executable_problem(d.command, self._executables)
-                if d.provider == "process"
-                else None
-            )
-            if refused is not None:
-                raise InventoryError(d.name, refused)
         recorded = await self._store.instances.all()
         existing = {i.name: i for i in recorded}
-        for d in decls:
-            if d.name not in existing:
-                self._check_node(d)
+        self.refuse(decls, existing)
         result = ApplyResult()
         counts = load(
             [
@@ -257,6 +242,44 @@ class Inventory:
             except CtrlplaneError as exc:
                 result.errors.append(str(exc))
         return result
+
+    def refuse(self, decls: list[InstanceDecl], existing: Collection[str]) -> None:
+        """Refuse ``decls`` whole, before anything is applied, if apply cannot
+        honour them; ``existing`` are the recorded instances' names.
+
+        Raises:
+            InventoryError: a declaration is invalid, names an unknown
+                provider, a command the allow-list refuses, or a node that
+                cannot be honoured for a new instance.
+        """
+        problems = decl_problems(decls)
+        if problems:
+            raise InventoryError("*", "; ".join(f"{f}: {r}" for f, r in problems))
+        for d in decls:
+            if d.provider not in self.providers:
+                raise InventoryError(d.name, f"unknown provider {d.provider!r}")
+            # Before anything is applied: a refused command is never run.
+            refused = (
+                executable_problem(d.command, self._executables)
+                if d.provider == "process"
+                else None
+            )
+            if refused is not None:
+                raise InventoryError(d.name, refused)
+        for d in decls:
+            if d.name not in existing:
+                self._check_node(d)
+
+    async def plan(self, decls: list[InstanceDecl]) -> list[InstancePlan]:
+        """What :meth:`apply` would do with ``decls``, changing nothing: the
+        same refusals, then each instance's action and changed fields."""
+        recorded = await self._store.instances.all()
+        self.refuse(decls, {i.name for i in recorded})
+        checks = [
+            (i, [s.spec for s in await self._store.health.states(i.id, with_last=False)])
+            for i in recorded
+        ]
+        return plan_instances(checks, decls)
 
     def _check_node(self, d: InstanceDecl) -> None:
         """Refuse the declared node of a new instance if it cannot be honoured,

@@ -66,6 +66,7 @@ READ_ENDPOINTS: tuple[str, ...] = (
     "runs",
     "dlq_list",
     "dlq_show",
+    "describe",
 )
 """``<prefix>.api.v1.<name>`` endpoints that change nothing: observers may call them
 (the catalog of :mod:`ctrlplane.api.endpoints`, checked by the tests)."""

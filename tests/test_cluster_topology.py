@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -85,9 +86,18 @@ class Replica:
         return await asyncio.to_thread(run_cli, list(args), self.env, 60)
 
     async def healthy(self) -> bool:
-        """The replica's compose health check, run as Docker would."""
-        assert self.health[:1] == ["ctrlplane"], self.health
-        return (await self.cli(*self.health[1:])).returncode == 0
+        """The replica's compose health check, run as Docker would (this
+        Python standing for the image's)."""
+        assert self.health[:2] == ["python", "-c"], self.health
+        probe = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, *self.health[1:]],
+            env=self.env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        return probe.returncode == 0
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -127,7 +137,11 @@ def _rewrite(
     ours = urlsplit(store)
     assert compose_store.username == ours.username, "the test server has compose's user"
     env["CTRLPLANE_STORE_URL"] = store
+    # Each container has a port 8080 of its own; here the replicas share one host.
+    http_port = free_port()
+    compose_http = env["CTRLPLANE_HTTP_ADDR"].rpartition(":")[2]
     env.update(
+        CTRLPLANE_HTTP_ADDR=f"127.0.0.1:{http_port}",
         CTRLPLANE_SUBJECT_PREFIX=prefix,
         CTRLPLANE_NODE_TIMEOUT=f"{NODE_TIMEOUT.total_seconds():g}s",
         CTRLPLANE_RECONCILE_INTERVAL=f"{RECONCILE.total_seconds():g}s",
@@ -138,7 +152,10 @@ def _rewrite(
     data_dir = argv.index("--data-dir") + 1
     argv[data_dir] = str(root / name)
     replica = Replica(name, argv, env_for(None, **env), root / f"{name}.log")
-    replica.health = [str(a) for a in service["healthcheck"]["test"][1:]]
+    compose_probe = f"127.0.0.1:{compose_http}/"
+    health = [str(a) for a in service["healthcheck"]["test"][1:]]
+    assert any(compose_probe in a for a in health), (health, compose_probe)
+    replica.health = [a.replace(compose_probe, f"127.0.0.1:{http_port}/") for a in health]
     return replica
 
 

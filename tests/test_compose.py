@@ -26,6 +26,7 @@ by the Docker SDK for Python, whose pattern matcher is a port of the engine's.
 from __future__ import annotations
 
 import functools
+import http.server
 import importlib
 import json
 import os
@@ -34,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -54,6 +56,7 @@ from ctrlplane.cli import main
 from ctrlplane.config import ENV_PREFIX, Config, load_config
 from ctrlplane.durations import parse_duration
 from ctrlplane.security import read_credentials
+from ctrlplane.web.addr import parse_http_addr
 from tests.processes import env_for, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -645,14 +648,72 @@ def test_every_long_running_service_has_a_healthcheck(monkeypatch: pytest.Monkey
         assert "healthcheck" in service, f"services.{name} has no healthcheck"
     for name, service in ctrlplane_services().items():
         where = f"services.{name}.healthcheck"
-        test = _strings(_mapping(service["healthcheck"], where).get("test"), f"{where}.test")
-        assert test[:2] == ["CMD", "ctrlplane"], f"{where}: use ['CMD', 'ctrlplane', ...]"
-        env = service_env(service, f"services.{name}")
-        probe = parse_ctrlplane(test[2:], env, monkeypatch)
-        assert probe.name == "nodes", f"{where} runs `ctrlplane {probe.name}`"
-        # It asks about this replica's own node, through the same NATS and credentials.
-        assert probe.params["check"] == parse_service(name, monkeypatch).config.node, where
-        assert probe.config.nats_credentials is not None
+        check = _mapping(service["healthcheck"], where)
+        test = _strings(check.get("test"), f"{where}.test")
+        # The image (python:*-slim) has no curl or wget: its Python probes.
+        assert test[:3] == ["CMD", "python", "-c"], f"{where}: use ['CMD', 'python', '-c', ...]"
+        assert single("FROM").args.startswith("python:"), "the image no longer has python"
+        url = _probe_url(test[3], where)
+        parts = urlsplit(url)
+        assert parts.path == "/readyz", f"{where} probes {parts.path}, not /readyz"
+        # The replica serves HTTP where the probe, inside its container, looks.
+        addr = parse_http_addr(parse_service(name, monkeypatch).config.http_addr)
+        assert addr is not None, f"services.{name}: http_addr is off, nothing answers the probe"
+        assert addr.host in ("0.0.0.0", "127.0.0.1", "::"), f"services.{name} listens on {addr}"
+        assert (parts.hostname, parts.port) == ("127.0.0.1", addr.port), (url, addr)
+        # The probe must give up before Compose does.
+        probe_timeout = float(re.findall(r"timeout=(\d+(?:\.\d+)?)", test[3])[0])
+        assert probe_timeout < parse_duration(str(check["timeout"])).total_seconds(), where
+
+
+def _probe_url(code: str, where: str) -> str:
+    urls = re.findall(r"'(http://[^']+)'", code)
+    assert len(urls) == 1, f"{where}: expected one quoted URL in {code!r}"
+    return str(urls[0])
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    """Answers /readyz as ctrlplane does, with the status the server was told."""
+
+    def do_GET(self) -> None:
+        status = self.server.status  # type: ignore[attr-defined]
+        body = b'{"status": "ready"}' if status == 200 else b'{"status": "not ready"}'
+        self.send_response(status if self.path == "/readyz" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_the_replica_healthcheck_command_passes_on_200_and_fails_on_503(
+    status: int, healthy: bool
+) -> None:
+    """The probe, run as Docker runs it (this Python for the image's), against
+    a server on a free port answering /readyz with ``status``."""
+    service = next(iter(ctrlplane_services().values()))
+    test = _strings(_mapping(service["healthcheck"], "healthcheck").get("test"), "test")
+    code = test[3]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    server.status = status  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        here = code.replace(_probe_url(code, "test"), f"http://127.0.0.1:{port}/readyz")
+        result = subprocess.run(
+            [sys.executable, "-c", here], capture_output=True, text=True, timeout=30, check=False
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert (result.returncode == 0) is healthy, result.stderr
+    if not healthy:
+        assert "503" in result.stderr
 
 
 def test_no_port_is_published_beyond_loopback() -> None:

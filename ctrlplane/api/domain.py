@@ -24,6 +24,8 @@ from ctrlplane.api.messages import (
     DeadLetterView,
     DeploymentsReply,
     DeploymentsRequest,
+    DescribeReply,
+    DescribeRequest,
     DlqListReply,
     DlqListRequest,
     DlqPurgeReply,
@@ -51,7 +53,9 @@ from ctrlplane.bus.connection import Bus
 from ctrlplane.certs.renewal import renewal_time
 from ctrlplane.cluster.nodes import NodeRegistry
 from ctrlplane.domains import DomainError, apply_domains, domain_problems
-from ctrlplane.inventory import Inventory
+from ctrlplane.inventory import ApplyResult, Inventory
+from ctrlplane.plan import Action, ApplyPlan, plan_domains
+from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import CheckState, HealthStatus, worst
 from ctrlplane.store.instances import Instance
@@ -141,6 +145,7 @@ class DomainApi:
             "dlq_show": self.dlq_show,
             "dlq_purge": self.dlq_purge,
             "dlq_replay": self.dlq_replay,
+            "describe": self.describe,
         }
 
     async def apply(self, request: ApplyRequest) -> ApplyReply:
@@ -149,6 +154,8 @@ class DomainApi:
                 "apply over NATS is turned off on this control plane (api_apply = false); "
                 "declare instances and domains in its config file"
             )
+        if request.dry_run:
+            return await self._plan(request)
         if request.domains is None:
             return ApplyReply(result=await self._inventory.apply(request.instances))
         # Checked before any instance is touched: a bad domain applies nothing.
@@ -303,3 +310,47 @@ class DomainApi:
             skipped=[DlqReplaySkipped(id=seq, reason=why) for seq, why in done.skipped],
             left=done.left,
         )
+
+    async def _plan(self, request: ApplyRequest) -> ApplyReply:
+        """What :meth:`apply` would do with ``request``, refused as apply would; writes nothing."""
+        names = [i.name for i in request.instances]
+        if request.domains is not None:
+            problems = domain_problems(request.domains, names)
+            if problems:
+                raise DomainError(problems)
+            if self._router is None:
+                raise UnavailableError("this process has no router: domains cannot be applied")
+        instances = await self._inventory.plan(request.instances)
+
+        def named(action: Action) -> list[str]:
+            return [i.name for i in instances if i.action is action]
+
+        result = ApplyResult(
+            created=named(Action.CREATE),
+            updated=named(Action.UPDATE),
+            removed=named(Action.REMOVE),
+            unchanged=named(Action.UNCHANGED),
+        )
+        if request.domains is None:
+            return ApplyReply(result=result, plan=ApplyPlan(instances=instances))
+        domains = plan_domains(await self._store.domains.all(), request.domains)
+
+        def hostnames(action: Action) -> list[str]:
+            return [d.hostname for d in domains if d.action is action]
+
+        synced = DomainSync(
+            created=hostnames(Action.CREATE),
+            updated=hostnames(Action.UPDATE),
+            removed=hostnames(Action.REMOVE),
+            unchanged=hostnames(Action.UNCHANGED),
+        )
+        return ApplyReply(
+            result=result, domains=synced, plan=ApplyPlan(instances=instances, domains=domains)
+        )
+
+    async def describe(self, request: DescribeRequest) -> DescribeReply:
+        # Imported here: the describe module uses this one's check_view.
+        from ctrlplane.api.describe import describe_instance
+
+        node = None if self._nodes is None else self._nodes.name
+        return await describe_instance(self._bus, self._store, request, node=node)

@@ -142,6 +142,12 @@ ENDPOINTS: tuple[EndpointSpec, ...] = (
         description="Send a dead letter (or all of a worker's) back to that worker alone.",
         mutating=True,
     ),
+    EndpointSpec(
+        name="describe",
+        request=m.DescribeRequest,
+        reply=m.DescribeReply,
+        description="One instance in full: spec, state, process, restarts, checks, recent events.",
+    ),
 )
 """Every endpoint of :data:`~ctrlplane.bus.subjects.API_VERSION`."""
 

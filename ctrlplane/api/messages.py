@@ -13,17 +13,18 @@ from typing import Annotated
 from msgspec import Meta, Struct, field
 
 from ctrlplane.actors.control import WorkersReply, WorkersRequest
-from ctrlplane.bus.messages import DeadLetter
+from ctrlplane.bus.messages import DeadLetter, Event
 from ctrlplane.bus.subjects import is_valid_token
 from ctrlplane.cluster.nodes import NodeInfo
 from ctrlplane.declarations import InstanceDecl
 from ctrlplane.domains import DomainDecl
 from ctrlplane.inventory import ApplyResult
 from ctrlplane.limits import MAX_LIMIT, MAX_SINCE
+from ctrlplane.plan import ApplyPlan
 from ctrlplane.store.certs import DomainSync
 from ctrlplane.store.deployments import Deployment
 from ctrlplane.store.health import HealthStatus
-from ctrlplane.store.instances import DesiredState, InstanceState
+from ctrlplane.store.instances import DesiredState, InstanceSpec, InstanceState
 from ctrlplane.store.runs import Outcome, Trigger
 from ctrlplane.store.telemetry import Metric, ResourceSnapshot
 
@@ -37,6 +38,8 @@ __all__ = [
     "DeadLetterView",
     "DeploymentsReply",
     "DeploymentsRequest",
+    "DescribeReply",
+    "DescribeRequest",
     "DlqListReply",
     "DlqListRequest",
     "DlqPurgeReply",
@@ -73,17 +76,24 @@ class ApplyRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     Attributes:
         instances: Every instance, as ``[[instances]]`` tables declare them.
         domains: Every domain; absent leaves the recorded domains as they are.
+        dry_run: Change nothing; answer what would change (the reply's ``plan``).
     """
 
     instances: list[InstanceDecl]
     domains: list[DomainDecl] | None = None
+    dry_run: bool = False
 
 
 class ApplyReply(Struct, frozen=True, kw_only=True):
-    """What apply changed: instances by name, and domains when they were given."""
+    """What apply changed: instances by name, and domains when they were given.
+
+    For a ``dry_run``, what it would change, and ``plan`` (only then present):
+    each instance's and domain's action and the fields that differ.
+    """
 
     result: ApplyResult
     domains: DomainSync | None = None
+    plan: ApplyPlan | None = None
 
 
 class CertsRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -461,3 +471,73 @@ class DlqReplayReply(Struct, frozen=True, kw_only=True):
     ids: list[int] = field(default_factory=list)
     skipped: list[DlqReplaySkipped] = field(default_factory=list)
     left: int = 0
+
+
+MAX_DESCRIBE_EVENTS = 100
+"""The most recent events ``describe`` answers with."""
+
+
+class DescribeRequest(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One instance (name or id) in full, with its newest ``events`` events (0 to 100)."""
+
+    instance: str
+    events: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.events <= MAX_DESCRIBE_EVENTS:
+            raise ValueError(f"events must be between 0 and {MAX_DESCRIBE_EVENTS}")
+
+
+class DescribeReply(Struct, frozen=True, kw_only=True):
+    """One instance as ``ctrlplane describe instance`` shows it.
+
+    Attributes:
+        id: Its id, kept across spec changes.
+        name: Its name.
+        provider: Who runs it.
+        spec: Every field of its desired spec, defaults included.
+        spec_hash: The digest of ``spec`` (a new one means a new deployment).
+        desired: What the operator wants.
+        state: What was last recorded.
+        state_error: Why it is ``failed``, when it is.
+        node: The node it is placed on, when placed.
+        handle: The provider's handle (a process: ``pid:start``).
+        pid: The process id in a ``process`` instance's handle.
+        started: When that process started, read from the live process: only
+            while it runs, and only when the answering process is on the
+            instance's node (a control plane on its own always is).
+        uptime: How long it has run, from ``started`` to the answer.
+        restarts: Restarts by the remediator since the instance was created or
+            its declaration last changed (the crash-loop back-off's count;
+            an operator's change resets it).
+        last_restart: The newest of those restarts.
+        created: When it was first recorded.
+        updated: When its record last changed.
+        health: The worst status of its checks (``unknown`` with none).
+        checks: Its checks and their last results.
+        deployment: Its newest deployment, if any.
+        events: Its newest events (subject its name, or its id), newest first,
+            from the newest part of the event stream.
+    """
+
+    id: str
+    name: str
+    provider: str
+    spec: InstanceSpec
+    spec_hash: str
+    desired: DesiredState
+    state: InstanceState
+    state_error: str | None = None
+    node: str | None = None
+    handle: str | None = None
+    pid: int | None = None
+    started: datetime | None = None
+    uptime: timedelta | None = None
+    restarts: int
+    last_restart: datetime | None = None
+    created: datetime
+    updated: datetime
+    health: HealthStatus
+    checks: list[CheckView] = field(default_factory=list)
+    deployment: Deployment | None = None
+    events: list[Event] = field(default_factory=list)

@@ -10,6 +10,7 @@ from ctrlplane.cli.certs import certs
 from ctrlplane.cli.completion import completion
 from ctrlplane.cli.credentials import credentials, nats_config
 from ctrlplane.cli.deployments import deployments
+from ctrlplane.cli.describe import describe
 from ctrlplane.cli.dlq import dlq
 from ctrlplane.cli.events import events, schema
 from ctrlplane.cli.instances import apply, health, instances
@@ -51,6 +52,7 @@ for command in (
     credentials,
     nats_config,
     completion,
+    describe,
 ):
     main.add_command(command)
 main.add_command(worker)

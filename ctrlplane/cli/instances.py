@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,10 @@ from ctrlplane.cli.common import (
 )
 from ctrlplane.errors import ConfigError
 
+if TYPE_CHECKING:
+    from ctrlplane.api.messages import ApplyReply
+    from ctrlplane.plan import FieldChange
+
 # Applying starts and stops processes: give it time.
 APPLY_WAIT = 120.0
 
@@ -33,16 +38,27 @@ APPLY_WAIT = 120.0
     type=click.Path(path_type=Path, dir_okay=False),
     help="A TOML file with [[instances]] (and [[domains]]), as in the config file.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Change nothing: print what would be created, updated and removed, and each "
+    "changed field (old -> new).",
+)
 @connection_options
 @json_option
 def apply(
-    file: Path, config_path: Path | None, nats_url: str | None, data_dir: Path | None, as_json: bool
+    file: Path,
+    dry_run: bool,
+    config_path: Path | None,
+    nats_url: str | None,
+    data_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Make the instances exactly those FILE declares: create, update, remove.
 
     If FILE has a ``domains`` list, the domains too; without one they are left
     as they are. Idempotent: applying the same file twice changes nothing the
-    second time.
+    second time. With --dry-run, nothing is changed and nothing published.
     """
 
     from ctrlplane.api import ApplyReply, ApplyRequest
@@ -58,10 +74,13 @@ def apply(
         fail(f"{file} declares no instances: add [[instances]] tables", EXIT_CONFIG)
     config = load(config_path, nats_url=nats_url, data_dir=data_dir)
 
-    body = ApplyRequest(instances=declared, domains=domains)
+    body = ApplyRequest(instances=declared, domains=domains, dry_run=dry_run)
     reply = ask(config, "apply", body, ApplyReply, within=APPLY_WAIT)
     result = reply.result
     assert result is not None
+    if dry_run:
+        print_plan(reply, as_json=as_json)
+        return
     if as_json:
         shown = to_wire(result)
         if reply.domains is not None:
@@ -89,6 +108,37 @@ def apply(
             echo(f"error: {error}", err=True)
     if result.errors:
         raise SystemExit(1)
+
+
+def print_plan(reply: ApplyReply, *, as_json: bool) -> None:
+    """Print what a dry run found: each instance's (and domain's) action, the
+    fields that would change as ``field: old -> new``, and a count."""
+    from ctrlplane.api.wire import encode_body
+
+    if as_json:
+        echo_json(encode_body(reply).decode())
+        return
+    plan = reply.plan
+    if plan is None:
+        # Requests forbid unknown fields, so a control plane without dry runs
+        # refuses one (a 400): an answer without a plan is not a dry run's.
+        fail("the control plane answered the dry run without a plan")
+    for i in plan.instances:
+        echo(f"{i.name}: {i.action.value}")
+        _echo_changes(i.changes)
+    for d in plan.domains or []:
+        echo(f"domain {d.hostname}: {d.action.value}")
+        _echo_changes(d.changes)
+    r = reply.result
+    echo(
+        f"dry run: {len(r.created)} to create, {len(r.updated)} to update, "
+        f"{len(r.removed)} to remove, {len(r.unchanged)} unchanged; nothing was changed"
+    )
+
+
+def _echo_changes(changes: list[FieldChange]) -> None:
+    for c in changes:
+        echo(f"  {c.field}: {c.old or '(absent)'} -> {c.new or '(absent)'}")
 
 
 @click.command()

@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
@@ -79,10 +79,10 @@ def run(
     configure_logging(fmt, LEVELS[log_level.lower()])
     # Exits within stop_grace + 1 s of a signal even when a worker ignores
     # its cancellation: once stopped, nothing is left to wait for.
-    run_async(_serve(config), exit_if_abandoned=True)
+    run_async(_serve(config, fmt), exit_if_abandoned=True)
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, fmt: LogFormat) -> None:
     """Start, run until SIGINT or SIGTERM, stop; a signal during start-up stops it too."""
     import asyncio
 
@@ -118,6 +118,7 @@ async def _serve(config: Config) -> None:
         if starting.cancelled():
             return
         starting.result()
+        announce(cp, fmt)
         await stop.wait()
     finally:
         try:
@@ -168,3 +169,77 @@ class _Backstop:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         os._exit(0)
+
+
+class Reach(NamedTuple):
+    """One line of the start banner: a label for people, a key for JSON logs."""
+
+    label: str
+    key: str
+    value: str
+
+
+def reach(cp: ControlPlane) -> list[Reach]:
+    """Where to reach a started control plane, never with a password."""
+    from ctrlplane.config import redact_nats_url
+
+    cfg = cp.config
+    server = cp.server
+    if server is not None:
+        nats = server.info.url
+        # The embedded server keeps one user:password file per role there
+        # (ctrlplane.bus.server), readable by this user alone.
+        secrets = cfg.data_dir / "nats" / "credentials"
+        how = (
+            f"embedded; a user:password file per role in {secrets}/; "
+            "`ctrlplane credentials observer` prints a URL with one"
+        )
+    else:
+        nats = redact_nats_url(cfg.nats_url or "")
+        how = (
+            f"credentials from {cfg.nats_credentials}"
+            if cfg.nats_credentials is not None
+            else "credentials as in nats_url"
+        )
+        how += "; `ctrlplane nats-config` prints the users this NATS needs"
+    # A PostgreSQL store's location is its URL, password shown as ***.
+    store = cp.store.location
+    if cp.store.db.dialect == "sqlite":
+        store = f"SQLite file {store}"
+    http = cp.http_url
+    off = "off (http_addr = off)"
+    return [
+        Reach("NATS", "nats", f"{nats} ({how})"),
+        Reach("Store", "store", store),
+        Reach("Status page", "status_page", off if http is None else f"{http}/"),
+        Reach("Metrics", "metrics", off if http is None else f"{http}/metrics"),
+        Reach("Health", "health", off if http is None else f"{http}/healthz, {http}/readyz"),
+        Reach("Data dir", "data_dir", str(cfg.data_dir)),
+    ]
+
+
+def banner(cp: ControlPlane) -> list[str]:
+    """What ``run`` prints on stdout once the control plane is up: where to reach
+    it, as Temporal's dev server does."""
+    rows = reach(cp)
+    width = max(len(r.label) for r in rows) + 1
+    return [
+        f"ctrlplane is running: node {cp.config.node}, process {cp.scheduler.process}",
+        *(f"  {(r.label + ':').ljust(width)} {r.value}" for r in rows),
+        "Stop it with Ctrl-C (SIGINT) or SIGTERM.",
+    ]
+
+
+def announce(cp: ControlPlane, fmt: LogFormat) -> None:
+    """The banner on stdout for a person (console logs); for a machine (JSON
+    logs) one log line ``where to reach it`` with the same facts instead, so
+    that a log collector that merges stdout and stderr (docker logs, journald)
+    reads nothing but JSON."""
+    if fmt == "json":
+        import structlog
+
+        log = structlog.get_logger("ctrlplane")
+        log.info("where to reach it", **{r.key: r.value for r in reach(cp)})
+        return
+    for line in banner(cp):
+        click.echo(line)

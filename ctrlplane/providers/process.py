@@ -30,7 +30,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -41,7 +41,7 @@ from ctrlplane.providers.errors import ProviderError
 from ctrlplane.store.instances import Instance, InstanceState
 from ctrlplane.types import Observation
 
-__all__ = ["ProcessProvider"]
+__all__ = ["ProcessProvider", "started_at"]
 
 log = structlog.get_logger("ctrlplane.providers.process")
 
@@ -103,6 +103,22 @@ def _incarnation(handle: str | None) -> tuple[int, str] | None:
     if seen is None or seen.start != parsed[1] or seen.zombie:
         return None
     return parsed
+
+
+def started_at(handle: str | None) -> datetime | None:
+    """When the process ``handle`` names started, if that very process still
+    runs on this host; None otherwise (exited, another incarnation, another host).
+
+    The handle's own start field is the kernel's (clock ticks since boot on
+    Linux), so the time is read from the live process instead.
+    """
+    found = _incarnation(handle)
+    if found is None:
+        return None
+    try:
+        return datetime.fromtimestamp(psutil.Process(found[0]).create_time(), UTC)
+    except (psutil.Error, OverflowError, OSError, ValueError):
+        return None
 
 
 def _running(process: psutil.Process) -> bool:
