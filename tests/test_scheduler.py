@@ -79,6 +79,35 @@ async def test_periodic_worker_runs_once_per_slot(scheduler: Scheduler, store: S
     assert all(r.process == "test-1" for r in runs)
 
 
+class Stalling(Recorder):
+    """A periodic worker whose second run blocks the event loop for several
+    intervals, as a loaded machine's scheduling or a blocking call does."""
+
+    def __init__(self, interval: float, stall: float) -> None:
+        super().__init__(interval=interval)
+        self.stall = stall
+
+    async def run(self, ctx: RunContext) -> None:
+        await super().run(ctx)
+        if len(self.ticks) == 2:
+            time.sleep(self.stall)  # noqa: ASYNC251 - the stall is the point
+
+
+async def test_a_stalled_loop_loses_no_slot(scheduler: Scheduler, store: Store) -> None:
+    # The ticker wakes several slots late: every slot it passed over is
+    # still published (and coalesced into the newest), none silently lost.
+    worker = Stalling(interval=0.2, stall=1.0)
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.ticks) >= 5)
+    await scheduler.stop()
+    slots = [t.slot for t in worker.ticks]
+    assert len(set(slots)) == len(slots), f"a slot ran twice: {slots}"
+    await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
+    skipped = [r for r in await store.runs.list(worker="recorder") if r.outcome is Outcome.SKIPPED]
+    assert skipped, "the stall passed over slots, which were to be coalesced"
+
+
 async def _assert_every_slot_ran_or_coalesced(store: Store, worker: str, ran: list[int]) -> None:
     """No slot lost: between the first and last run, each slot either ran or
     was coalesced (a stale tick skipped because a newer one waited; a loaded
