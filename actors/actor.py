@@ -575,6 +575,8 @@ class Actor:
             process=self._process,
             scope=self.spec.scope,
             node=self.spec.node,
+            schedule=None if self.spec.cron is None else self.spec.cron.expression,
+            timezone=None if self.spec.cron is None else self.spec.cron.timezone,
         )
 
     # ------------------------------------------------------------------- stop

@@ -59,6 +59,9 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
         process: The process that reports it.
         scope: ``cluster`` or ``node``.
         node: The node whose runs it takes, for a node-scoped worker.
+        schedule: Its cron expression, for a worker run on a cron schedule
+            (``interval`` is then 0).
+        timezone: The IANA time zone its cron expression is read in.
     """
 
     name: str
@@ -79,6 +82,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     process: str = ""
     scope: Scope = Scope.CLUSTER
     node: str | None = None
+    schedule: str | None = None
+    timezone: str | None = None
 
 
 class WorkerFailed(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -617,3 +617,11 @@ def test_next_run_due_now_is_due_never_0s_ago() -> None:
     assert _next_run(now - timedelta(seconds=3)) == "due"
     assert _next_run(now + timedelta(seconds=30)) in {"in 30s", "in 29s"}
     assert _next_run(None) == "-"
+
+
+def test_an_invalid_cron_schedule_exits_2_naming_the_field(tmp_path: Path) -> None:
+    env = env_for(CTRLPLANE_GC_SCHEDULE="0 25 * * *")
+    result = run_cli(["run", "--data-dir", str(tmp_path / "d")], env)
+    assert result.returncode == 2
+    assert "gc_schedule" in result.stderr and "CTRLPLANE_GC_SCHEDULE" in result.stderr
+    assert not (tmp_path / "d").exists()

@@ -63,6 +63,7 @@ def workers(
             "KIND",
             "SCOPE",
             "INTERVAL",
+            "SCHEDULE",
             "RUNNING",
             "RUNS",
             "ERRORS",
@@ -79,6 +80,7 @@ def workers(
                 # A node-scoped worker runs once per node: say whose runs this is.
                 w.scope.value if w.node is None else f"{w.scope.value}:{w.node}",
                 format_duration(w.interval) if w.interval else "-",
+                _schedule(w),
                 "yes" if w.running else "no",
                 str(w.run_count),
                 _errors(w),
@@ -99,6 +101,13 @@ def _next_run(when: datetime | None) -> str:
     if when is not None and (when - datetime.now(UTC)).total_seconds() < 0.5:
         return "due"
     return ago(when)
+
+
+def _schedule(w: WorkerInfo) -> str:
+    """``30 2 * * * Europe/Berlin`` for a worker on a cron schedule, else ``-``."""
+    if w.schedule is None:
+        return "-"
+    return f"{w.schedule} {w.timezone or 'UTC'}"
 
 
 def _errors(w: WorkerInfo) -> str:
