@@ -145,6 +145,43 @@ async def test_two_schedulers_share_each_slot(
     await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
 
 
+class CronRecorder(Recorder):
+    """A worker on a cron schedule: every second (croniter's sixth field)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="cron-recorder")
+        self.interval = timedelta(0)
+        self.schedule = "* * * * * */1"
+        self.timezone = "Europe/Berlin"
+
+
+async def test_a_cron_worker_runs_once_per_occurrence_across_two_processes(
+    nats_server: ServerInfo, subjects: Subjects, bus: Bus, store: Store
+) -> None:
+    other_bus = Bus(subjects)
+    await other_bus.connect(nats_server.client_url)
+    a, b = CronRecorder(), CronRecorder()
+    first = Scheduler(bus, runs=store.runs, process="p1")
+    second = Scheduler(other_bus, runs=store.runs, process="p2")
+    first.register(a)
+    second.register(b)
+    await asyncio.gather(first.start(), second.start())
+    try:
+        await wait_for(lambda: len(a.ticks) + len(b.ticks) >= 5)
+        (info,) = first.workers()
+        assert (info.schedule, info.timezone) == ("* * * * * */1", "Europe/Berlin")
+        assert info.kind is WorkerKind.PERIODIC and info.next_run is not None
+    finally:
+        await asyncio.gather(first.stop(), second.stop())
+        await other_bus.close()
+    ticks = a.ticks + b.ticks
+    slots = sorted(t.slot for t in ticks)
+    assert len(set(slots)) == len(slots), f"an occurrence ran twice: {slots}"
+    # The slot is the occurrence's epoch second, and each tick says so.
+    assert all(t.scheduled.timestamp() == t.slot for t in ticks)
+    await _assert_every_slot_ran_or_coalesced(store, "cron-recorder", slots)
+
+
 async def test_event_worker_reacts_to_plain_nats_client(
     scheduler: Scheduler, nats_server: ServerInfo, subjects: Subjects
 ) -> None:
