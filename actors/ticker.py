@@ -73,8 +73,9 @@ class Ticker:
         self.published = 0
         self.duplicates = 0
         self.dropped = 0
-        """Slots passed over and never published (beyond :data:`CATCH_UP_SLOTS`
-        or older than the schedule's horizon)."""
+        """How often slots were passed over unpublished: once per gap wider
+        than :data:`CATCH_UP_SLOTS` or older than the schedule's horizon, and
+        once per slot an outage pushed out of a full queue."""
 
     def next_run(self, name: str) -> datetime | None:
         """When ``name``'s next slot starts."""
