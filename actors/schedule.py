@@ -64,9 +64,6 @@ class IntervalSchedule(Struct, frozen=True, kw_only=True):
         """The slot before ``slot``."""
         return slot - 1
 
-    def describe(self) -> str:
-        return f"every {self.interval}"
-
 
 class CronSchedule(Struct, frozen=True, kw_only=True):
     """A slot at each occurrence of ``expression`` in ``timezone``.
@@ -123,6 +120,7 @@ class CronSchedule(Struct, frozen=True, kw_only=True):
         return timedelta(seconds=min(gaps))
 
     def describe(self) -> str:
+        """``30 2 * * * (Europe/Berlin)``."""
         return f"{self.expression} ({self.timezone})"
 
     def _step(self, epoch: int, *, forward: bool) -> int:

@@ -11,12 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ctrlplane.actors.errors import InvalidScheduleError
+from ctrlplane.actors.info import Scope, WorkerKind
 from ctrlplane.actors.schedule import (
     CronSchedule,
     IntervalSchedule,
     cron_schedule,
+    on_schedule,
     timezone_problem,
 )
+from ctrlplane.actors.spec import spec_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -155,3 +158,29 @@ def test_timezone_problem() -> None:
     assert timezone_problem("UTC") is None
     assert timezone_problem("Nowhere/Land") is not None
     assert timezone_problem(3) is not None
+
+
+class Sweeper:
+    """A built-in-like worker with an interval and settings of its own."""
+
+    name = "sweeper"
+    interval = timedelta(minutes=5)
+    scope = "node"
+    timeout = timedelta(seconds=7)
+
+    def __init__(self) -> None:
+        self.ran: list[object] = []
+
+    async def run(self, ctx: object) -> None:
+        self.ran.append(ctx)
+
+
+async def test_on_schedule_puts_a_worker_on_a_cron_keeping_its_other_settings() -> None:
+    worker = Sweeper()
+    scheduled = on_schedule(worker, "0 3 * * *", "Europe/Berlin")
+    spec = spec_of(scheduled)
+    assert spec.kind is WorkerKind.PERIODIC and spec.interval == timedelta(0)
+    assert spec.cron == CronSchedule(expression="0 3 * * *", timezone="Europe/Berlin")
+    assert (spec.scope, spec.timeout) == (Scope.NODE, timedelta(seconds=7))
+    await scheduled.run("ctx")  # type: ignore[arg-type]
+    assert worker.ran == ["ctx"]
