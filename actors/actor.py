@@ -698,6 +698,8 @@ class Actor:
             scope=self.spec.scope,
             node=self.spec.node,
             paused=self.paused,
+            schedule=None if self.spec.cron is None else self.spec.cron.expression,
+            timezone=None if self.spec.cron is None else self.spec.cron.timezone,
         )
 
     # ------------------------------------------------------------------- stop

@@ -18,6 +18,16 @@ class InvalidWorkerError(ActorError, ValueError):
         super().__init__(f"worker {worker!r}: {reason}")
 
 
+class InvalidScheduleError(ActorError, ValueError):
+    """A cron schedule cannot be used; ``field`` (``schedule`` or ``timezone``) says why."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field} {value!r}: {reason}")
+
+
 class SchedulerStateError(ActorError, RuntimeError):
     """The scheduler was asked to do something its state does not allow."""
 

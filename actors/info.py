@@ -61,6 +61,9 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
         node: The node whose runs it takes, for a node-scoped worker.
         paused: Whether it is paused (cluster-wide, ``ctrlplane worker pause``):
             its ticks are skipped and its events wait in the stream.
+        schedule: Its cron expression, for a worker run on a cron schedule
+            (``interval`` is then 0).
+        timezone: The IANA time zone its cron expression is read in.
     """
 
     name: str
@@ -82,6 +85,8 @@ class WorkerInfo(Struct, frozen=True, kw_only=True):
     scope: Scope = Scope.CLUSTER
     node: str | None = None
     paused: bool = False
+    schedule: str | None = None
+    timezone: str | None = None
 
 
 class WorkerFailed(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -25,6 +25,7 @@ from ctrlplane.actors.errors import InvalidWorkerError, SchedulerStateError
 from ctrlplane.actors.info import Scope, WorkerInfo
 from ctrlplane.actors.leases import LeaseKeeper
 from ctrlplane.actors.runs import Outcome
+from ctrlplane.actors.schedule import CATCH_UP
 from ctrlplane.actors.spec import WorkerSpec, spec_of
 from ctrlplane.actors.ticker import Ticker
 from ctrlplane.actors.types import RunObserver, RunRecorder, Worker
@@ -199,8 +200,12 @@ class Scheduler:
         check_consumers(
             consumers_needed(self.specs()), limit=bus.limits.max_consumers, subjects=bus.subjects
         )
-        longest = max((s.interval for s in self.specs()), default=timedelta(0))
-        window = longest + timedelta(minutes=1)
+        # Any process may publish a slot's tick until its schedule's horizon
+        # has passed (at start, or catching up after a stall): the duplicate
+        # window outlasts that, so it is one run whoever publishes it.
+        horizons = (s.schedule.horizon for s in self.specs() if s.schedule is not None)
+        longest = max(horizons, default=timedelta(0))
+        window = max(longest + CATCH_UP, timedelta(minutes=1))
         await bus.ensure_streams(duplicate_window=window, events_max_age=self._events_max_age)
         longest_ack_wait = max((ack_wait_for(s) for s in self.specs()), default=MIN_ACK_WAIT)
         ledger = self._ledger = SlotLedger(
@@ -358,6 +363,8 @@ class Scheduler:
                         scope=spec.scope,
                         node=self.node if spec.scope is Scope.NODE else None,
                         paused=self._controls is not None and self._controls.paused(spec.name),
+                        schedule=None if spec.cron is None else spec.cron.expression,
+                        timezone=None if spec.cron is None else spec.cron.timezone,
                     )
                 )
         return infos

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import math
+import time
 from datetime import UTC, datetime, timedelta
 
 from msgspec import Struct, structs
 
-from ctrlplane.actors.errors import InvalidWorkerError
+from ctrlplane.actors.errors import InvalidScheduleError, InvalidWorkerError
 from ctrlplane.actors.info import Scope, WorkerKind
+from ctrlplane.actors.schedule import CronSchedule, IntervalSchedule, Schedule, cron_schedule
 from ctrlplane.actors.types import Worker
 from ctrlplane.bus.messages import Tick
 from ctrlplane.bus.subjects import is_valid_event_pattern, is_valid_token
@@ -40,6 +41,9 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     ``node`` is the node whose runs this process takes, for a node-scoped
     worker: its ticks, consumers and slot records are that node's own. It is
     set by the scheduler (:meth:`on_node`), which knows its process's node.
+
+    ``cron`` is set for a worker with a cron ``schedule`` instead of an
+    interval (``interval`` is then 0): its slots are the occurrences.
     """
 
     name: str
@@ -52,6 +56,7 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     offset: timedelta
     scope: Scope = Scope.CLUSTER
     node: str | None = None
+    cron: CronSchedule | None = None
 
     def on_node(self, node: str) -> WorkerSpec:
         """This spec as run by a process of ``node``: unchanged for a
@@ -62,7 +67,7 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
 
     @property
     def kind(self) -> WorkerKind:
-        if self.interval > timedelta(0):
+        if self.interval > timedelta(0) or self.cron is not None:
             return WorkerKind.PERIODIC
         return WorkerKind.EVENT if self.subscriptions else WorkerKind.ONCE
 
@@ -70,16 +75,41 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
     def interval_s(self) -> float:
         return self.interval.total_seconds()
 
+    @property
+    def schedule(self) -> Schedule | None:
+        """When its slots begin; None for an event-driven or one-shot worker."""
+        if self.cron is not None:
+            return self.cron
+        if self.interval > timedelta(0):
+            return IntervalSchedule(interval=self.interval, offset=self.offset)
+        return None
+
     def slot_at(self, t: float) -> int:
         """The slot that contains epoch time ``t``."""
-        return math.floor((t - self.offset.total_seconds()) / self.interval_s)
+        return self._periodic().slot_at(t)
 
     def slot_start(self, slot: int) -> float:
         """The epoch time at which ``slot`` begins."""
-        return slot * self.interval_s + self.offset.total_seconds()
+        return self._periodic().slot_start(slot)
 
     def slot_start_dt(self, slot: int) -> datetime:
         return datetime.fromtimestamp(self.slot_start(slot), UTC)
+
+    def slot_length(self, slot: int) -> timedelta:
+        """How long ``slot`` lasts: the interval, or the time to the next occurrence.
+
+        It goes out as a tick's ``interval``, which is what tells a stale
+        tick (its next slot has begun) from a current one.
+        """
+        if self.cron is None:
+            return self.interval
+        return timedelta(seconds=self.cron.next_slot(slot) - slot)
+
+    def _periodic(self) -> Schedule:
+        schedule = self.schedule
+        if schedule is None:
+            raise ValueError(f"worker {self.name!r} is not periodic: it has no slots")
+        return schedule
 
     def tick_problem(self, tick: Tick, now: float) -> str | None:
         """Why ``tick`` cannot be a tick of this worker at epoch time ``now``; None if it can.
@@ -107,8 +137,15 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
         if not -_MAX_SLOT < tick.slot < _MAX_SLOT:
             return f"tick slot {tick.slot} is out of range"
         scheduled = tick.scheduled.timestamp()
+        if self.cron is not None:
+            # Its slot must be one of this worker's own occurrences, and its
+            # interval the time to the next: a cron tick is checked against
+            # the schedule, not against itself.
+            problem = _cron_tick_problem(self.cron, tick)
+            if problem is not None:
+                return problem
         # One second of slack for float rounding of big slot numbers.
-        if not -1 <= scheduled - tick.slot * interval < interval + 1:
+        elif not -1 <= scheduled - tick.slot * interval < interval + 1:
             return (
                 f"tick slot {tick.slot} of {tick.interval} does not begin at "
                 f"{tick.scheduled.isoformat()}"
@@ -119,13 +156,31 @@ class WorkerSpec(Struct, frozen=True, kw_only=True):
                 f"tick slot {tick.slot} begins {scheduled - now:.0f}s from now; "
                 f"at most {TICK_LEAD} intervals ahead are accepted"
             )
-        oldest = max(TICK_MAX_AGE, 4 * self.interval).total_seconds()
+        period = self.interval if self.cron is None else tick.interval
+        oldest = max(TICK_MAX_AGE, 4 * period).total_seconds()
         if now - scheduled > oldest:
             return (
                 f"tick slot {tick.slot} began {now - scheduled:.0f}s ago; "
                 f"ticks older than {oldest:.0f}s are refused"
             )
         return None
+
+
+def _cron_tick_problem(cron: CronSchedule, tick: Tick) -> str | None:
+    try:
+        if not cron.is_slot(tick.slot):
+            return f"tick slot {tick.slot} is not an occurrence of {cron.describe()}"
+        following = cron.next_slot(tick.slot)
+    except InvalidScheduleError as exc:
+        return f"tick slot {tick.slot}: {exc.reason}"
+    if abs(tick.scheduled.timestamp() - tick.slot) >= 1:
+        return f"tick slot {tick.slot} does not begin at {tick.scheduled.isoformat()}"
+    if abs(tick.interval.total_seconds() - (following - tick.slot)) >= 1:
+        return (
+            f"tick interval {tick.interval} is not the time from occurrence {tick.slot} "
+            f"to the next ({following - tick.slot}s)"
+        )
+    return None
 
 
 def _offset(name: str, interval: timedelta) -> timedelta:
@@ -155,6 +210,7 @@ def spec_of(worker: object) -> WorkerSpec:
         raise InvalidWorkerError(name, f"negative interval {interval}")
     if interval > timedelta(0) and interval < timedelta(milliseconds=100):
         raise InvalidWorkerError(name, f"interval {interval} is below the 100 ms minimum")
+    cron = _cron_of(name, worker, interval)
     run = getattr(worker, "run", None)
     if not callable(run):
         raise InvalidWorkerError(name, "has no async 'run(ctx)' method")
@@ -170,6 +226,9 @@ def spec_of(worker: object) -> WorkerSpec:
             raise InvalidWorkerError(name, f"invalid subscription {pattern!r}")
 
     default_timeout = interval if interval > timedelta(0) else DEFAULT_EVENT_TIMEOUT
+    if cron is not None:
+        # A run should be over before the next occurrence could begin.
+        default_timeout = cron.shortest_gap(time.time())
     timeout = getattr(worker, "timeout", None) or default_timeout
     if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
         raise InvalidWorkerError(name, "'timeout' must be a positive datetime.timedelta")
@@ -191,10 +250,10 @@ def spec_of(worker: object) -> WorkerSpec:
     except ValueError:
         problem = f"'scope' must be 'cluster' or 'node', not {scope!r}"
         raise InvalidWorkerError(name, problem) from None
-    if scope is Scope.NODE and interval <= timedelta(0) and not subscriptions:
+    if scope is Scope.NODE and interval <= timedelta(0) and cron is None and not subscriptions:
         raise InvalidWorkerError(
             name,
-            "scope 'node' needs an interval or subscriptions: a one-shot worker "
+            "scope 'node' needs an interval, a schedule or subscriptions: a one-shot worker "
             "already runs once in every process",
         )
 
@@ -208,4 +267,31 @@ def spec_of(worker: object) -> WorkerSpec:
         prefetch=max(prefetch, concurrency),
         offset=_offset(name, interval),
         scope=scope,
+        cron=cron,
     )
+
+
+def _cron_of(name: str, worker: object, interval: timedelta) -> CronSchedule | None:
+    """The worker's cron schedule, if it has one (``schedule`` and ``timezone``
+    are optional attributes: workers without them keep their interval)."""
+    expression = getattr(worker, "schedule", None)
+    timezone = getattr(worker, "timezone", None)
+    if expression is None:
+        if timezone is not None:
+            raise InvalidWorkerError(name, "'timezone' is set but 'schedule' is not")
+        return None
+    if interval != timedelta(0):
+        raise InvalidWorkerError(
+            name,
+            "set 'interval' or 'schedule', not both: a worker with a cron 'schedule' "
+            "has interval timedelta(0)",
+        )
+    if not isinstance(expression, str):
+        raise InvalidWorkerError(name, "'schedule' must be a cron expression string")
+    if timezone is not None and not isinstance(timezone, str):
+        raise InvalidWorkerError(name, "'timezone' must be an IANA time zone name string")
+    try:
+        return cron_schedule(expression, timezone or "UTC")
+    except InvalidScheduleError as exc:
+        problem = f"invalid '{exc.field}' {exc.value!r}: {exc.reason}"
+        raise InvalidWorkerError(name, problem) from exc

@@ -18,7 +18,8 @@ class Worker(Protocol):
         name: Lowercase letters, digits, ``-`` and ``_``; it appears in NATS
             subjects and durable consumer names.
         interval: How often it runs. ``timedelta(0)`` makes it event-driven
-            (with ``subscriptions``) or a one-shot that runs once at start.
+            (with ``subscriptions``), cron-scheduled (with ``schedule``) or a
+            one-shot that runs once at start.
 
     Optional attributes, read when present:
 
@@ -32,6 +33,13 @@ class Worker(Protocol):
     * ``prefetch: int`` events one process holds ahead of its runs (default
       256). Lower it for slow handlers, so that a backlog is shared among
       processes instead of queued behind one.
+    * ``schedule: str`` a cron expression (five fields, or six with seconds
+      last) to run at each of its occurrences instead of every ``interval``,
+      which must then be ``timedelta(0)``: one run per occurrence across the
+      cluster. Its default ``timeout`` is the shortest gap between its
+      occurrences.
+    * ``timezone: str`` the IANA time zone ``schedule`` is read in (default
+      ``UTC``); DST is handled as croniter does (README, "Schedules").
     """
 
     name: str

@@ -75,9 +75,12 @@ class Tick(Struct, frozen=True, kw_only=True):
 
     Attributes:
         worker: The periodic worker the tick is for.
-        slot: Slot number: ``floor((t - offset) / interval)``.
+        slot: Slot number: ``floor((t - offset) / interval)``; for a worker
+            on a cron schedule, the occurrence's epoch second.
         scheduled: The start time of the slot, the time the run was due.
-        interval: The worker's interval when the tick was made.
+        interval: The worker's interval when the tick was made; for a cron
+            worker, the time from this occurrence to the next (so a tick
+            older than it has a newer one due, and coalesces).
         origin: The process that published the tick (any replica may).
         node: For a node-scoped worker, the node whose run it is (absent for
             a cluster-scoped one).

@@ -13,6 +13,7 @@ from types import TracebackType
 import structlog
 
 from ctrlplane.actors.control import workers_reply
+from ctrlplane.actors.schedule import on_schedule
 from ctrlplane.actors.scheduler import Scheduler
 from ctrlplane.actors.types import Worker
 from ctrlplane.api import ApiService, DomainApi, WorkersReply, WorkersRequest
@@ -243,6 +244,9 @@ class ControlPlane:
         await self._lifecycle.start()
         for worker in [*self._builtin_workers(providers, self.inventory), *custom]:
             if worker.name not in cfg.disabled_workers:
+                expression = cfg.schedule_of(worker.name)
+                if expression is not None:
+                    worker = on_schedule(worker, expression, cfg.schedule_timezone)
                 self.register(worker)
         self.scheduler.use(self.bus, self.store.runs)
         await self.scheduler.start()

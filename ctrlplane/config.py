@@ -237,6 +237,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             ``/metrics``, ``/healthz`` and ``/readyz``: ``host:port`` (port 0:
             one the kernel picks, written to ``<data_dir>/http.json`` and
             logged at start), or ``off``.
+        reconcile_schedule: A cron expression to reconcile on instead of
+            every ``reconcile_interval`` (as are ``health_schedule``,
+            ``telemetry_flush_schedule``, ``gc_schedule`` and
+            ``cert_renew_schedule`` for their workers).
+        schedule_timezone: The IANA time zone the ``*_schedule`` cron
+            expressions are read in.
     """
 
     nats_url: str | None = None
@@ -286,6 +292,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     stream_replicas: int = 1
     max_consumers: int = 10_000
     http_addr: str = "127.0.0.1:0"
+    reconcile_schedule: str | None = None
+    health_schedule: str | None = None
+    telemetry_flush_schedule: str | None = None
+    gc_schedule: str | None = None
+    cert_renew_schedule: str | None = None
+    schedule_timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         try:
@@ -383,6 +395,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f"workers[{index}]", f"{spec!r} is already listed as workers[{seen[spec]}]"
                 )
             seen[spec] = index
+        for name, reason in _schedule_problems(self):
+            raise ConfigError(name, reason)
+
+    def schedule_of(self, worker: str) -> str | None:
+        """The cron expression configured for built-in ``worker``, if any."""
+        field = SCHEDULE_FIELDS.get(worker)
+        return None if field is None else getattr(self, field)
 
     def __repr__(self) -> str:
         # The default repr would show a password in nats_url or store_url.
@@ -401,6 +420,39 @@ def _redacted(name: str, value: object) -> object:
     if name == "store_url":
         return redact_store_url(str(value))
     return value
+
+
+SCHEDULE_FIELDS = {
+    "reconciler": "reconcile_schedule",
+    "health_runner": "health_schedule",
+    "telemetry_collector": "telemetry_flush_schedule",
+    "gc": "gc_schedule",
+    "cert_renewer": "cert_renew_schedule",
+}
+"""The config field that may put each built-in periodic worker on a cron schedule."""
+
+
+def _schedule_problems(config: Config) -> list[tuple[str, str]]:
+    from ctrlplane.actors.errors import InvalidScheduleError
+    from ctrlplane.actors.schedule import cron_schedule, timezone_problem
+
+    problem = timezone_problem(config.schedule_timezone)
+    if problem is not None:
+        return [("schedule_timezone", f"{config.schedule_timezone!r}: {problem}")]
+    problems = []
+    for field in SCHEDULE_FIELDS.values():
+        expression = getattr(config, field)
+        if expression is None:
+            continue
+        interval = field.removesuffix("_schedule") + "_interval"
+        if getattr(config, interval) != _FIELDS[interval].default:
+            problems.append((field, f"set {field} or {interval}, not both"))
+            continue
+        try:
+            cron_schedule(expression, config.schedule_timezone)
+        except InvalidScheduleError as exc:
+            problems.append((field, f"{exc.value!r}: {exc.reason}"))
+    return problems
 
 
 def _limit_problems(config: Config) -> list[tuple[str, str]]:

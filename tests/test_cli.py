@@ -617,3 +617,55 @@ def test_next_run_due_now_is_due_never_0s_ago() -> None:
     assert _next_run(now - timedelta(seconds=3)) == "due"
     assert _next_run(now + timedelta(seconds=30)) in {"in 30s", "in 29s"}
     assert _next_run(None) == "-"
+
+
+def test_an_invalid_cron_schedule_exits_2_naming_the_field(tmp_path: Path) -> None:
+    env = env_for(CTRLPLANE_GC_SCHEDULE="0 25 * * *")
+    result = run_cli(["run", "--data-dir", str(tmp_path / "d")], env)
+    assert result.returncode == 2
+    assert "gc_schedule" in result.stderr and "CTRLPLANE_GC_SCHEDULE" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+async def test_a_built_in_worker_on_a_cron_schedule_runs_at_its_occurrences(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    env = env_for(
+        CTRLPLANE_GC_SCHEDULE="* * * * * */2", CTRLPLANE_SCHEDULE_TIMEZONE="Europe/Berlin"
+    )
+    with started(["run", "--data-dir", str(data)], env, tmp_path / "run.log") as proc:
+        await wait_for(lambda: read_server_info(data) is not None, within=30)
+
+        async def gc_runs() -> list[dict[str, object]]:
+            listed = await asyncio.to_thread(
+                run_cli, ["runs", "gc", "--json", "--data-dir", str(data)], env
+            )
+            assert listed.returncode == 0, listed.stderr
+            runs: list[dict[str, object]] = json.loads(listed.stdout)
+            return runs
+
+        async def ran_twice() -> bool:
+            return len(await gc_runs()) >= 2
+
+        await wait_for(ran_twice, within=30, interval=0.5)
+        listed = await asyncio.to_thread(
+            run_cli, ["workers", "--json", "--data-dir", str(data)], env
+        )
+        (gc,) = [w for w in json.loads(listed.stdout) if w["name"] == "gc"]
+        assert (gc["schedule"], gc["timezone"], gc["interval"]) == (
+            "* * * * * */2",
+            "Europe/Berlin",
+            0.0,
+        )
+        (health,) = [w for w in json.loads(listed.stdout) if w["name"] == "health_runner"]
+        assert "schedule" not in health and "timezone" not in health  # absent, never null
+        table = await asyncio.to_thread(run_cli, ["workers", "--data-dir", str(data)], env)
+        assert "SCHEDULE" in table.stdout.splitlines()[0]
+        assert "* * * * * */2 Europe/Berlin" in table.stdout
+        # Each run's tick is an even epoch second: the occurrence is the slot.
+        for run in await gc_runs():
+            ref = str(run["ref"])
+            assert ref.startswith("gc/") and int(ref.split("/")[1]) % 2 == 0, run
+        code = await asyncio.to_thread(stop, proc)
+    assert code == 0, (tmp_path / "run.log").read_text()

@@ -725,6 +725,12 @@ def test_describe_is_json_friendly(env: dict[str, str], home: Path) -> None:
         "stream_replicas": 1,
         "max_consumers": 10_000,
         "http_addr": "127.0.0.1:0",
+        "reconcile_schedule": None,
+        "health_schedule": None,
+        "telemetry_flush_schedule": None,
+        "gc_schedule": None,
+        "cert_renew_schedule": None,
+        "schedule_timezone": "UTC",
     }
 
 
@@ -967,3 +973,44 @@ def test_max_consumers_must_be_positive() -> None:
         with pytest.raises(ConfigError) as caught:
             Config(max_consumers=bad)
         assert caught.value.field == "max_consumers"
+
+
+# --- cron schedules of the built-in workers ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"CTRLPLANE_GC_SCHEDULE": "61 * * * *"}, "gc_schedule"),
+        ({"CTRLPLANE_RECONCILE_SCHEDULE": "* * *"}, "reconcile_schedule"),
+        ({"CTRLPLANE_HEALTH_SCHEDULE": "0 0 30 2 *"}, "health_schedule"),
+        ({"CTRLPLANE_SCHEDULE_TIMEZONE": "Mars/Olympus"}, "schedule_timezone"),
+        (
+            {"CTRLPLANE_GC_SCHEDULE": "0 3 * * *", "CTRLPLANE_SCHEDULE_TIMEZONE": "Nowhere"},
+            "schedule_timezone",
+        ),
+        (
+            {"CTRLPLANE_GC_SCHEDULE": "0 3 * * *", "CTRLPLANE_GC_INTERVAL": "10m"},
+            "gc_schedule",
+        ),
+    ],
+)
+def test_a_bad_schedule_names_its_field(
+    env: dict[str, str], settings: dict[str, str], field: str
+) -> None:
+    env.update(settings)
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"config: {field}: ")
+
+
+def test_a_schedule_replaces_the_interval_of_its_worker(env: dict[str, str]) -> None:
+    env["CTRLPLANE_GC_SCHEDULE"] = "30 2 * * *"
+    env["CTRLPLANE_SCHEDULE_TIMEZONE"] = "Europe/Berlin"
+    config = load_config(env=env)
+    assert config.schedule_of("gc") == "30 2 * * *"
+    assert config.schedule_of("reconciler") is None
+    assert config.schedule_of("no-such-worker") is None
+    assert describe(config)["gc_schedule"] == "30 2 * * *"
+    assert describe(config)["schedule_timezone"] == "Europe/Berlin"

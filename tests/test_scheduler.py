@@ -79,6 +79,35 @@ async def test_periodic_worker_runs_once_per_slot(scheduler: Scheduler, store: S
     assert all(r.process == "test-1" for r in runs)
 
 
+class Stalling(Recorder):
+    """A periodic worker whose second run blocks the event loop for several
+    intervals, as a loaded machine's scheduling or a blocking call does."""
+
+    def __init__(self, interval: float, stall: float) -> None:
+        super().__init__(interval=interval)
+        self.stall = stall
+
+    async def run(self, ctx: RunContext) -> None:
+        await super().run(ctx)
+        if len(self.ticks) == 2:
+            time.sleep(self.stall)  # noqa: ASYNC251 - the stall is the point
+
+
+async def test_a_stalled_loop_loses_no_slot(scheduler: Scheduler, store: Store) -> None:
+    # The ticker wakes several slots late: every slot it passed over is
+    # still published (and coalesced into the newest), none silently lost.
+    worker = Stalling(interval=0.2, stall=1.0)
+    scheduler.register(worker)
+    await scheduler.start()
+    await wait_for(lambda: len(worker.ticks) >= 5)
+    await scheduler.stop()
+    slots = [t.slot for t in worker.ticks]
+    assert len(set(slots)) == len(slots), f"a slot ran twice: {slots}"
+    await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
+    skipped = [r for r in await store.runs.list(worker="recorder") if r.outcome is Outcome.SKIPPED]
+    assert skipped, "the stall passed over slots, which were to be coalesced"
+
+
 async def _assert_every_slot_ran_or_coalesced(store: Store, worker: str, ran: list[int]) -> None:
     """No slot lost: between the first and last run, each slot either ran or
     was coalesced (a stale tick skipped because a newer one waited; a loaded
@@ -114,6 +143,43 @@ async def test_two_schedulers_share_each_slot(
     slots = sorted(t.slot for t in a.ticks + b.ticks)
     assert len(set(slots)) == len(slots), f"a slot ran twice: {slots}"
     await _assert_every_slot_ran_or_coalesced(store, "recorder", slots)
+
+
+class CronRecorder(Recorder):
+    """A worker on a cron schedule: every second (croniter's sixth field)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="cron-recorder")
+        self.interval = timedelta(0)
+        self.schedule = "* * * * * */1"
+        self.timezone = "Europe/Berlin"
+
+
+async def test_a_cron_worker_runs_once_per_occurrence_across_two_processes(
+    nats_server: ServerInfo, subjects: Subjects, bus: Bus, store: Store
+) -> None:
+    other_bus = Bus(subjects)
+    await other_bus.connect(nats_server.client_url)
+    a, b = CronRecorder(), CronRecorder()
+    first = Scheduler(bus, runs=store.runs, process="p1")
+    second = Scheduler(other_bus, runs=store.runs, process="p2")
+    first.register(a)
+    second.register(b)
+    await asyncio.gather(first.start(), second.start())
+    try:
+        await wait_for(lambda: len(a.ticks) + len(b.ticks) >= 5)
+        (info,) = first.workers()
+        assert (info.schedule, info.timezone) == ("* * * * * */1", "Europe/Berlin")
+        assert info.kind is WorkerKind.PERIODIC and info.next_run is not None
+    finally:
+        await asyncio.gather(first.stop(), second.stop())
+        await other_bus.close()
+    ticks = a.ticks + b.ticks
+    slots = sorted(t.slot for t in ticks)
+    assert len(set(slots)) == len(slots), f"an occurrence ran twice: {slots}"
+    # The slot is the occurrence's epoch second, and each tick says so.
+    assert all(t.scheduled.timestamp() == t.slot for t in ticks)
+    await _assert_every_slot_ran_or_coalesced(store, "cron-recorder", slots)
 
 
 async def test_event_worker_reacts_to_plain_nats_client(

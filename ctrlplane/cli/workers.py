@@ -63,6 +63,7 @@ def workers(
             "KIND",
             "SCOPE",
             "INTERVAL",
+            "SCHEDULE",
             "RUNNING",
             "PAUSED",
             "RUNS",
@@ -80,6 +81,7 @@ def workers(
                 # A node-scoped worker runs once per node: say whose runs this is.
                 w.scope.value if w.node is None else f"{w.scope.value}:{w.node}",
                 format_duration(w.interval) if w.interval else "-",
+                _schedule(w),
                 "yes" if w.running else "no",
                 "yes" if w.paused else "no",
                 str(w.run_count),
@@ -101,6 +103,13 @@ def _next_run(when: datetime | None) -> str:
     if when is not None and (when - datetime.now(UTC)).total_seconds() < 0.5:
         return "due"
     return ago(when)
+
+
+def _schedule(w: WorkerInfo) -> str:
+    """``30 2 * * * Europe/Berlin`` for a worker on a cron schedule, else ``-``."""
+    if w.schedule is None:
+        return "-"
+    return f"{w.schedule} {w.timezone or 'UTC'}"
 
 
 def _errors(w: WorkerInfo) -> str:
