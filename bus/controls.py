@@ -23,12 +23,13 @@ import nats.errors
 import nats.js.errors
 import structlog
 from msgspec import Meta, Struct
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ctrlplane.bus.codec import decode
-from ctrlplane.bus.connection import MSG_ID, RETRYABLE, Bus, stream_refusal
+from ctrlplane.bus.connection import MSG_ID, RETRYABLE, Bus
 from ctrlplane.bus.errors import BusError, DecodeError, NotConnectedError
+from ctrlplane.bus.kv import create_bucket
 
 __all__ = [
     "RUN_HEADER",
@@ -189,15 +190,7 @@ class WorkerControls:
             storage=StorageType.FILE,
             replicas=self._bus.limits.stream_replicas,
         )
-        try:
-            self._kv = await js.create_key_value(config)
-        except nats.js.errors.BadRequestError:
-            # Another process created it between our look and our add.
-            self._kv = await js.key_value(bucket)
-        except nats.js.errors.APIError as exc:
-            raise stream_refusal(
-                StreamConfig(name=f"KV_{bucket}", num_replicas=config.replicas), exc
-            ) from exc
+        self._kv = await create_bucket(self._bus, config)
 
     @property
     def _bucket(self) -> KeyValue:

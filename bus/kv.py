@@ -141,15 +141,7 @@ class SlotLedger:
             direct=True,
             replicas=self._bus.limits.stream_replicas,
         )
-        try:
-            return await self._bus.js.create_key_value(config)
-        except nats.js.errors.BadRequestError:
-            # Another process created it between our look and our add.
-            return await self._bus.js.key_value(bucket)
-        except nats.js.errors.APIError as exc:
-            raise stream_refusal(
-                StreamConfig(name=f"KV_{bucket}", num_replicas=config.replicas), exc
-            ) from exc
+        return await create_bucket(self._bus, config)
 
     @property
     def _bucket(self) -> KeyValue:
@@ -214,6 +206,22 @@ class SlotLedger:
                     raise LedgerError(key, str(exc) or type(exc).__name__) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+
+async def create_bucket(bus: Bus, config: KeyValueConfig) -> KeyValue:
+    """Create the key-value bucket ``config`` names, or bind to it when another
+    process created it first; JetStream's refusal is a :class:`BusError` that
+    says what to change."""
+    assert config.bucket is not None
+    try:
+        return await bus.js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        # Another process created it between our look and our add.
+        return await bus.js.key_value(config.bucket)
+    except nats.js.errors.APIError as exc:
+        raise stream_refusal(
+            StreamConfig(name=f"KV_{config.bucket}", num_replicas=config.replicas), exc
+        ) from exc
 
 
 def _key(worker: str, slot: int, node: str | None) -> str:
