@@ -595,7 +595,13 @@ class Bus:
             async with asyncio.timeout(5):
                 await nc.drain()
         except (TimeoutError, nats.errors.Error):
-            await nc.close()
+            try:
+                await nc.close()
+            except OSError as exc:
+                # nats-py writes what it buffered to a connection that is
+                # already lost and raises, though the client is closed by
+                # then: nobody is left to send it to, and stop must go on.
+                log.info("NATS connection was lost before close", error=str(exc))
 
 
 # The user part of a URL's authority: a token or a password. Up to the last

@@ -168,6 +168,22 @@ async def test_embedded_default_starts_and_stops_its_server(tmp_path: Path) -> N
     assert cp.server is None
 
 
+async def test_stop_finishes_when_its_nats_server_is_already_gone(tmp_path: Path) -> None:
+    # SIGTERM often comes when the broker is what failed: stop must still
+    # stop everything, raise nothing, and free the data dir.
+    cfg = Config(data_dir=tmp_path / "data", stop_grace=timedelta(seconds=1))
+    cp = ControlPlane(cfg, load_plugins=False)
+    await cp.start()
+    assert cp.server is not None
+    await cp.server.stop()
+    await wait_for(lambda: cp.bus.nc.is_reconnecting, within=30)
+    await cp.stop()
+    assert cp.server is None and not cp.bus.connected
+    again = ControlPlane(cfg, load_plugins=False)
+    await again.start()
+    await again.stop()
+
+
 async def test_a_control_plane_on_a_postgresql_store(config: Config, postgres_url: str) -> None:
     cfg = msgspec.structs.replace(config, store_url=postgres_url)
     async with Store(postgres_url) as shared, ControlPlane(cfg, load_plugins=False) as cp:
