@@ -178,7 +178,7 @@ async def test_stop_finishes_when_its_nats_server_is_already_gone(tmp_path: Path
     await cp.server.stop()
     await wait_for(lambda: cp.bus.nc.is_reconnecting, within=30)
     await cp.stop()
-    assert cp.server is None and not cp.bus.connected
+    assert not cp.bus.connected
     again = ControlPlane(cfg, load_plugins=False)
     await again.start()
     await again.stop()
