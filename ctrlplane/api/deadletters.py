@@ -7,19 +7,19 @@ with the ``service`` role's JetStream API rights.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import deque
 
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ctrlplane.api.errors import NotFoundError, RefusedError, UnavailableError
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import BusError
 from ctrlplane.bus.messages import DeadLetter
+from ctrlplane.bus.reader import stream_reader
 from ctrlplane.bus.replay import replay_refusal, to_replay
 
 __all__ = [
@@ -69,42 +69,30 @@ async def _read(
     """``limit`` letters, oldest first: the newest of them, or the oldest (then
     the read stops there); and how many letters pending were not read."""
     s = bus.subjects
+    config = ConsumerConfig(filter_subject=_filter(bus, worker), deliver_policy=DeliverPolicy.ALL)
+    found: deque[tuple[int, DeadLetter]] = deque(maxlen=limit if newest else None)
     try:
-        info = await bus.js.add_consumer(
-            s.dlq_stream,
-            ConsumerConfig(
-                filter_subject=_filter(bus, worker),
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=30,
-                mem_storage=True,
-            ),
-        )
+        async with stream_reader(bus, s.dlq_stream, config) as (info, sub):
+            left = info.num_pending or 0
+            while left > 0 and (newest or len(found) < limit):
+                want = (
+                    min(FETCH_BATCH, left, limit - len(found))
+                    if not newest
+                    else min(FETCH_BATCH, left)
+                )
+                try:
+                    msgs = await sub.fetch(want, timeout=FETCH_WAIT)
+                except TimeoutError:  # nats-py's TimeoutError derives from the builtin
+                    break
+                left -= len(msgs)
+                for msg in msgs:
+                    try:
+                        letter = msgspec.json.decode(msg.data, type=DeadLetter)
+                    except msgspec.DecodeError:
+                        continue  # not ours: something else published on a dlq subject
+                    found.append((msg.metadata.sequence.stream, letter))
     except nats.js.errors.NotFoundError:
         raise UnavailableError(f"no dead-letter stream {s.dlq_stream} on this NATS") from None
-    found: deque[tuple[int, DeadLetter]] = deque(maxlen=limit if newest else None)
-    left = info.num_pending or 0
-    assert info.name is not None
-    sub = await bus.js.pull_subscribe_bind(info.name, stream=s.dlq_stream)
-    try:
-        while left > 0 and (newest or len(found) < limit):
-            want = min(FETCH_BATCH, left) if newest else min(FETCH_BATCH, left, limit - len(found))
-            try:
-                msgs = await sub.fetch(want, timeout=FETCH_WAIT)
-            except TimeoutError:  # nats-py's TimeoutError derives from the builtin
-                break
-            left -= len(msgs)
-            for msg in msgs:
-                try:
-                    letter = msgspec.json.decode(msg.data, type=DeadLetter)
-                except msgspec.DecodeError:
-                    continue  # not ours: something else published on a dlq subject
-                found.append((msg.metadata.sequence.stream, letter))
-    finally:
-        await sub.unsubscribe()
-        # The inactive threshold removes it anyway, should this fail.
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await bus.js.delete_consumer(s.dlq_stream, info.name)
     return list(found), left
 
 

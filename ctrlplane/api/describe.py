@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ctrlplane.api.domain import check_view
 from ctrlplane.api.errors import NotFoundError, UnavailableError
@@ -25,6 +25,7 @@ from ctrlplane.bus.codec import decode_event
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.errors import DecodeError
 from ctrlplane.bus.messages import Event
+from ctrlplane.bus.reader import stream_reader
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import HealthStatus, worst
 from ctrlplane.store.instances import Instance, InstanceState
@@ -151,22 +152,9 @@ async def recent_events(bus: Bus, *, name: str, instance_id: str, limit: int) ->
 async def _read(bus: Bus, start: int, end: int) -> list[Event]:
     """The events at stream sequences ``start`` to ``end``, oldest first; what
     does not decode is skipped (anyone allowed may publish there)."""
-    s = bus.subjects
-    consumer = await bus.js.add_consumer(
-        s.events_stream,
-        ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            # The server drops it soon after, should the delete below fail.
-            inactive_threshold=30,
-            mem_storage=True,
-        ),
-    )
-    assert consumer.name is not None
-    sub = await bus.js.pull_subscribe_bind(consumer.name, stream=s.events_stream)
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
     out: list[Event] = []
-    try:
+    async with stream_reader(bus, bus.subjects.events_stream, config) as (_, sub):
         left = end - start + 1
         while left > 0:
             try:
@@ -183,8 +171,4 @@ async def _read(bus: Bus, start: int, end: int) -> list[Event]:
                     out.append(decode_event(msg.data, msg.subject))
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
-    finally:
-        await sub.unsubscribe()
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await bus.js.delete_consumer(s.events_stream, consumer.name)
     return out
