@@ -23,8 +23,9 @@ from ctrlplane.actors import RunContext
 from ctrlplane.actors.runs import Trigger
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.messages import DeadLetter, Event
-from ctrlplane.bus.server import ServerInfo
+from ctrlplane.bus.server import EmbeddedServer, ServerInfo
 from ctrlplane.providers.process import ProcessProvider
+from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.store.db import Store
 from ctrlplane.store.instances import DesiredState, Instance, InstanceSpec, InstanceState
 from ctrlplane.store.sqlite import SqliteDatabase
@@ -190,3 +191,14 @@ def reap_instances(planes: Sequence[ControlPlane]) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.popen.pid, signal.SIGKILL)
             child.popen.wait(timeout=10)
+
+
+def embedded_again(plane: ControlPlane, port: int) -> EmbeddedServer:
+    """``plane``'s embedded NATS server once more, on ``port`` with the same
+    users: a broker come back after the test stopped it (start it yourself)."""
+    return EmbeddedServer(
+        plane.config.data_dir,
+        port=port,
+        roles=ROLES,
+        authorization=embedded_authorization(plane.bus.subjects),
+    )

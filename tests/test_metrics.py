@@ -21,14 +21,12 @@ from ctrlplane import Config, ControlPlane
 from ctrlplane.actors import RunContext
 from ctrlplane.bus.connection import Bus
 from ctrlplane.bus.messages import Event
-from ctrlplane.bus.server import EmbeddedServer
-from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.store.certs import Certificate, Domain
 from ctrlplane.store.db import Store
 from ctrlplane.store.health import CheckSpec, HealthStatus
 from ctrlplane.store.instances import InstanceState
 from ctrlplane.web.metrics import Metrics
-from tests.helpers import make_instance, wait_for
+from tests.helpers import embedded_again, make_instance, wait_for
 
 # The built-in workers that would change what the test puts in the store.
 QUIET = ["reconciler", "health_runner", "remediator", "cert_renewer", "gc", "telemetry_collector"]
@@ -282,12 +280,7 @@ async def test_with_nats_away_the_scrape_answers_and_says_so(embedded: ControlPl
     kept = away.value("ctrlplane_consumer_backlog", worker="audit_recorder", source="event")
     assert kept is not None
     # The broker back on its port (same users): connected again, once more.
-    again = EmbeddedServer(
-        embedded.config.data_dir,
-        port=port,
-        roles=ROLES,
-        authorization=embedded_authorization(embedded.bus.subjects),
-    )
+    again = embedded_again(embedded, port)
     await again.start()
     try:
         back = await scraped_until(

@@ -16,14 +16,12 @@ import pytest
 import pytest_asyncio
 
 from ctrlplane import Config, ControlPlane
-from ctrlplane.bus.server import EmbeddedServer
 from ctrlplane.config import load_config
 from ctrlplane.errors import ConfigError
-from ctrlplane.security import ROLES, embedded_authorization
 from ctrlplane.web import server as web_server
 from ctrlplane.web.addr import HttpAddr, parse_http_addr
 from ctrlplane.web.server import HTTP_FILE, read_http_url
-from tests.helpers import wait_for
+from tests.helpers import embedded_again, wait_for
 from tests.processes import env_for, run_cli, started, stop
 
 
@@ -116,12 +114,7 @@ async def test_readyz_follows_nats_away_and_back_while_healthz_answers(
     # Alive all the same: the process is fine, its broker is not.
     assert await get(f"{url}/healthz") == (200, {"status": "ok"})
     # The broker back on its port (same users): ready again.
-    again = EmbeddedServer(
-        plane.config.data_dir,
-        port=port,
-        roles=ROLES,
-        authorization=embedded_authorization(plane.bus.subjects),
-    )
+    again = embedded_again(plane, port)
     await again.start()
     try:
         await wait_for(lambda: readiness(200), within=30, interval=0.2)
