@@ -343,13 +343,13 @@ class Actor:
                 await self._refuse(msg, Trigger.TICK, attempt, problem)
                 return
             if self.paused:
-                await self._skip(msg, tick, attempt, "paused")
+                await self._skip(msg, Trigger.TICK, tick.msg_id, attempt, "paused")
                 return
             stale = self._is_stale(tick) and pending_after(msg) > 0
             done = await self._slot_completed(tick, attempt)
             if stale and done is None:
                 # A newer tick is waiting behind this stale one: coalesce into it.
-                await self._skip(msg, tick, attempt, None)
+                await self._skip(msg, Trigger.TICK, tick.msg_id, attempt, None)
                 return
             if done is not None:
                 # Its run ended; only the ack was lost (a crash, a reconnect;
@@ -358,7 +358,7 @@ class Actor:
                 # with its process before the batch committed: write it again
                 # from the ledger (same run id, so never twice).
                 self._records.recover(tick, done)
-                await self._skip(msg, tick, attempt, "slot already completed")
+                await self._skip(msg, Trigger.TICK, tick.msg_id, attempt, "slot already completed")
                 return
             if not self._settler.surely_ours(msg) and not await self._settler.tick_still_ours(msg):
                 # The ledger look-up outlasted the lease (NATS was away, a
@@ -407,13 +407,7 @@ class Actor:
             return
         if self.paused:
             # Paused after it was asked for: recorded, not run.
-            self.skipped_count += 1
-            now, skipped = self._clock(), Outcome.SKIPPED
-            row = Row(Trigger.MANUAL, request.ref, attempt, now, skipped, "paused")
-            decision = decide(
-                Trigger.MANUAL, skipped, attempt=attempt, max_attempts=self.spec.max_attempts
-            )
-            await self._conclude(msg, decision, row)
+            await self._skip(msg, Trigger.MANUAL, request.ref, attempt, "paused")
             return
         await self._run(Trigger.MANUAL, msg, attempt, ref=request.ref)
 
@@ -466,12 +460,14 @@ class Actor:
     def _is_stale(self, tick: Tick) -> bool:
         return self._clock() - tick.scheduled.timestamp() > tick.interval.total_seconds()
 
-    async def _skip(self, msg: Msg, tick: Tick, attempt: int, reason: str | None) -> None:
+    async def _skip(
+        self, msg: Msg, trigger: Trigger, ref: str, attempt: int, reason: str | None
+    ) -> None:
         self.skipped_count += 1
         now = self._clock()
-        row = Row(Trigger.TICK, tick.msg_id, attempt, now, Outcome.SKIPPED, reason)
+        row = Row(trigger, ref, attempt, now, Outcome.SKIPPED, reason)
         decision = decide(
-            Trigger.TICK, Outcome.SKIPPED, attempt=attempt, max_attempts=self.spec.max_attempts
+            trigger, Outcome.SKIPPED, attempt=attempt, max_attempts=self.spec.max_attempts
         )
         await self._conclude(msg, decision, row)
 
